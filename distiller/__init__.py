@@ -1,0 +1,1 @@
+"""The background half of the flywheel: curation, datasets, training, evaluation, promotion."""

@@ -1,0 +1,1 @@
+"""Flywheel: the command line and the ClickHouse store shared by gateway and distiller."""

@@ -1,0 +1,100 @@
+"""The `flywheel` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+
+def _load(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import build_app, build_state
+
+    config = _load(args.config)
+    if args.host:
+        config.server.host = args.host
+    if args.port:
+        config.server.port = args.port
+    try:
+        state = build_state(config)
+    except ConfigError as e:
+        print(f"config error:\n{e}", file=sys.stderr)
+        return 2
+    app = build_app(state)
+    try:
+        uvicorn.run(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        state.store.close()
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run SQL against the configured store (the embedded one only while no gateway holds it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flywheel.store import open_store
+
+    config = _load(args.config)
+    store = open_store(config.clickhouse_dsn)
+    try:
+        result = store.query_dicts(args.sql)
+    finally:
+        store.close()
+    table = Table(*(result[0].keys() if result else ["(no rows)"]))
+    for row in result:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, help="gateway YAML file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(fn=cmd_serve)
+
+    query = sub.add_parser("query", help="run SQL against the configured ClickHouse")
+    query.add_argument("--config", required=True)
+    query.add_argument("sql")
+    query.set_defaults(fn=cmd_query)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""A local OpenAI-compatible server standing in for a paid provider in tests and benchmarks.
+
+It answers deterministically so tests can check what the gateway logged:
+- the answer is `echo: <last user text>`; usage counts whitespace-separated words;
+- markers in the last user message steer it: `[[status:503]]` fails with that status,
+  `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
+  `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
+  usage, `[[cut]]` drops the connection mid-stream.
+Run alone: `python -m flywheel.testing.fake_upstream --port 9001`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import threading
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    if "messages" in body:
+        for msg in reversed(body["messages"]):
+            if msg.get("role") == "user":
+                content = msg.get("content")
+                if isinstance(content, list):
+                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                return str(content or "")
+        return ""
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else str(prompt)
+
+
+def _words(value: Any) -> int:
+    return len(orjson.dumps(value).decode().split())
+
+
+def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
+    prompt = _words(body.get("messages", body.get("prompt", "")))
+    completion = len(answer.split())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+class FakeUpstream:
+    """Counts requests so tests can tell whether the gateway called it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/completions", self.completions)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_get("/v1/models", self.models)
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def _marks(self, body: dict[str, Any]) -> tuple[dict[str, str], web.Response | None]:
+        self.requests.append(body)
+        marks = {m.group(1): m.group(2) or "" for m in _MARK.finditer(_last_user_text(body))}
+        if "sleep" in marks:
+            await asyncio.sleep(float(marks["sleep"]))
+        if "status" in marks:
+            status = int(marks["status"])
+            err = {
+                "error": {
+                    "message": f"fake failure {status} (key sk-fake-secret-123456)",
+                    "type": "server_error",
+                }
+            }
+            return marks, web.json_response(err, status=status)
+        return marks, None
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=orjson.loads)
+        marks, failure = await self._marks(body)
+        if failure is not None:
+            return failure
+        text = _MARK.sub("", _last_user_text(body)).strip()
+        answer = f"echo: {text}"
+        n = int(body.get("n") or 1)
+        message: dict[str, Any] = {"role": "assistant", "content": answer}
+        finish = "stop"
+        if "tool" in marks and body.get("tools"):
+            fn = body["tools"][0]["function"]["name"]
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": fn, "arguments": '{"q": "' + text + '"}'},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        usage = _usage(body, answer)
+        if body.get("stream"):
+            return await self._stream(request, body, marks, answer, usage, n)
+        return web.json_response(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {"index": i, "message": message, "finish_reason": finish} for i in range(n)
+                ],
+                **({} if "nousage" in marks else {"usage": usage}),
+            },
+            dumps=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        marks: dict[str, str],
+        answer: str,
+        usage: dict[str, int],
+        n: int,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        drip = float(marks.get("drip") or 0)
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": body.get("model", "fake"),
+        }
+        words = answer.split(" ")
+        for i in range(n):
+            first = {
+                **base,
+                "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}}],
+            }
+            await resp.write(b"data: " + orjson.dumps(first) + b"\n\n")
+        for k, word in enumerate(words):
+            if "cut" in marks and k == 2:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            piece = word if k == 0 else " " + word
+            for i in range(n):
+                chunk = {**base, "choices": [{"index": i, "delta": {"content": piece}}]}
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            if drip:
+                await asyncio.sleep(drip)
+        for i in range(n):
+            last = {**base, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}
+            await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage") and "nousage" not in marks:
+            await resp.write(
+                b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+            )
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        _, failure = await self._marks(body)
+        if failure is not None:
+            return failure
+        answer = f"echo: {_MARK.sub('', _last_user_text(body)).strip()}"
+        return web.json_response(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 0,
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {"index": 0, "text": answer, "finish_reason": "stop", "logprobs": None}
+                ],
+                "usage": _usage(body, answer),
+            }
+        )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        self.requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1 * (i + 1)] * 8}
+            for i in range(len(inputs))
+        ]
+        tokens = sum(len(str(x).split()) for x in inputs)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+
+class FakeUpstreamThread:
+    """Runs a FakeUpstream on 127.0.0.1 in a background thread with its own loop."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.fake = FakeUpstream()
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self.fake.app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        self._loop.run_until_complete(site.start())
+        server: Any = site._server  # aiohttp keeps the asyncio.Server here
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> FakeUpstreamThread:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=9001)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(FakeUpstream().app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP service apps point their OpenAI base URL at."""

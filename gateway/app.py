@@ -1,0 +1,105 @@
+"""The Starlette application: routes, error handlers, and the lifespan that owns resources.
+
+Invariant: on shutdown (SIGTERM included, via uvicorn) the log writer drains its queue into
+ClickHouse or the spool before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flywheel.store import Store, StoreUnavailable
+from gateway import openai_api
+from gateway.auth import KeyRing
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError
+from gateway.feedback import post_feedback
+from gateway.health import healthz, metrics
+from gateway.log_writer import LogWriter
+from gateway.metrics import GatewayMetrics
+from gateway.pricing import price_table
+from gateway.routing import Router
+from gateway.spool import Spool
+from gateway.state import GatewayState
+from gateway.upstream import Upstreams
+
+log = logging.getLogger("flywheel.gateway")
+
+
+def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
+    """Everything the app needs, built once; raises ConfigError for an unservable config."""
+    prices = price_table(config.models)
+    metrics_ = GatewayMetrics()
+    store = store or Store(config.clickhouse_dsn)
+    spool = Spool(config.spool_dir)
+    return GatewayState(
+        config=config,
+        keys=KeyRing(config),
+        router=Router(config),
+        prices=prices,
+        metrics=metrics_,
+        store=store,
+        spool=spool,
+        writer=LogWriter(store, spool, prices, config.log, metrics_),
+        upstreams=Upstreams(config.server.upstream_connections),
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return ApiError(exc.status_code, str(exc.detail), code="http_error").response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return ApiError(500, "The gateway hit an internal error.", code="internal_error").response()
+
+
+def build_app(state: GatewayState) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await asyncio.to_thread(state.store.ensure_schema)
+        except StoreUnavailable as e:
+            log.warning("ClickHouse unavailable at start, rows will spool: %s", e)
+        await state.upstreams.start(state.config.models)
+        state.writer.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.writer.close)
+            await state.upstreams.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+            Route("/v1/completions", openai_api.completions, methods=["POST"]),
+            Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+            Route("/v1/models", openai_api.list_models, methods=["GET"]),
+            Route("/v1/feedback", post_feedback, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.gw = state
+    return app

@@ -1,0 +1,62 @@
+"""API keys to principals. Keys are kept only as SHA-256 digests.
+
+Invariant: `authenticate` returns a principal for a configured key and raises 401 otherwise;
+`require_role` raises 403 for a valid key of the wrong role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers
+
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key_id: str
+    role: str
+    app: str
+    team: str
+    train_on_traffic: bool
+
+
+class KeyRing:
+    def __init__(self, config: GatewayConfig) -> None:
+        self._by_digest: dict[str, Principal] = {}
+        for key in config.keys:
+            app = config.apps.get(key.app) if key.app else None
+            self._by_digest[key.digest()] = Principal(
+                key_id=key.id,
+                role=key.role,
+                app=key.app or "",
+                team=app.team if app else "",
+                train_on_traffic=app.train_on_traffic if app else False,
+            )
+
+    def authenticate(self, headers: Headers) -> Principal:
+        raw = headers.get("authorization", "")
+        token = raw[7:].strip() if raw[:7].lower() == "bearer " else headers.get("api-key", "")
+        if not token:
+            raise ApiError(
+                401,
+                "Missing API key: send `Authorization: Bearer <key>`.",
+                code="missing_api_key",
+            )
+        principal = self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        if principal is None:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return principal
+
+
+def require_role(principal: Principal, *roles: str) -> None:
+    if principal.role not in roles:
+        raise ApiError(
+            403,
+            f"This key's role ({principal.role}) may not use this endpoint; "
+            f"it needs one of: {', '.join(roles)}.",
+            code="forbidden",
+        )

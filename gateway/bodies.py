@@ -1,0 +1,115 @@
+"""Request bodies: read within the size limit, parse, check the types the gateway relies on.
+
+Unknown fields pass through untouched (sampling parameters, tools, response_format, ...):
+the upstream is the authority on those. Malformed JSON is a 400; a body that parses but has
+wrong types or misses required fields is a 422 naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from starlette.requests import Request
+
+from gateway.errors import ApiError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool = False
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Open):
+    model: StrictStr
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    metadata: dict[str, StrictStr] | None = None
+    tags: list[StrictStr] | None = None
+
+
+class CompletionRequest(_Open):
+    model: StrictStr
+    prompt: StrictStr | list[StrictStr] | list[int] | list[list[int]]
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    metadata: dict[str, StrictStr] | None = None
+    tags: list[StrictStr] | None = None
+
+
+class EmbeddingRequest(_Open):
+    model: StrictStr
+    input: StrictStr | list[StrictStr] | list[int] | list[list[int]]
+    metadata: dict[str, StrictStr] | None = None
+    tags: list[StrictStr] | None = None
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: StrictStr
+    score: float | StrictBool
+    tag: StrictStr = ""
+    comment: StrictStr = ""
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "chat.completions": ChatRequest,
+    "completions": CompletionRequest,
+    "embeddings": EmbeddingRequest,
+}
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise _too_large(limit)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ApiError(
+            400,
+            f"We could not parse the JSON body of your request ({e.msg}). "
+            "Send a JSON object with Content-Type: application/json.",
+            code="invalid_json",
+        ) from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def validate(schema: type[BaseModel], body: dict[str, Any]) -> BaseModel:
+    try:
+        return schema.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        missing = first["type"] == "missing"
+        message = (
+            f"Missing required parameter: '{param}'."
+            if missing
+            else f"Invalid value for '{param}': {first['msg']}."
+        )
+        raise ApiError(422, message, code="invalid_value", param=param) from e
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, f"Request body is larger than the gateway's limit of {limit} bytes.", code="too_large"
+    )

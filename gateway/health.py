@@ -1,0 +1,66 @@
+"""`GET /healthz` and `GET /metrics`.
+
+Health says whether the gateway can serve: 200 `ok` when ClickHouse and every probed
+upstream answer, 200 `degraded` when rows are spooling or some upstream is down, 503 when
+no upstream answers. Probes are cached for a few seconds so a busy balancer costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.state import GatewayState
+
+_CACHE_S = 3.0
+
+
+async def _probe(state: GatewayState) -> dict[str, Any]:
+    names = list(state.config.models)
+    results = await asyncio.gather(
+        asyncio.to_thread(state.store.ping),
+        *(state.upstreams.reachable(state.config.models[n]) for n in names),
+    )
+    clickhouse_ok = bool(results[0])
+    upstreams = dict(zip(names, results[1:], strict=True))
+    probed = [v for v in upstreams.values() if v is not None]
+    pending = await asyncio.to_thread(state.spool.pending_rows)
+    if probed and not any(probed):
+        status = "down"
+    elif not clickhouse_ok or pending or not all(probed):
+        status = "degraded"
+    else:
+        status = "ok"
+    return {
+        "status": status,
+        "clickhouse": {
+            "ok": clickhouse_ok,
+            "backend": "embedded" if state.store.embedded else "server",
+            "spooled_rows_pending": pending,
+        },
+        "upstreams": upstreams,
+    }
+
+
+async def healthz(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    cached = state.health_cache
+    now = time.monotonic()
+    if not cached or now - float(cached["at"]) > _CACHE_S:  # type: ignore[arg-type]
+        cached.update(body=await _probe(state), at=now)
+    body: dict[str, Any] = cached["body"]  # type: ignore[assignment]
+    return Response(
+        orjson.dumps(body),
+        status_code=503 if body["status"] == "down" else 200,
+        media_type="application/json",
+    )
+
+
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,56 @@
+"""Prometheus metrics, on a registry owned by the app (no process-global collectors).
+
+`gateway_overhead_seconds` is the request's latency minus the time spent waiting on the
+upstream: what the gateway itself adds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "flywheel_requests", "Requests answered", ["route", "model", "status"], registry=r
+        )
+        self.errors = Counter("flywheel_errors", "Errors by kind", ["kind"], registry=r)
+        self.latency = Histogram(
+            "flywheel_request_latency_seconds",
+            "End-to-end latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "flywheel_gateway_overhead_seconds",
+            "Latency added by the gateway (total minus upstream wait)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "flywheel_tokens", "Tokens by direction", ["direction", "model"], registry=r
+        )
+        self.cost = Counter(
+            "flywheel_cost_usd", "Spend in USD (approximate)", ["model"], registry=r
+        )
+        self.log_queue_depth = Gauge(
+            "flywheel_log_queue_depth", "Rows waiting for the log writer", registry=r
+        )
+        self.rows_written = Counter(
+            "flywheel_rows_written", "Rows inserted into ClickHouse", ["table"], registry=r
+        )
+        self.rows_spooled = Counter(
+            "flywheel_rows_spooled", "Rows written to the local spool", ["table"], registry=r
+        )
+        self.rows_replayed = Counter(
+            "flywheel_rows_replayed", "Spooled rows replayed into ClickHouse", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,162 @@
+"""What one request leaves in ClickHouse.
+
+The hot path fills a `RequestRecord` with references it already holds (parsed body, raw
+events, timings). `to_row` runs on the log writer's thread: it assembles streamed answers,
+reads usage, prices tokens, and serialises bodies, so none of that costs request latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from gateway.pricing import Price
+from gateway.streaming import assemble_chat
+
+# Request fields that are the prompt itself rather than parameters.
+_PROMPT_FIELDS = ("messages", "prompt", "input")
+_NOT_PARAMS = {"model", "stream", "metadata", "tags", *_PROMPT_FIELDS}
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    started_at: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.perf_counter)
+    app: str = ""
+    team: str = ""
+    key_id: str = ""
+    consent: bool = False
+    route: str = ""
+    route_reason: str = ""
+    policy_version: str = ""
+    requested_model: str = ""
+    served_model: str = ""
+    served_by: str = "teacher"
+    teacher_model: str = ""
+    is_stream: bool = False
+    status: str = "ok"
+    http_status: int = 200
+    error: str = ""
+    latency_us: int = 0
+    ttft_us: int = 0
+    upstream_us: int = 0
+    request: dict[str, Any] = field(default_factory=dict)
+    response: dict[str, Any] | None = None
+    events: list[bytes] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    guardrails: list[dict[str, Any]] = field(default_factory=list)
+    prompt_fingerprint: str = ""
+    finished_at: float = 0.0
+
+    def finish(self, status: str | None = None, http_status: int | None = None) -> None:
+        if status is not None:
+            self.status = status
+        if http_status is not None:
+            self.http_status = http_status
+        self.latency_us = int((time.perf_counter() - self.t0) * 1_000_000)
+        self.finished_at = self.started_at + self.latency_us / 1_000_000
+
+    def to_row(self, prices: dict[str, Price]) -> dict[str, Any]:
+        response, usage = self._answer()
+        estimated = usage is None
+        if usage is None:
+            usage = _estimate_usage(self.request, response) if self.status == "ok" else {}
+        tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        cost = _cost(prices, self.served_model, tokens_in, tokens_out)
+        baseline = _cost(prices, self.teacher_model, tokens_in, tokens_out)
+        finish = ""
+        choices = response.get("choices") if response else None
+        if choices:
+            finish = str(choices[0].get("finish_reason") or "")
+        return {
+            "request_id": self.request_id,
+            "started_at": utc_timestamp(self.started_at),
+            "finished_at": utc_timestamp(self.finished_at or self.started_at),
+            "endpoint": self.endpoint,
+            "app": self.app,
+            "team": self.team,
+            "key_id": self.key_id,
+            "consent": self.consent,
+            "route": self.route,
+            "policy_version": self.policy_version,
+            "route_reason": self.route_reason,
+            "requested_model": self.requested_model,
+            "served_model": self.served_model,
+            "served_by": self.served_by,
+            "teacher_model": self.teacher_model,
+            "is_stream": self.is_stream,
+            "status": self.status,
+            "http_status": self.http_status,
+            "error": self.error,
+            "latency_us": self.latency_us,
+            "ttft_us": self.ttft_us or (self.latency_us if self.status == "ok" else 0),
+            "upstream_us": self.upstream_us,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "usage_estimated": estimated and self.status == "ok",
+            "cost_usd": str(cost),
+            "baseline_cost_usd": str(baseline),
+            "params": _json({k: v for k, v in self.request.items() if k not in _NOT_PARAMS}),
+            "messages": _json(_prompt(self.request)),
+            "response": _json(_response_body(self.endpoint, response)),
+            "finish_reason": finish,
+            "prompt_fingerprint": self.prompt_fingerprint,
+            "guardrails": _json(self.guardrails),
+            "metadata": self.metadata,
+            "tags": self.tags,
+        }
+
+    def _answer(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if self.events is not None:
+            return assemble_chat(self.events)
+        if self.response is None:
+            return None, None
+        usage = self.response.get("usage")
+        return self.response, usage if isinstance(usage, dict) else None
+
+
+def utc_timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode() if value is not None else ""
+
+
+def _prompt(request: dict[str, Any]) -> Any:
+    for name in _PROMPT_FIELDS:
+        if name in request:
+            return request[name]
+    return None
+
+
+def _response_body(endpoint: str, response: dict[str, Any] | None) -> Any:
+    if response is None:
+        return None
+    if endpoint == "embeddings":
+        # Vectors are large and useless for distillation; keep their shape only.
+        data = response.get("data") or []
+        dims = len(data[0].get("embedding") or []) if data else 0
+        return {"embeddings": len(data), "dimensions": dims}
+    return {"choices": response.get("choices", [])}
+
+
+def _cost(prices: dict[str, Price], model: str, tokens_in: int, tokens_out: int) -> Decimal:
+    price = prices.get(model)
+    return price.cost(tokens_in, tokens_out) if price else Decimal(0)
+
+
+def _estimate_usage(request: dict[str, Any], response: dict[str, Any] | None) -> dict[str, int]:
+    """~4 characters per token, for upstreams that report no usage; the row says so."""
+    prompt_chars = len(orjson.dumps(_prompt(request)))
+    answer_chars = len(orjson.dumps(response.get("choices", []))) if response else 0
+    return {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": answer_chars // 4}

@@ -1,0 +1,251 @@
+"""Calls to the model behind a route.
+
+OpenAI-compatible upstreams (OpenAI, vLLM, the student server) take the fast path: one
+pooled aiohttp session, bytes streamed through untouched. Every other provider goes through
+`litellm` and comes back in OpenAI's shapes. litellm is imported lazily, once, and only when
+a configured model needs it (its import costs ~4 s).
+
+Invariant: a call either returns an OpenAI-shaped body / event stream or raises
+`UpstreamError` whose message is safe to show a client (redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ModelConfig
+from gateway.errors import redact
+
+ENDPOINT_PATHS = {
+    "chat.completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+
+_OPENAI_BASE = "https://api.openai.com/v1"
+
+
+class UpstreamError(Exception):
+    """kind is `timeout`, `connect` or `http`; status is the upstream's HTTP status if any."""
+
+    def __init__(self, kind: str, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.message = redact(message)
+
+
+class UpstreamStream:
+    """An open upstream event stream; `close()` is synchronous so it is safe in a cancelled
+    task (a client that disconnects mid-stream must free the pooled connection at once)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], closer: Any = None) -> None:
+        self._chunks = chunks
+        self._closer = closer
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except orjson.JSONDecodeError:
+        pass
+    return body[:300].decode("utf-8", "replace")
+
+
+class Upstreams:
+    """Owns the pooled HTTP session; created and closed with the app."""
+
+    def __init__(self, max_connections: int = 512) -> None:
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._litellm: Any = None
+
+    async def start(self, models: dict[str, ModelConfig]) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+            skip_auto_headers=("User-Agent",),
+        )
+        if any(not m.openai_compatible for m in models.values()):
+            await asyncio.to_thread(self._import_litellm)
+
+    def _import_litellm(self) -> None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        litellm.telemetry = False
+        litellm.drop_params = False
+        self._litellm = litellm
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstreams.start() was not awaited"
+        return self._session
+
+    # --- fast path -----------------------------------------------------------------------
+
+    def _url(self, model: ModelConfig, endpoint: str) -> str:
+        return (model.api_base or _OPENAI_BASE).rstrip("/") + ENDPOINT_PATHS[endpoint]
+
+    def _headers(self, model: ModelConfig) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = model.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> bytes:
+        """A whole (non-streamed) answer as the upstream's JSON bytes."""
+        if not model.openai_compatible:
+            return await self._litellm_call(model, endpoint, body)
+        try:
+            async with self.session.post(
+                self._url(model, endpoint),
+                data=orjson.dumps(body),
+                headers=self._headers(model),
+                timeout=aiohttp.ClientTimeout(total=model.timeout_s),
+            ) as resp:
+                data = await resp.read()
+                if resp.status >= 400:
+                    raise UpstreamError("http", _error_message(data), resp.status)
+                return data
+        except TimeoutError as e:
+            raise UpstreamError("timeout", f"upstream did not answer in {model.timeout_s}s") from e
+        except aiohttp.ClientError as e:
+            raise UpstreamError("connect", f"cannot reach upstream: {type(e).__name__}") from e
+
+    async def stream(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> UpstreamStream:
+        """An open event stream; errors before the first byte raise here."""
+        if not model.openai_compatible:
+            return await self._litellm_stream(model, endpoint, body)
+        try:
+            resp = await self.session.post(
+                self._url(model, endpoint),
+                data=orjson.dumps(body),
+                headers=self._headers(model),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=model.timeout_s),
+            )
+        except TimeoutError as e:
+            raise UpstreamError("timeout", f"upstream did not answer in {model.timeout_s}s") from e
+        except aiohttp.ClientError as e:
+            raise UpstreamError("connect", f"cannot reach upstream: {type(e).__name__}") from e
+        if resp.status >= 400:
+            data = await resp.read()
+            resp.release()
+            raise UpstreamError("http", _error_message(data), resp.status)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            except TimeoutError as e:
+                raise UpstreamError("timeout", "upstream stalled mid-stream") from e
+            except aiohttp.ClientError as e:
+                raise UpstreamError("connect", f"upstream dropped: {type(e).__name__}") from e
+            finally:
+                resp.release()
+
+        return UpstreamStream(chunks(), resp.close)
+
+    async def reachable(self, model: ModelConfig) -> bool | None:
+        """GET {api_base}/models; None when the provider has no such probe we can use."""
+        if not model.openai_compatible or not model.api_base:
+            return None
+        try:
+            async with self.session.get(
+                model.api_base.rstrip("/") + "/models",
+                headers=self._headers(model),
+                timeout=aiohttp.ClientTimeout(total=2),
+            ) as resp:
+                return resp.status < 500
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    # --- litellm path --------------------------------------------------------------------
+
+    def _litellm_kwargs(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs["model"] = model.model
+        kwargs["timeout"] = model.timeout_s
+        if model.api_base:
+            kwargs["api_base"] = model.api_base
+        key = model.api_key()
+        if key:
+            kwargs["api_key"] = key
+        return kwargs
+
+    def _litellm_error(self, e: Exception) -> UpstreamError:
+        status = int(getattr(e, "status_code", 0) or 0)
+        name = type(e).__name__
+        if "Timeout" in name or status in (408, 504):
+            return UpstreamError("timeout", str(e), 504)
+        if "Connection" in name and status in (0, 500):
+            return UpstreamError("connect", f"cannot reach upstream: {name}", 502)
+        return UpstreamError("http", str(e), status or 502)
+
+    async def _litellm_call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> bytes:
+        fn = {
+            "chat.completions": self._litellm.acompletion,
+            "completions": self._litellm.atext_completion,
+            "embeddings": self._litellm.aembedding,
+        }[endpoint]
+        try:
+            result = await fn(**self._litellm_kwargs(model, body))
+        except Exception as e:  # litellm raises provider-specific types
+            raise self._litellm_error(e) from e
+        return orjson.dumps(result.model_dump(exclude_none=True))
+
+    async def _litellm_stream(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+    ) -> UpstreamStream:
+        fn = (
+            self._litellm.acompletion
+            if endpoint == "chat.completions"
+            else (self._litellm.atext_completion)
+        )
+        try:
+            result = await fn(**self._litellm_kwargs(model, body))
+        except Exception as e:
+            raise self._litellm_error(e) from e
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in result:
+                    yield b"data: " + orjson.dumps(chunk.model_dump(exclude_none=True)) + b"\n\n"
+            except Exception as e:
+                raise self._litellm_error(e) from e
+            yield b"data: [DONE]\n\n"
+
+        return UpstreamStream(chunks())
+
+
+def monotonic_us(start: float) -> int:
+    return int((time.perf_counter() - start) * 1_000_000)

@@ -1,0 +1,135 @@
+"""Shared fixtures: a fake provider and the real gateway on 127.0.0.1.
+
+The gateway runs in this process (uvicorn on a real socket, in a thread) because the
+embedded ClickHouse is owned by one process: the test reads the same store the gateway
+writes, through the gateway's own `Store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from flywheel.testing.fake_upstream import FakeUpstreamThread
+from gateway.app import build_app, build_state
+from gateway.config import GatewayConfig
+from gateway.state import GatewayState
+
+APP_KEY = "sk-test-app"
+OTHER_KEY = "sk-test-other"
+ADMIN_KEY = "sk-test-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> GatewayConfig:
+    raw: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "server": {"port": free_port()},
+        "log": {"flush_interval_s": 0.05, "replay_interval_s": 0.2},
+        "models": {
+            "teacher": {
+                "model": "openai/gpt-4o",
+                "api_base": upstream_url,
+                "api_key_env": "FAKE_UPSTREAM_KEY",
+                "timeout_s": 2,
+            },
+            "cheap": {
+                "model": "openai/local-cheap",
+                "api_base": upstream_url,
+                "price": {"input_per_million": "0.10", "output_per_million": "0.20"},
+            },
+            "embedder": {"model": "openai/text-embedding-3-small", "api_base": upstream_url},
+        },
+        "apps": {
+            "shop": {"team": "retail", "train_on_traffic": True},
+            "intranet": {"team": "it", "train_on_traffic": False},
+        },
+        "keys": [
+            {"id": "shop-key", "key": APP_KEY, "app": "shop"},
+            {"id": "intranet-key", "key": OTHER_KEY, "app": "intranet"},
+            {"id": "admin", "key": ADMIN_KEY, "role": "admin"},
+        ],
+        "routes": [
+            {"name": "support", "aliases": ["gpt-4o", "support"], "teacher": "teacher"},
+            {"name": "cheap", "teacher": "cheap"},
+            {"name": "embed", "aliases": ["text-embedding-3-small"], "teacher": "embedder"},
+        ],
+    }
+    raw.update(overrides)
+    return GatewayConfig.model_validate(raw)
+
+
+@dataclass
+class RunningGateway:
+    state: GatewayState
+    base_url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        self.state.writer.flush()
+        return self.state.store.query_dicts(sql, params)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def start_gateway(config: GatewayConfig) -> RunningGateway:
+    state = build_state(config)
+    app = build_app(state)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=config.server.port,
+            loop="asyncio",
+            log_level="warning",
+            lifespan="on",
+        )
+    )
+
+    def run() -> None:
+        asyncio.run(server.serve())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.02)
+    return RunningGateway(state, f"http://127.0.0.1:{config.server.port}/v1", server, thread)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstreamThread]:
+    fake = FakeUpstreamThread().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstreamThread
+) -> Iterator[RunningGateway]:
+    """One gateway for the session: chdb allows one store path per process at a time."""
+    config = gateway_config(tmp_path_factory.mktemp("gw"), upstream.base_url)
+    gw = start_gateway(config)
+    yield gw
+    gw.stop()
+    gw.state.store.close()
