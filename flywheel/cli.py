@@ -33,6 +33,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"config error:\n{e}", file=sys.stderr)
         return 2
     app = build_app(state)
+    # The log writer thread does pure-Python batch work; with the default 5 ms GIL switch
+    # interval the event loop can wait that long for it (measured: p99 overhead 4.5 ms).
+    sys.setswitchinterval(0.0001)
     try:
         uvicorn.run(
             app,
@@ -84,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--config", required=True)
     query.add_argument("sql")
     query.set_defaults(fn=cmd_query)
+
+    from flywheel.policy_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -17,15 +17,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flywheel.store import Store, StoreUnavailable
-from gateway import openai_api
+from flywheel.store import Store, StoreUnavailable, server_store
+from gateway import admin, openai_api
 from gateway.auth import KeyRing
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, load_policy_set
 from gateway.errors import ApiError
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
+from gateway.policy_reload import PolicyReloader
 from gateway.pricing import price_table
 from gateway.routing import Router
 from gateway.spool import Spool
@@ -36,20 +37,21 @@ log = logging.getLogger("flywheel.gateway")
 
 
 def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
-    """Everything the app needs, built once; raises ConfigError for an unservable config."""
-    prices = price_table(config.models)
+    """Everything the app needs, built once; raises ConfigError (PolicyError) for a config
+    or policy that cannot be served."""
+    policies = load_policy_set(config)
+    router = Router(policies, price_table(policies.models))
     metrics_ = GatewayMetrics()
-    store = store or Store(config.clickhouse_dsn)
+    store = store or server_store(config.clickhouse_dsn)
     spool = Spool(config.spool_dir)
     return GatewayState(
         config=config,
         keys=KeyRing(config),
-        router=Router(config),
-        prices=prices,
+        router=router,
         metrics=metrics_,
         store=store,
         spool=spool,
-        writer=LogWriter(store, spool, prices, config.log, metrics_),
+        writer=LogWriter(store, spool, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
     )
 
@@ -76,11 +78,18 @@ def build_app(state: GatewayState) -> Starlette:
             await asyncio.to_thread(state.store.ensure_schema)
         except StoreUnavailable as e:
             log.warning("ClickHouse unavailable at start, rows will spool: %s", e)
-        await state.upstreams.start(state.config.models)
+        await state.upstreams.start(state.router.policies.models)
         state.writer.start()
+        reloader = PolicyReloader(state)
+        reloader.mark_loaded(state.router)
+        await reloader.refresh_states()
+        watcher = asyncio.create_task(reloader.run())
         try:
             yield
         finally:
+            watcher.cancel()
+            if state.background:
+                await asyncio.wait(state.background, timeout=10)
             await asyncio.to_thread(state.writer.close)
             await state.upstreams.close()
 
@@ -92,6 +101,8 @@ def build_app(state: GatewayState) -> Starlette:
             Route("/v1/models", openai_api.list_models, methods=["GET"]),
             Route("/v1/feedback", post_feedback, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/admin/policies", admin.get_policies, methods=["GET"]),
+            Route("/admin/route/explain", admin.explain_route, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={

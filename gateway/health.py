@@ -21,10 +21,11 @@ _CACHE_S = 3.0
 
 
 async def _probe(state: GatewayState) -> dict[str, Any]:
-    names = list(state.config.models)
+    models = state.router.policies.models
+    names = list(models)
     results = await asyncio.gather(
         asyncio.to_thread(state.store.ping),
-        *(state.upstreams.reachable(state.config.models[n]) for n in names),
+        *(state.upstreams.reachable(models[n]) for n in names),
     )
     clickhouse_ok = bool(results[0])
     upstreams = dict(zip(names, results[1:], strict=True))

@@ -12,11 +12,10 @@ before returning (SIGTERM flushes), so a request the gateway answered is never l
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import orjson
@@ -30,7 +29,6 @@ from gateway.spool import Spool
 
 log = logging.getLogger("flywheel.log_writer")
 
-_STOP = object()
 _RECENT_IDS = 200_000
 
 
@@ -48,12 +46,16 @@ class LogWriter:
         self.prices = prices
         self.config = config
         self.metrics = metrics
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_max_rows)
+        # deque append/popleft are atomic under the GIL: the loop never takes a lock.
+        self._queue: deque[tuple[str, Any]] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._in_flight = 0
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._recent: OrderedDict[str, str] = OrderedDict()  # request id -> app
         self._healthy = True
         self._last_replay = 0.0
-        metrics.log_queue_depth.set_function(self._queue.qsize)
+        metrics.log_queue_depth.set_function(lambda: len(self._queue))
 
     # --- called from the event loop --------------------------------------------------------
 
@@ -72,11 +74,14 @@ class LogWriter:
         return self._recent.get(request_id)
 
     def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
+        depth = len(self._queue)
+        if depth >= self.config.queue_max_rows:
             # Overload: spill straight to disk rather than block the loop or drop the row.
             self._spool_batch([item])
+            return
+        self._queue.append(item)
+        if depth + 1 >= self.config.batch_rows:
+            self._wake.set()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -85,61 +90,45 @@ class LogWriter:
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush everything queued (and try the spool once more), then stop the thread."""
+        self._stopping = True
+        self._wake.set()
         if self._thread.is_alive():
-            self._queue.put(_STOP)
             self._thread.join(timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until the queue is empty and the last batch written (tests, admin)."""
+        """Wait until everything submitted so far is written or spooled (tests, admin)."""
         deadline = time.monotonic() + timeout
+        self._wake.set()
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if not self._queue and not self._in_flight:
                 return True
-            time.sleep(0.01)
+            time.sleep(0.005)
         return False
 
     # --- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            try:
-                first = self._queue.get(timeout=self.config.replay_interval_s)
-            except queue.Empty:
-                self._maybe_replay()
-                continue
-            batch: list[tuple[str, Any]] = []
-            if first is _STOP:
-                stopping = True
-            else:
-                batch.append(first)
-            deadline = time.monotonic() + self.config.flush_interval_s
-            while len(batch) < self.config.batch_rows:
-                if stopping:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if item is _STOP:
-                    stopping = True
-                    self._queue.task_done()
-                    continue
-                batch.append(item)
-            try:
-                if batch:
+        while True:
+            self._wake.wait(self.config.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stopping
+            while self._queue:
+                batch = self._take(self.config.batch_rows)
+                try:
                     self._write(batch)
-                self._maybe_replay(force=stopping)
-            finally:
-                for _ in range(len(batch) + (1 if first is _STOP else 0)):
-                    self._queue.task_done()
+                finally:
+                    self._in_flight = 0
+            self._maybe_replay(force=stopping)
+            if stopping:
+                return
+
+    def _take(self, limit: int) -> list[tuple[str, Any]]:
+        batch: list[tuple[str, Any]] = []
+        queue = self._queue
+        self._in_flight = 1
+        while queue and len(batch) < limit:
+            batch.append(queue.popleft())
+        return batch
 
     def _rows_by_table(self, batch: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         tables: dict[str, list[dict[str, Any]]] = {}

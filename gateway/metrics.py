@@ -52,5 +52,14 @@ class GatewayMetrics:
             "flywheel_rows_replayed", "Spooled rows replayed into ClickHouse", registry=r
         )
 
+        self.policy_valid = Gauge(
+            "flywheel_policy_valid",
+            "1 when the last policy edit loaded, 0 when rejected",
+            registry=r,
+        )
+        self.policy_reload_errors = Counter(
+            "flywheel_policy_reload_errors", "Policy edits rejected", registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from uuid_utils import uuid7
 
+from gateway import dispatch
 from gateway.auth import Principal
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.errors import ApiError
 from gateway.request_log import RequestRecord
-from gateway.routing import Decision
+from gateway.routing import Decision, RequestFacts, fingerprint_system_prompt
 from gateway.state import GatewayState
-from gateway.streaming import DONE, event_json, is_usage_only, sse_events
+from gateway.streaming import DONE, assemble_chat, event_json, is_usage_only, sse_events
 from gateway.upstream import UpstreamError, UpstreamStream
 
 # Gateway-only fields never sent upstream.
@@ -90,17 +91,18 @@ def _new_record(principal: Principal, endpoint: str) -> RequestRecord:
 
 
 def _apply_decision(rec: RequestRecord, decision: Decision) -> None:
-    rec.route = decision.route
-    rec.served_model = decision.model_name
-    rec.teacher_model = decision.teacher
-    rec.served_by = decision.served_by
-    rec.route_reason = decision.reason
+    rec.route = decision.route.name
+    rec.teacher_model = decision.route.teacher
     rec.policy_version = decision.policy_version
+    rec.served_model = decision.primary.model_name
+    rec.served_by = decision.primary.served_by
+    rec.route_reason = decision.primary.reason
 
 
 async def _proxy(request: Request, endpoint: str) -> Response:
     state = _state(request)
     principal = state.keys.authenticate(request.headers)
+    router = state.router  # one snapshot for the whole request
     rec = _new_record(principal, endpoint)
     headers = {"x-request-id": rec.request_id}
     try:
@@ -108,22 +110,36 @@ async def _proxy(request: Request, endpoint: str) -> Response:
         rec.request = body
         rec.requested_model = str(body.get("model", ""))
         validate(SCHEMAS[endpoint], body)
-        decision = state.router.decide(body["model"])
+        rec.metadata = body.get("metadata") or {}
+        rec.tags = body.get("tags") or []
+        rec.prompt_fingerprint = fingerprint_system_prompt(body.get("messages"))
+        decision = router.decide(
+            RequestFacts(
+                app=principal.app,
+                team=principal.team,
+                model=body["model"],
+                headers=request.headers,
+                metadata=rec.metadata,
+                tags=tuple(rec.tags),
+                system_fingerprint=rec.prompt_fingerprint,
+            )
+        )
+        rec.route = decision.route.name
+        state.limiter.admit(principal.key_id, decision.route.name, decision.route.rate_limit)
     except ApiError as e:
         _log_rejected(state, rec, e)
         return e.response(headers)
     _apply_decision(rec, decision)
-    rec.metadata = body.get("metadata") or {}
-    rec.tags = body.get("tags") or []
     rec.is_stream = bool(body.get("stream"))
     upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
-    upstream_body["model"] = decision.model.upstream_name
+    if decision.shadow is not None:
+        dispatch.spawn(state, dispatch.shadow(state, decision, rec, endpoint, upstream_body))
     if rec.is_stream:
         return await _stream(state, rec, decision, endpoint, body, upstream_body, headers)
 
     t_call = time.perf_counter()
     try:
-        raw = await state.upstreams.call(decision.model, endpoint, upstream_body)
+        raw = await dispatch.call(state, decision, rec, endpoint, upstream_body)
     except UpstreamError as e:
         rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
         err = upstream_error(e)
@@ -143,7 +159,20 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     rec.response = data if isinstance(data, dict) else None
     out = orjson.dumps(data)
     _log(state, rec, "ok", 200)
+    _maybe_audit(state, decision, rec, endpoint, upstream_body, rec.response)
     return Response(out, media_type="application/json", headers=headers)
+
+
+def _maybe_audit(
+    state: GatewayState,
+    decision: Decision,
+    rec: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+    answer: dict[str, Any] | None,
+) -> None:
+    if decision.audit and rec.served_by == "student" and endpoint != "embeddings":
+        dispatch.spawn(state, dispatch.audit(state, decision, rec, endpoint, body, answer))
 
 
 async def _stream(
@@ -161,7 +190,7 @@ async def _stream(
     upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     t_call = time.perf_counter()
     try:
-        upstream = await state.upstreams.stream(decision.model, endpoint, upstream_body)
+        upstream = await dispatch.stream(state, decision, rec, endpoint, upstream_body)
     except UpstreamError as e:
         rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
         err = upstream_error(e)
@@ -169,8 +198,13 @@ async def _stream(
         _log(state, rec, _status_of(e), err.status)
         return err.response(headers)
     headers["cache-control"] = "no-cache"
+
+    def after(answer: dict[str, Any]) -> None:
+        plain = {k: v for k, v in upstream_body.items() if k != "stream_options"}
+        _maybe_audit(state, decision, rec, endpoint, plain, answer)
+
     return StreamingResponse(
-        _relay(state, rec, upstream, t_call, wants_usage),
+        _relay(state, rec, upstream, t_call, wants_usage, after if decision.audit else None),
         media_type="text/event-stream",
         headers=headers,
     )
@@ -182,6 +216,7 @@ async def _relay(
     upstream: UpstreamStream,
     t_call: float,
     wants_usage: bool,
+    after: Callable[[dict[str, Any]], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass events through as they come; rewrite the upstream id to ours; never raise into
     Starlette (an upstream failure mid-stream becomes an SSE error event)."""
@@ -219,10 +254,27 @@ async def _relay(
     finally:
         rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
         _log(state, rec, status, http_status)
+    if after is not None and status == "ok":
+        after(assemble_chat(events)[0])
+
+
+def _usage_tokens(rec: RequestRecord) -> int:
+    if rec.response is not None:
+        usage = rec.response.get("usage") or {}
+        return int(usage.get("total_tokens") or 0)
+    for event in reversed(rec.events or []):
+        if b'"usage"' in event:
+            usage = (event_json(event) or {}).get("usage") or {}
+            return int(usage.get("total_tokens") or 0)
+    return 0
 
 
 def _log(state: GatewayState, rec: RequestRecord, status: str, http_status: int) -> None:
     rec.finish(status, http_status)
+    route = state.router.route_named(rec.route)
+    limit = route.rate_limit if route else None
+    if limit is not None and limit.tokens_per_minute:
+        state.limiter.charge_tokens(rec.key_id, rec.route, _usage_tokens(rec))
     m = state.metrics
     m.requests.labels(rec.route, rec.served_model, status).inc()
     m.latency.labels(rec.route).observe(rec.latency_us / 1e6)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +54,9 @@ class RequestRecord:
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     prompt_fingerprint: str = ""
     finished_at: float = 0.0
+    kind: str = "request"  # request | shadow | audit
+    parent_id: str = ""
+    candidate: str = ""
 
     def finish(self, status: str | None = None, http_status: int | None = None) -> None:
         if status is not None:
@@ -72,7 +74,12 @@ class RequestRecord:
         tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cost = _cost(prices, self.served_model, tokens_in, tokens_out)
-        baseline = _cost(prices, self.teacher_model, tokens_in, tokens_out)
+        # Shadow and audit calls are extra spend; only a user's request has a baseline.
+        baseline = (
+            _cost(prices, self.teacher_model, tokens_in, tokens_out)
+            if self.kind == "request"
+            else Decimal(0)
+        )
         finish = ""
         choices = response.get("choices") if response else None
         if choices:
@@ -113,6 +120,9 @@ class RequestRecord:
             "guardrails": _json(self.guardrails),
             "metadata": self.metadata,
             "tags": self.tags,
+            "kind": self.kind,
+            "parent_id": self.parent_id,
+            "candidate": self.candidate,
         }
 
     def _answer(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -124,8 +134,10 @@ class RequestRecord:
         return self.response, usage if isinstance(usage, dict) else None
 
 
-def utc_timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+def utc_timestamp(epoch: float) -> float:
+    """Seconds since the epoch at millisecond precision: DateTime64(3) reads it as is, and
+    it costs a tenth of formatting a string."""
+    return round(epoch, 3)
 
 
 def _json(value: Any) -> str:

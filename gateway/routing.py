@@ -1,57 +1,304 @@
-"""Which route a request belongs to and which model serves it.
+"""Which route a request belongs to, and which model serves it.
 
-For now a route is matched by the model alias an app calls and served by its teacher; the
-policy engine (candidates, shares, escalation) will plug in behind `Router.decide`.
+The router sends a request to the cheapest candidate whose state allows it (canary or
+promoted), else to the teacher; shadow candidates get sampled background copies; promoted
+and canary students are audited by the teacher on a sampled share. Every decision carries a
+reason a person can read (`canary 10%`, `promoted`, `teacher: no candidate passed its gate`).
 
-Invariant: `decide` is pure in-memory work (a dict lookup); it never does I/O.
+Invariant: `decide` is in-memory work only (no I/O): candidate states are a snapshot that a
+background task refreshes from ClickHouse and swaps in whole.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from gateway.config import GatewayConfig, ModelConfig, RouteConfig
 from gateway.errors import ApiError
+from gateway.model_config import ModelConfig
+from gateway.policy import Candidate, PolicySet, Route
+from gateway.pricing import Price
+
+# States in which a candidate may answer users.
+SERVING_STATES = ("canary", "promoted")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What routing may look at; built once per request."""
+
+    app: str
+    team: str
+    model: str
+    headers: Mapping[str, str]
+    metadata: Mapping[str, str]
+    tags: tuple[str, ...]
+    system_fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    model_name: str
+    model: ModelConfig
+    served_by: str  # teacher | student | fallback
+    reason: str
+    candidate: str = ""
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    route: str
-    model_name: str
-    model: ModelConfig
-    teacher: str
-    served_by: str
-    reason: str
+    route: Route
+    primary: Target
+    fallbacks: tuple[Target, ...]
     policy_version: str
+    shadow: Target | None = None
+    audit: bool = False
+
+    @property
+    def teacher(self) -> str:
+        return self.route.teacher
+
+
+@dataclass
+class CandidateStates:
+    """(route, candidate) → state, as last read from ClickHouse."""
+
+    states: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def get(self, route: str, candidate: str) -> str:
+        return self.states.get((route, candidate), "untrained")
+
+
+_WS = re.compile(r"\s+")
+
+
+def fingerprint_system_prompt(messages: Any) -> str:
+    """A stable id for a workload's instructions: the system/developer text, lower-cased with
+    whitespace collapsed, hashed. Unchanged apps are recognised by it."""
+    if not isinstance(messages, list):
+        return ""
+    parts = []
+    for msg in messages:
+        if isinstance(msg, dict) and msg.get("role") in ("system", "developer"):
+            content = msg.get("content")
+            if isinstance(content, list):
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            parts.append(str(content or ""))
+    if not parts:
+        return ""
+    text = _WS.sub(" ", " ".join(parts)).strip().lower()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _usd(value: Any) -> str:
+    return format(value.normalize(), "f")
+
+
+def _price_key(prices: dict[str, Price], model: str) -> Any:
+    price = prices[model]
+    return price.input_per_token + price.output_per_token
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, policy_version: str = "") -> None:
-        self._models = config.models
-        self._by_alias: dict[str, RouteConfig] = {}
-        for route in config.routes:
-            for alias in route.called_as():
-                self._by_alias[alias] = route
-        self.policy_version = policy_version
+    def __init__(
+        self,
+        policies: PolicySet,
+        prices: dict[str, Price],
+        states: CandidateStates | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policies = policies
+        self.prices = prices
+        self.states = states or CandidateStates()
+        self._rng = rng or random.Random()
+        self._by_name = {r.name: r for r in policies.routes}
+
+    @property
+    def policy_version(self) -> str:
+        return self.policies.version
+
+    def with_states(self, states: CandidateStates) -> Router:
+        """The same policy with a new state snapshot (swapped in whole)."""
+        return Router(self.policies, self.prices, states, self._rng)
+
+    def route_named(self, name: str) -> Route | None:
+        return self._by_name.get(name)
 
     def aliases(self) -> list[str]:
-        return sorted(self._by_alias)
+        return sorted({m for r in self.policies.routes for m in r.match.models})
 
-    def decide(self, requested_model: str) -> Decision:
-        route = self._by_alias.get(requested_model)
-        if route is None:
-            raise ApiError(
-                404,
-                f"The model `{requested_model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-                param="model",
-            )
-        return Decision(
-            route=route.name,
-            model_name=route.teacher,
-            model=self._models[route.teacher],
-            teacher=route.teacher,
-            served_by="teacher",
-            reason="teacher: only model on route",
-            policy_version=self.policy_version,
+    # --- matching --------------------------------------------------------------------------
+
+    @staticmethod
+    def mismatch(route: Route, facts: RequestFacts) -> str | None:
+        """Why `route` does not match, or None when it does."""
+        m = route.match
+        if m.models and facts.model not in m.models:
+            return f"model {facts.model!r} not in {m.models}"
+        if m.apps and facts.app not in m.apps:
+            return f"app {facts.app!r} not in {m.apps}"
+        if m.teams and facts.team not in m.teams:
+            return f"team {facts.team!r} not in {m.teams}"
+        for name, value in m.headers.items():
+            if facts.headers.get(name) != value:
+                return f"header {name}={facts.headers.get(name)!r}, wants {value!r}"
+        for name, value in m.metadata.items():
+            if facts.metadata.get(name) != value:
+                return f"metadata {name}={facts.metadata.get(name)!r}, wants {value!r}"
+        missing = [t for t in m.tags if t not in facts.tags]
+        if missing:
+            return f"tags {missing} missing"
+        if m.system_prompts and facts.system_fingerprint not in m.system_prompts:
+            return f"system prompt fingerprint {facts.system_fingerprint or '(none)'} not listed"
+        return None
+
+    @staticmethod
+    def match_reasons(route: Route, facts: RequestFacts) -> list[str]:
+        m = route.match
+        out = []
+        if m.models:
+            out.append(f"model {facts.model!r} in {m.models}")
+        if m.apps:
+            out.append(f"app {facts.app!r} in {m.apps}")
+        if m.teams:
+            out.append(f"team {facts.team!r} in {m.teams}")
+        out += [f"header {k}={v!r}" for k, v in m.headers.items()]
+        out += [f"metadata {k}={v!r}" for k, v in m.metadata.items()]
+        if m.tags:
+            out.append(f"tags {m.tags} present")
+        if m.system_prompts:
+            out.append(f"system prompt fingerprint {facts.system_fingerprint} listed")
+        return out
+
+    def match(self, facts: RequestFacts) -> Route:
+        for route in self.policies.routes:
+            if self.mismatch(route, facts) is None:
+                return route
+        raise ApiError(
+            404,
+            f"The model `{facts.model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
         )
+
+    # --- deciding --------------------------------------------------------------------------
+
+    def _target(self, name: str, served_by: str, reason: str, **kw: Any) -> Target:
+        return Target(name, self.policies.models[name], served_by, reason, **kw)
+
+    def _cheapest(self, route: Route, states: tuple[str, ...]) -> Candidate | None:
+        eligible = [c for c in route.candidates if self.states.get(route.name, c.name) in states]
+        return min(eligible, key=lambda c: _price_key(self.prices, c.model), default=None)
+
+    def decide(self, facts: RequestFacts) -> Decision:
+        route = self.match(facts)
+        draw = self._rng.random
+        teacher_fallbacks = tuple(
+            self._target(f, "fallback", f"fallback: teacher {route.teacher} failed")
+            for f in route.fallbacks
+        )
+        best = self._cheapest(route, SERVING_STATES)
+        primary: Target | None = None
+        audit = False
+        if best is not None:
+            state = self.states.get(route.name, best.name)
+            share = route.rollout.canary_share
+            if state == "promoted" or draw() < share:
+                reason = "promoted" if state == "promoted" else f"canary {share:.0%}"
+                primary = self._target(
+                    best.model,
+                    "student",
+                    f"{reason}: {best.name}",
+                    candidate=best.name,
+                    timeout_s=route.retries.student_timeout_s,
+                )
+                audit = draw() < route.audit.share
+            else:
+                teacher_reason = f"teacher: canary {share:.0%} not drawn"
+        elif route.candidates:
+            teacher_reason = "teacher: no candidate has passed its gate"
+        else:
+            teacher_reason = "teacher: route has no candidates"
+        if primary is None:
+            primary = self._target(route.teacher, "teacher", teacher_reason)
+            fallbacks = teacher_fallbacks
+        else:
+            fallbacks = (
+                self._target(route.teacher, "teacher", "fallback: student failed"),
+                *teacher_fallbacks,
+            )
+        shadow = None
+        in_shadow = self._cheapest(route, ("shadow",))
+        if in_shadow is not None and draw() < route.rollout.shadow_share:
+            shadow = self._target(
+                in_shadow.model,
+                "shadow",
+                f"shadow {route.rollout.shadow_share:.0%}",
+                candidate=in_shadow.name,
+                timeout_s=route.retries.student_timeout_s,
+            )
+        return Decision(route, primary, fallbacks, self.policies.version, shadow, audit)
+
+    def explain(self, facts: RequestFacts) -> dict[str, Any]:
+        """Which route matches and why, which would serve and why, for admins."""
+        skipped = []
+        for route in self.policies.routes:
+            why = self.mismatch(route, facts)
+            if why is None:
+                break
+            skipped.append({"route": route.name, "why_not": why})
+        route = self.match(facts)
+        because = self.match_reasons(route, facts) or ["default route (matches everything)"]
+        candidates = []
+        for c in route.candidates:
+            state = self.states.get(route.name, c.name)
+            price = self.prices[c.model]
+            candidates.append(
+                {
+                    "name": c.name,
+                    "model": c.model,
+                    "state": state,
+                    "may_serve": state in SERVING_STATES,
+                    "usd_per_million_tokens": {
+                        "input": str(price.input_per_token * 1_000_000),
+                        "output": str(price.output_per_token * 1_000_000),
+                    },
+                }
+            )
+        best = self._cheapest(route, SERVING_STATES)
+        if best is None:
+            would = {
+                "model": route.teacher,
+                "served_by": "teacher",
+                "why": "no candidate is in canary or promoted",
+            }
+        elif self.states.get(route.name, best.name) == "promoted":
+            would = {
+                "model": best.model,
+                "served_by": "student",
+                "why": f"{best.name} is the cheapest promoted candidate; "
+                f"{route.audit.share:.0%} audited by the teacher",
+            }
+        else:
+            would = {
+                "model": best.model,
+                "served_by": "student or teacher",
+                "why": f"{best.name} is in canary: {route.rollout.canary_share:.0%} of "
+                f"requests go to it, the rest to {route.teacher}",
+            }
+        return {
+            "policy_version": self.policies.version,
+            "route": route.name,
+            "matched_because": because,
+            "skipped_routes": skipped,
+            "teacher": route.teacher,
+            "fallbacks": route.fallbacks,
+            "candidates": candidates,
+            "would_serve": would,
+            "system_prompt_fingerprint": facts.system_fingerprint,
+        }

@@ -1,15 +1,21 @@
-"""The one place the running gateway keeps its state (no module-level mutable globals)."""
+"""The one place the running gateway keeps its state (no module-level mutable globals).
+
+`router` is replaced whole (policy reload, candidate-state refresh); a request reads it once
+and keeps that snapshot, so a swap never changes a decision half-way.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from flywheel.store import Store
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import Price
+from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
 from gateway.spool import Spool
 from gateway.upstream import Upstreams
@@ -20,10 +26,12 @@ class GatewayState:
     config: GatewayConfig
     keys: KeyRing
     router: Router
-    prices: dict[str, Price]
     metrics: GatewayMetrics
     store: Store
     spool: Spool
     writer: LogWriter
     upstreams: Upstreams
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)
+    background: set[asyncio.Future[Any]] = field(default_factory=set)

@@ -120,41 +120,53 @@ class Upstreams:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    async def call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> bytes:
+    async def call(
+        self,
+        model: ModelConfig,
+        endpoint: str,
+        body: dict[str, Any],
+        timeout_s: float | None = None,
+    ) -> bytes:
         """A whole (non-streamed) answer as the upstream's JSON bytes."""
+        timeout = timeout_s or model.timeout_s
         if not model.openai_compatible:
-            return await self._litellm_call(model, endpoint, body)
+            return await self._litellm_call(model, endpoint, body, timeout)
         try:
             async with self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
                 headers=self._headers(model),
-                timeout=aiohttp.ClientTimeout(total=model.timeout_s),
+                timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
                 if resp.status >= 400:
                     raise UpstreamError("http", _error_message(data), resp.status)
                 return data
         except TimeoutError as e:
-            raise UpstreamError("timeout", f"upstream did not answer in {model.timeout_s}s") from e
+            raise UpstreamError("timeout", f"upstream did not answer in {timeout}s") from e
         except aiohttp.ClientError as e:
             raise UpstreamError("connect", f"cannot reach upstream: {type(e).__name__}") from e
 
     async def stream(
-        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+        self,
+        model: ModelConfig,
+        endpoint: str,
+        body: dict[str, Any],
+        timeout_s: float | None = None,
     ) -> UpstreamStream:
         """An open event stream; errors before the first byte raise here."""
+        timeout = timeout_s or model.timeout_s
         if not model.openai_compatible:
-            return await self._litellm_stream(model, endpoint, body)
+            return await self._litellm_stream(model, endpoint, body, timeout)
         try:
             resp = await self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
                 headers=self._headers(model),
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=model.timeout_s),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout),
             )
         except TimeoutError as e:
-            raise UpstreamError("timeout", f"upstream did not answer in {model.timeout_s}s") from e
+            raise UpstreamError("timeout", f"upstream did not answer in {timeout}s") from e
         except aiohttp.ClientError as e:
             raise UpstreamError("connect", f"cannot reach upstream: {type(e).__name__}") from e
         if resp.status >= 400:
@@ -191,10 +203,12 @@ class Upstreams:
 
     # --- litellm path --------------------------------------------------------------------
 
-    def _litellm_kwargs(self, model: ModelConfig, body: dict[str, Any]) -> dict[str, Any]:
+    def _litellm_kwargs(
+        self, model: ModelConfig, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k != "model"}
         kwargs["model"] = model.model
-        kwargs["timeout"] = model.timeout_s
+        kwargs["timeout"] = timeout
         if model.api_base:
             kwargs["api_base"] = model.api_base
         key = model.api_key()
@@ -211,20 +225,22 @@ class Upstreams:
             return UpstreamError("connect", f"cannot reach upstream: {name}", 502)
         return UpstreamError("http", str(e), status or 502)
 
-    async def _litellm_call(self, model: ModelConfig, endpoint: str, body: dict[str, Any]) -> bytes:
+    async def _litellm_call(
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any], timeout_s: float
+    ) -> bytes:
         fn = {
             "chat.completions": self._litellm.acompletion,
             "completions": self._litellm.atext_completion,
             "embeddings": self._litellm.aembedding,
         }[endpoint]
         try:
-            result = await fn(**self._litellm_kwargs(model, body))
+            result = await fn(**self._litellm_kwargs(model, body, timeout_s))
         except Exception as e:  # litellm raises provider-specific types
             raise self._litellm_error(e) from e
         return orjson.dumps(result.model_dump(exclude_none=True))
 
     async def _litellm_stream(
-        self, model: ModelConfig, endpoint: str, body: dict[str, Any]
+        self, model: ModelConfig, endpoint: str, body: dict[str, Any], timeout_s: float
     ) -> UpstreamStream:
         fn = (
             self._litellm.acompletion
@@ -232,7 +248,7 @@ class Upstreams:
             else (self._litellm.atext_completion)
         )
         try:
-            result = await fn(**self._litellm_kwargs(model, body))
+            result = await fn(**self._litellm_kwargs(model, body, timeout_s))
         except Exception as e:
             raise self._litellm_error(e) from e
 

@@ -53,6 +53,8 @@ def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> Gatew
                 "price": {"input_per_million": "0.10", "output_per_million": "0.20"},
             },
             "embedder": {"model": "openai/text-embedding-3-small", "api_base": upstream_url},
+            # Nothing listens on port 9: an upstream that is down.
+            "dead": {"model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1"},
         },
         "apps": {
             "shop": {"team": "retail", "train_on_traffic": True},
@@ -64,9 +66,14 @@ def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> Gatew
             {"id": "admin", "key": ADMIN_KEY, "role": "admin"},
         ],
         "routes": [
-            {"name": "support", "aliases": ["gpt-4o", "support"], "teacher": "teacher"},
-            {"name": "cheap", "teacher": "cheap"},
-            {"name": "embed", "aliases": ["text-embedding-3-small"], "teacher": "embedder"},
+            {"name": "support", "match": {"models": ["gpt-4o", "support"]}, "teacher": "teacher"},
+            {"name": "cheap", "match": {"models": ["cheap"]}, "teacher": "cheap"},
+            {
+                "name": "embed",
+                "match": {"models": ["text-embedding-3-small"]},
+                "teacher": "embedder",
+            },
+            {"name": "dead", "match": {"models": ["dead"]}, "teacher": "dead"},
         ],
     }
     raw.update(overrides)

@@ -61,6 +61,8 @@ class FakeUpstream:
         self.app.router.add_post("/v1/completions", self.completions)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
         self.app.router.add_get("/v1/models", self.models)
+        # Anthropic's Messages API: a provider that only litellm's path speaks.
+        self.app.router.add_post("/v1/messages", self.anthropic_messages)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
@@ -205,6 +207,60 @@ class FakeUpstream:
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
+
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=orjson.loads)
+        _, failure = await self._marks(body)
+        if failure is not None:
+            return failure
+        answer = f"echo: {_MARK.sub('', _last_user_text(body)).strip()}"
+        usage = {"input_tokens": _words(body.get("messages")), "output_tokens": len(answer.split())}
+        message = {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+        }
+        if not body.get("stream"):
+            return web.json_response(
+                {**message, "content": [{"type": "text", "text": answer}], "usage": usage}
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1},
+        }
+        await resp.write(_anthropic_event("message_start", {"message": start}))
+        await resp.write(
+            _anthropic_event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
+        )
+        for k, word in enumerate(answer.split(" ")):
+            delta = {"type": "text_delta", "text": word if k == 0 else " " + word}
+            await resp.write(_anthropic_event("content_block_delta", {"index": 0, "delta": delta}))
+        await resp.write(_anthropic_event("content_block_stop", {"index": 0}))
+        await resp.write(
+            _anthropic_event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        await resp.write(_anthropic_event("message_stop", {}))
+        await resp.write_eof()
+        return resp
+
+
+def _anthropic_event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\n".encode() + b"data: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
 class FakeUpstreamThread:

@@ -1,0 +1,101 @@
+"""Admin API: the loaded policy and its status, and route explanations.
+
+Invariant: every endpoint here needs an admin key; app keys get 403, no key 401.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth import require_role
+from gateway.bodies import read_json, validate
+from gateway.errors import ApiError
+from gateway.routing import RequestFacts, fingerprint_system_prompt
+from gateway.state import GatewayState
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    key: str | None = Field(default=None, description="an app key: app and team come from it")
+    app: str = ""
+    team: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    messages: list[dict[str, Any]] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _admin(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    require_role(state.keys.authenticate(request.headers), "admin")
+    return state
+
+
+async def get_policies(request: Request) -> Response:
+    state = _admin(request)
+    router = state.router
+    return _json(
+        {
+            **state.policy_status,
+            "serving_version": router.policy_version,
+            "routes": [
+                {
+                    "name": r.name,
+                    "match": r.match.model_dump(exclude_defaults=True),
+                    "teacher": r.teacher,
+                    "candidates": [c.name for c in r.candidates],
+                }
+                for r in router.policies.routes
+            ],
+            "candidate_states": [
+                {"route": route, "candidate": cand, "state": st}
+                for (route, cand), st in sorted(router.states.states.items())
+            ],
+        }
+    )
+
+
+def facts_for(state: GatewayState, req: ExplainRequest) -> RequestFacts:
+    app, team = req.app, req.team
+    if req.key:
+        principal = state.keys.authenticate(Headers({"authorization": f"Bearer {req.key}"}))
+        app, team = principal.app, principal.team
+    elif app and not team and app in state.config.apps:
+        team = state.config.apps[app].team
+    return RequestFacts(
+        app=app,
+        team=team,
+        model=req.model,
+        headers={k.lower(): v for k, v in req.headers.items()},
+        metadata=req.metadata,
+        tags=tuple(req.tags),
+        system_fingerprint=fingerprint_system_prompt(req.messages),
+    )
+
+
+async def explain_route(request: Request) -> Response:
+    state = _admin(request)
+    body = await read_json(request, 1024 * 1024)
+    req = validate(ExplainRequest, body)
+    assert isinstance(req, ExplainRequest)
+    try:
+        return _json(state.router.explain(facts_for(state, req)))
+    except ApiError as e:
+        if e.code != "model_not_found":
+            raise
+        return _json(
+            {"route": None, "why": e.message, "policy_version": state.router.policy_version},
+            status=404,
+        )

@@ -1,0 +1,214 @@
+"""Carry out a routing decision: call the chosen model, retry, fall back, and fire the
+background shadow and audit calls.
+
+Invariant: a student that errors or times out never fails the user's request while a
+fallback remains (the teacher, then the route's backups); a client mistake (400/413/422) is
+not retried elsewhere. Shadow and audit calls never delay or alter the user's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import orjson
+from uuid_utils import uuid7
+
+from distiller.metrics import agreement, answer_text, judge_messages, parse_judgement
+from gateway.request_log import RequestRecord, utc_timestamp
+from gateway.routing import Decision, Target
+from gateway.state import GatewayState
+from gateway.upstream import UpstreamError, UpstreamStream
+
+log = logging.getLogger("flywheel.dispatch")
+
+T = TypeVar("T")
+_CLIENT_ERRORS = (400, 413, 422)
+
+
+def _short(e: UpstreamError) -> str:
+    return "timeout" if e.kind == "timeout" else f"error {e.status or e.kind}"
+
+
+def _upstream_body(body: dict[str, Any], target: Target) -> dict[str, Any]:
+    out = dict(body)
+    out["model"] = target.model.upstream_name
+    return out
+
+
+async def _attempts(
+    decision: Decision,
+    rec: RequestRecord,
+    call: Callable[[Target], Awaitable[T]],
+) -> T:
+    """Try the primary target, then each fallback; record who finally served and why."""
+    errors: list[str] = []
+    first_error: UpstreamError | None = None
+    for target in (decision.primary, *decision.fallbacks):
+        for _ in range(decision.route.retries.attempts):
+            try:
+                result = await call(target)
+            except UpstreamError as e:
+                if e.status in _CLIENT_ERRORS:
+                    raise
+                first_error = first_error or e
+                errors.append(f"{target.model_name}: {_short(e)}")
+                continue
+            rec.served_model = target.model_name
+            rec.served_by = target.served_by
+            rec.candidate = target.candidate
+            if first_error is None:
+                rec.route_reason = target.reason
+            elif decision.primary.served_by == "student" and target.served_by == "teacher":
+                rec.route_reason = f"fallback: student {_short(first_error)}"
+            else:
+                rec.route_reason = f"{target.reason} ({'; '.join(errors)})"
+            return result
+    assert first_error is not None
+    rec.route_reason = f"all targets failed ({'; '.join(errors)})"
+    raise first_error
+
+
+async def call(
+    state: GatewayState,
+    decision: Decision,
+    rec: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+) -> bytes:
+    async def one(target: Target) -> bytes:
+        return await state.upstreams.call(
+            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        )
+
+    return await _attempts(decision, rec, one)
+
+
+async def stream(
+    state: GatewayState,
+    decision: Decision,
+    rec: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+) -> UpstreamStream:
+    """Fallbacks apply until the first byte; after that the stream is committed."""
+
+    async def one(target: Target) -> UpstreamStream:
+        return await state.upstreams.stream(
+            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        )
+
+    return await _attempts(decision, rec, one)
+
+
+# --- background work -------------------------------------------------------------------------
+
+
+def spawn(state: GatewayState, coro: Awaitable[None]) -> None:
+    """Run in the background, keeping a reference so the task is not collected mid-flight."""
+    task = asyncio.ensure_future(coro)
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+
+
+def _child(parent: RequestRecord, kind: str, target: Target, reason: str) -> RequestRecord:
+    return replace(
+        parent,
+        request_id=str(uuid7()),
+        kind=kind,
+        parent_id=parent.request_id,
+        started_at=time.time(),
+        t0=time.perf_counter(),
+        served_model=target.model_name,
+        served_by=target.served_by,
+        candidate=target.candidate,
+        route_reason=reason,
+        is_stream=False,
+        response=None,
+        events=None,
+        error="",
+        ttft_us=0,
+        upstream_us=0,
+        status="ok",
+        http_status=200,
+    )
+
+
+async def _background_call(
+    state: GatewayState, rec: RequestRecord, target: Target, endpoint: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    try:
+        raw = await state.upstreams.call(
+            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        )
+        rec.response = orjson.loads(raw)
+        rec.finish("ok", 200)
+    except (UpstreamError, orjson.JSONDecodeError) as e:
+        rec.error = getattr(e, "message", str(e))
+        rec.finish("timeout" if getattr(e, "kind", "") == "timeout" else "upstream_error", 502)
+    state.writer.submit(rec)
+    return rec.response
+
+
+async def shadow(
+    state: GatewayState,
+    decision: Decision,
+    parent: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+) -> None:
+    assert decision.shadow is not None
+    rec = _child(parent, "shadow", decision.shadow, decision.shadow.reason)
+    await _background_call(state, rec, decision.shadow, endpoint, body)
+
+
+async def audit(
+    state: GatewayState,
+    decision: Decision,
+    parent: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+    student_answer: dict[str, Any] | None,
+) -> None:
+    """Re-ask the teacher what the student answered and record whether they agree."""
+    teacher = decision.fallbacks[0]
+    rec = _child(parent, "audit", teacher, f"audit of {parent.candidate}")
+    teacher_answer = await _background_call(state, rec, teacher, endpoint, body)
+    if teacher_answer is None or student_answer is None:
+        return
+    gate = decision.route.gate
+    student_text, teacher_text = answer_text(student_answer), answer_text(teacher_answer)
+    if gate.metric == "llm_judge":
+        prompt = orjson.dumps(body.get("messages") or body.get("prompt")).decode()
+        verdict = await state.upstreams.call(
+            teacher.model,
+            "chat.completions",
+            {
+                "model": teacher.model.upstream_name,
+                "temperature": 0,
+                "max_tokens": 3,
+                "messages": judge_messages(prompt, student_text, teacher_text),
+            },
+        )
+        score = parse_judgement(answer_text(orjson.loads(verdict)))
+    else:
+        score = agreement(gate.metric, student_text, teacher_text, gate.fields)
+    state.writer.submit_row(
+        "audits",
+        {
+            "request_id": parent.request_id,
+            "audit_request_id": rec.request_id,
+            "at": utc_timestamp(time.time()),
+            "route": decision.route.name,
+            "candidate": parent.candidate,
+            "metric": gate.metric,
+            "agreement": score,
+            "student_answer": student_text,
+            "teacher_answer": teacher_text,
+        },
+    )

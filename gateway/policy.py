@@ -1,0 +1,278 @@
+"""Routing policies: the YAML admins edit in `router_policies/`, typed and checked.
+
+A policy file holds `routes` (and may add `models`). Routes from all loaded files are tried
+in order (the gateway config's inline routes first, then files in the order given); the
+first match wins. A route with an empty `match` is a default route.
+
+Invariant: a `PolicySet` that loaded without `PolicyError` is servable: every model it names
+exists and is priced, every share is a fraction and shares that split the same traffic sum to
+at most 100%, and no route is unreachable behind an earlier one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.model_config import ModelConfig
+from gateway.yaml_source import (
+    ConfigError,
+    format_validation_error,
+    line_of,
+    load_yaml_with_lines,
+    strip_lines,
+)
+
+Share = float
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Match(_Strict):
+    """All given conditions must hold; an empty list or map means "any"."""
+
+    models: list[str] = Field(default_factory=list)
+    apps: list[str] = Field(default_factory=list)
+    teams: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    system_prompts: list[str] = Field(
+        default_factory=list,
+        description="fingerprints (`flywheel policy fingerprint`) of the system prompt",
+    )
+
+    @model_validator(mode="after")
+    def _lower_headers(self) -> Match:
+        self.headers = {k.lower(): v for k, v in self.headers.items()}
+        return self
+
+    def is_default(self) -> bool:
+        return not any(
+            (
+                self.models,
+                self.apps,
+                self.teams,
+                self.headers,
+                self.metadata,
+                self.tags,
+                self.system_prompts,
+            )
+        )
+
+    def covers(self, other: Match) -> bool:
+        """True when every request `other` matches is also matched by this one."""
+
+        def lists(mine: list[str], theirs: list[str]) -> bool:
+            return not mine or (bool(theirs) and set(theirs) <= set(mine))
+
+        return (
+            lists(self.models, other.models)
+            and lists(self.apps, other.apps)
+            and lists(self.teams, other.teams)
+            and lists(self.system_prompts, other.system_prompts)
+            and self.headers.items() <= other.headers.items()
+            and self.metadata.items() <= other.metadata.items()
+            and set(self.tags) <= set(other.tags)
+        )
+
+
+class Candidate(_Strict):
+    """A student slot: the distiller trains it from `base`, `model` serves it."""
+
+    name: str
+    model: str
+    base: str = ""
+
+
+class Gate(_Strict):
+    metric: Literal["exact_match", "json_field_match", "chrf", "llm_judge"] = "exact_match"
+    fields: list[str] = Field(default_factory=list)
+    threshold: float = Field(default=0.9, ge=0, le=1)
+    min_examples: int = Field(default=100, ge=1)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
+class Rollout(_Strict):
+    """After the gate: shadow (copies only), canary (a share served), promoted (all)."""
+
+    shadow_share: Share = Field(default=0.1, ge=0, le=1)
+    canary_share: Share = Field(default=0.1, ge=0, le=1)
+    shadow_min_examples: int = Field(default=50, ge=0)
+    canary_min_examples: int = Field(default=100, ge=0)
+
+
+class Audit(_Strict):
+    share: Share = Field(default=0.05, ge=0, le=1)
+    min_agreement: float = Field(default=0.9, ge=0, le=1)
+    window: int = Field(default=200, ge=1)
+
+
+class Escalation(_Strict):
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
+    max_prompt_distance: float | None = Field(default=None, ge=0)
+
+
+class Retries(_Strict):
+    attempts: int = Field(default=1, ge=1, le=10)
+    student_timeout_s: float = Field(default=10, gt=0)
+
+
+class RateLimit(_Strict):
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+
+class Route(_Strict):
+    name: str
+    match: Match = Field(default_factory=Match)
+    teacher: str
+    fallbacks: list[str] = Field(default_factory=list, description="tried in order on error")
+    candidates: list[Candidate] = Field(default_factory=list)
+    gate: Gate = Field(default_factory=Gate)
+    rollout: Rollout = Field(default_factory=Rollout)
+    audit: Audit = Field(default_factory=Audit)
+    escalation: Escalation = Field(default_factory=Escalation)
+    retries: Retries = Field(default_factory=Retries)
+    rate_limit: RateLimit | None = None
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="distiller settings (issue: distiller)"
+    )
+
+
+class PolicyFile(_Strict):
+    description: str = ""
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+
+
+class PolicyError(ConfigError):
+    """One or more problems, each as `file:line: field.path: message`."""
+
+
+@dataclass
+class PolicySet:
+    """Routes in matching order, the models they use, and a content hash as version."""
+
+    routes: list[Route]
+    models: dict[str, ModelConfig]
+    version: str
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Source:
+    path: str
+    tree: Any
+    base_path: tuple[str | int, ...] = ()
+
+
+def _problem(src: _Source, path: tuple[str | int, ...], message: str) -> str:
+    line = line_of(src.tree, src.base_path + path)
+    where = f"{src.path}:{line}" if line else src.path
+    dotted = ".".join(str(p) for p in src.base_path + path)
+    return f"{where}: {dotted}: {message}"
+
+
+def _check(routes: list[tuple[_Source, int, Route]], models: dict[str, ModelConfig]) -> list[str]:
+    problems: list[str] = []
+    for src, i, route in routes:
+        at = ("routes", i)
+        for key, name in [("teacher", route.teacher)] + [("fallbacks", f) for f in route.fallbacks]:
+            if name not in models:
+                problems.append(_problem(src, (*at, key), f"unknown model {name!r}"))
+        for j, cand in enumerate(route.candidates):
+            if cand.model not in models:
+                problems.append(
+                    _problem(src, (*at, "candidates", j, "model"), f"unknown model {cand.model!r}")
+                )
+        if route.rollout.canary_share + route.audit.share > 1:
+            problems.append(
+                _problem(
+                    src,
+                    (*at, "rollout", "canary_share"),
+                    f"shares over 100%: canary {route.rollout.canary_share:.0%} + audit "
+                    f"{route.audit.share:.0%} of the same traffic",
+                )
+            )
+        if route.escalation.max_prompt_distance is not None and not route.candidates:
+            problems.append(
+                _problem(src, (*at, "escalation"), "escalation needs at least one candidate")
+            )
+    seen: dict[str, int] = {}
+    for n, (src, i, route) in enumerate(routes):
+        if route.name in seen:
+            problems.append(_problem(src, ("routes", i, "name"), f"duplicate route {route.name!r}"))
+        seen[route.name] = n
+        for src_e, _, earlier in routes[:n]:
+            if earlier.match.covers(route.match):
+                problems.append(
+                    _problem(
+                        src,
+                        ("routes", i, "match"),
+                        f"route {route.name!r} can never match: route {earlier.name!r} "
+                        f"({src_e.path}) comes first and matches everything it does",
+                    )
+                )
+                break
+    return problems
+
+
+def _version(blobs: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(blob)
+    return digest.hexdigest()[:12]
+
+
+def load_policies(
+    files: list[Path],
+    base_models: dict[str, ModelConfig] | None = None,
+    inline: tuple[str, Any, list[Route]] | None = None,
+) -> PolicySet:
+    """Load and check policy files together. `inline` is (path, yaml tree, routes) of routes
+    written in the gateway config itself; they come first."""
+    problems: list[str] = []
+    routes: list[tuple[_Source, int, Route]] = []
+    models = dict(base_models or {})
+    blobs: list[bytes] = []
+    if inline is not None:
+        src = _Source(inline[0], inline[1])
+        routes += [(src, i, r) for i, r in enumerate(inline[2])]
+        blobs.append(repr([r.model_dump() for r in inline[2]]).encode())
+    for path in files:
+        try:
+            raw = path.read_bytes()
+            tree = load_yaml_with_lines(path)
+        except (OSError, ConfigError) as e:
+            problems.append(f"{path}: {e}")
+            continue
+        except Exception as e:  # yaml.YAMLError and friends carry their own line
+            problems.append(f"{path}: {e}")
+            continue
+        blobs.append(raw)
+        try:
+            policy = PolicyFile.model_validate(strip_lines(tree or {}))
+        except ValidationError as e:
+            problems.append(format_validation_error(path, tree, e))
+            continue
+        src = _Source(str(path), tree)
+        for name, model in policy.models.items():
+            models[name] = model
+        routes += [(src, i, r) for i, r in enumerate(policy.routes)]
+    if not problems:
+        problems = _check(routes, models)
+    if problems:
+        raise PolicyError("\n".join(problems))
+    return PolicySet(
+        routes=[r for _, _, r in routes],
+        models=models,
+        version=_version(blobs),
+        files=[str(p) for p in files],
+    )

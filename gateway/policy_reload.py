@@ -1,0 +1,104 @@
+"""Keeps the router current: policy files hot-reloaded, candidate states refreshed.
+
+Invariant: a changed policy file is validated before it is swapped in, whole and at once; an
+invalid edit leaves the previous policy serving and is reported (log, `GET /admin/policies`,
+`flywheel_policy_valid`). Candidate states are read from ClickHouse here, in the background,
+never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from flywheel.store import StoreUnavailable
+from gateway.config import load_policy_set
+from gateway.policy import PolicyError
+from gateway.pricing import price_table
+from gateway.routing import CandidateStates, Router
+from gateway.state import GatewayState
+from gateway.yaml_source import ConfigError
+
+log = logging.getLogger("flywheel.policy")
+
+STATES_SQL = (
+    "SELECT route, candidate, argMax(state, updated_at) AS state "
+    "FROM candidate_states GROUP BY route, candidate"
+)
+
+
+def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(p), -1, -1))
+    return tuple(out)
+
+
+def build_router(state: GatewayState, states: CandidateStates | None = None) -> Router:
+    """Load and check every policy, price its models; raises PolicyError/ConfigError."""
+    policies = load_policy_set(state.config)
+    return Router(policies, price_table(policies.models), states)
+
+
+class PolicyReloader:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._stamp = _stamp(state.config.policy_paths())
+
+    def mark_loaded(self, router: Router) -> None:
+        self.state.policy_status.update(
+            status="ok",
+            version=router.policy_version,
+            files=router.policies.files,
+            loaded_at=time.time(),
+            last_error=None,
+        )
+        self.state.metrics.policy_valid.set(1)
+
+    async def check(self) -> bool:
+        """Reload when a policy file changed; True when a new policy was swapped in."""
+        stamp = _stamp(self.state.config.policy_paths())
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            router = await asyncio.to_thread(build_router, self.state, self.state.router.states)
+        except (PolicyError, ConfigError) as e:
+            self.state.policy_status.update(
+                status="error", last_error=str(e), failed_at=time.time()
+            )
+            self.state.metrics.policy_valid.set(0)
+            self.state.metrics.policy_reload_errors.inc()
+            log.error("policy reload rejected, previous policy keeps serving:\n%s", e)
+            return False
+        self.state.writer.prices = router.prices
+        self.state.router = router
+        self.mark_loaded(router)
+        log.info("policy %s loaded from %s", router.policy_version, router.policies.files)
+        return True
+
+    async def refresh_states(self) -> None:
+        try:
+            rows = await asyncio.to_thread(self.state.store.query_rows, STATES_SQL)
+        except StoreUnavailable as e:
+            log.debug("candidate states not refreshed: %s", e)
+            return
+        states = CandidateStates({(str(r[0]), str(r[1])): str(r[2]) for r in rows})
+        if states.states != self.state.router.states.states:
+            self.state.router = self.state.router.with_states(states)
+
+    async def run(self) -> None:
+        cfg = self.state.config.router
+        next_states = 0.0
+        while True:
+            await self.check()
+            if time.monotonic() >= next_states:
+                await self.refresh_states()
+                next_states = time.monotonic() + cfg.state_refresh_s
+            await asyncio.sleep(cfg.policy_reload_s)

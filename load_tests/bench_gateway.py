@@ -1,0 +1,297 @@
+"""Gateway overhead and throughput against a direct call and LiteLLM's proxy, in one run.
+
+Layout on a 2-core machine: the server under test (gateway or LiteLLM proxy) is pinned to
+core 0; the fake upstream and this load generator share core 1. Every target is called
+with the same requests:
+- open loop at a fixed rate (default 200 req/s): latency p50/p99; overhead = target minus
+  direct at the same percentile;
+- closed loop at several concurrencies: the highest sustained throughput;
+- streaming at a fixed rate: time to first byte, overhead against direct.
+The gateway logs to its embedded ClickHouse the whole time (logging ON), and the run checks
+afterwards that every request it answered is in ClickHouse.
+
+    python load_tests/bench_gateway.py --out load_tests/results/gateway.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+import yaml
+
+KEY = "sk-bench-5f1c2a9e7b3d4f6a8c0e1b2d3f4a5c6e"  # also LiteLLM's master key
+BODY = {
+    "model": "gpt-4o",
+    "messages": [
+        {"role": "system", "content": "You classify customer messages."},
+        {"role": "user", "content": "My card has not arrived yet, what should I do?"},
+    ],
+    "temperature": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def spawn(cmd: list[str], core: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["taskset", "-c", str(core), *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", **(env or {})},
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def wait_ready(url: str, within_s: float = 120) -> None:
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            try:
+                async with s.get(url, headers={"Authorization": f"Bearer {KEY}"}) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> tuple[float, bool]:
+    """Latency (or time to first byte when streaming) in seconds, and success."""
+    body = {**BODY, "stream": True} if stream else BODY
+    t0 = time.perf_counter()
+    async with session.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        if stream:
+            await r.content.readany()
+            first = time.perf_counter() - t0
+            await r.read()
+            return first, r.status == 200
+        await r.read()
+        return time.perf_counter() - t0, r.status == 200
+
+
+async def open_loop(url: str, rate: float, seconds: float, stream: bool = False) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        for _ in range(20):  # warm the connection pool
+            await one(session, url, stream)
+
+        async def fire() -> None:
+            nonlocal errors
+            try:
+                latency, ok = await one(session, url, stream)
+                latencies.append(latency)
+                errors += 0 if ok else 1
+            except aiohttp.ClientError:
+                errors += 1
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(fire()))
+        await asyncio.gather(*tasks)
+    return {
+        "rate": rate,
+        "requests": n,
+        "errors": errors,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    done = 0
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop_at:
+                try:
+                    _, ok = await one(session, url, False)
+                    done += 1 if ok else 0
+                    errors += 0 if ok else 1
+                except aiohttp.ClientError:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return {"concurrency": concurrency, "rps": done / elapsed, "ok": done, "errors": errors}
+
+
+async def measure(name: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
+    url = f"{base}/chat/completions"
+    print(f"[{name}] open loop {args.rate}/s", flush=True)
+    result: dict[str, Any] = {"latency": await open_loop(url, args.rate, args.seconds)}
+    print(f"[{name}] streaming {args.stream_rate}/s", flush=True)
+    result["stream"] = await open_loop(url, args.stream_rate, args.seconds, stream=True)
+    result["throughput"] = []
+    for c in args.concurrency:
+        print(f"[{name}] closed loop c={c}", flush=True)
+        result["throughput"].append(await closed_loop(url, c, args.seconds))
+    result["max_rps"] = max(t["rps"] for t in result["throughput"])
+    print(f"[{name}] {json.dumps(result)}", flush=True)
+    return result
+
+
+def gateway_config(tmp: Path, upstream: str, port: int) -> Path:
+    config = {
+        "data_dir": str(tmp / "gw"),
+        "server": {"port": port},
+        "models": {"teacher": {"model": "openai/gpt-4o", "api_base": upstream}},
+        "apps": {"bench": {"team": "bench", "train_on_traffic": True}},
+        "keys": [{"id": "bench", "key": KEY, "app": "bench"}],
+        "routes": [{"name": "bench", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"}],
+    }
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def litellm_config(tmp: Path, upstream: str) -> Path:
+    config = {
+        "model_list": [
+            {
+                "model_name": "gpt-4o",
+                "litellm_params": {"model": "openai/gpt-4o", "api_base": upstream, "api_key": "x"},
+            }
+        ],
+        "litellm_settings": {"telemetry": False},
+        "general_settings": {"master_key": KEY},
+    }
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def logged_rows(config: Path) -> int:
+    code = (
+        "from gateway.config import load_config; from flywheel.store import open_store;"
+        f"s = open_store(load_config({str(config)!r}).clickhouse_dsn);"
+        "print(s.query_rows('SELECT count() FROM requests')[0][0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    upstream = spawn(
+        [sys.executable, "-m", "flywheel.testing.fake_upstream", "--port", str(up_port)], core=1
+    )
+    report: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    try:
+        await wait_ready(f"{upstream_url}/models")
+        report["direct"] = await measure("direct", upstream_url, args)
+
+        gw_port = free_port()
+        config = gateway_config(tmp, upstream_url, gw_port)
+        gw = spawn(["flywheel", "serve", "--config", str(config), "--log-level", "warning"], 0)
+        try:
+            await wait_ready(f"http://127.0.0.1:{gw_port}/v1/models")
+            report["gateway"] = await measure("gateway", f"http://127.0.0.1:{gw_port}/v1", args)
+        finally:
+            stop(gw)
+        report["gateway"]["rows_logged"] = logged_rows(config)
+
+        if not args.skip_litellm and shutil.which("litellm"):
+            ll_port = free_port()
+            ll = spawn(
+                [
+                    "litellm",
+                    "--config",
+                    str(litellm_config(tmp, upstream_url)),
+                    "--port",
+                    str(ll_port),
+                    "--num_workers",
+                    "1",
+                ],
+                0,
+            )
+            try:
+                await wait_ready(f"http://127.0.0.1:{ll_port}/v1/models", within_s=240)
+                report["litellm"] = await measure("litellm", f"http://127.0.0.1:{ll_port}/v1", args)
+            finally:
+                stop(ll)
+    finally:
+        stop(upstream)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    d, g = report["direct"], report["gateway"]
+    summary = {
+        "overhead_p50_ms": g["latency"]["p50_ms"] - d["latency"]["p50_ms"],
+        "overhead_p99_ms": g["latency"]["p99_ms"] - d["latency"]["p99_ms"],
+        "stream_ttfb_overhead_p50_ms": g["stream"]["p50_ms"] - d["stream"]["p50_ms"],
+        "stream_ttfb_overhead_p99_ms": g["stream"]["p99_ms"] - d["stream"]["p99_ms"],
+        "gateway_max_rps": g["max_rps"],
+        "direct_max_rps": d["max_rps"],
+    }
+    if "litellm" in report:
+        lt = report["litellm"]
+        summary["litellm_max_rps"] = lt["max_rps"]
+        summary["gateway_vs_litellm_throughput"] = g["max_rps"] / lt["max_rps"]
+        summary["litellm_overhead_p50_ms"] = lt["latency"]["p50_ms"] - d["latency"]["p50_ms"]
+        summary["litellm_overhead_p99_ms"] = lt["latency"]["p99_ms"] - d["latency"]["p99_ms"]
+    report["summary"] = summary
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=200)
+    parser.add_argument("--stream-rate", type=float, default=200)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--out", type=Path)
+    ns = parser.parse_args()
+    uvloop.install()
+    out = asyncio.run(main(ns))
+    print(json.dumps(out["summary"], indent=2))
+    if ns.out:
+        ns.out.parent.mkdir(parents=True, exist_ok=True)
+        ns.out.write_text(json.dumps(out, indent=2))

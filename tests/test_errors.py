@@ -1,0 +1,172 @@
+"""Bad input and upstream failures: the right status, OpenAI's error shape, and a logged row."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import APP_KEY, RunningGateway
+
+
+def _post(
+    gw: RunningGateway, path: str, content: bytes | str, key: str | None = APP_KEY, **headers: str
+) -> httpx.Response:
+    h = {"Content-Type": "application/json", **headers}
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    return httpx.post(f"{gw.base_url}{path}", content=content, headers=h, timeout=10)
+
+
+def _assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"] and "Traceback" not in r.text
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+CHAT = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.mark.parametrize(
+    ("key", "code"), [(None, "missing_api_key"), ("sk-wrong", "invalid_api_key")]
+)
+def test_missing_or_unknown_key_is_401(gateway: RunningGateway, key, code) -> None:
+    _assert_error(_post(gateway, "/chat/completions", CHAT, key=key), 401, code)
+
+
+def test_openai_sdk_raises_authentication_error(gateway: RunningGateway) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key="sk-nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_malformed_json_is_400(gateway: RunningGateway) -> None:
+    err = _assert_error(_post(gateway, "/chat/completions", '{"model": '), 400, "invalid_json")
+    assert "JSON" in err["message"]
+    _assert_error(_post(gateway, "/chat/completions", "[1, 2]"), 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        ('{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "model"),
+        ('{"model": "gpt-4o", "messages": "hello"}', "messages"),
+        ('{"model": "gpt-4o", "messages": []}', "messages"),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "wizard", "content": "x"}]}',
+            "messages.0.role",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "stream",
+        ),
+        ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}', "n"),
+    ],
+)
+def test_wrong_types_are_422_naming_the_field(gateway: RunningGateway, body, param) -> None:
+    err = _assert_error(_post(gateway, "/chat/completions", body), 422, "invalid_value")
+    assert err["param"] == param
+
+
+def test_unknown_model_is_404_and_logged(gateway: RunningGateway) -> None:
+    r = _post(
+        gateway,
+        "/chat/completions",
+        '{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
+    )
+    err = _assert_error(r, 404, "model_not_found")
+    assert "gpt-9" in err["message"] and err["param"] == "model"
+    rows = gateway.rows(
+        "SELECT status, http_status, requested_model FROM requests WHERE request_id = {id:UUID}",
+        id=r.headers["x-request-id"],
+    )
+    assert rows == [{"status": "rejected", "http_status": 404, "requested_model": "gpt-9"}]
+
+
+def test_oversize_body_is_413(gateway: RunningGateway) -> None:
+    limit = gateway.state.config.server.max_body_bytes
+    big = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + "x" * limit + '"}]}'
+    _assert_error(_post(gateway, "/chat/completions", big), 413, "too_large")
+
+
+def test_unknown_path_and_method_are_openai_shaped(gateway: RunningGateway) -> None:
+    _assert_error(httpx.get(f"{gateway.base_url}/nothing-here"), 404)
+    _assert_error(httpx.get(f"{gateway.base_url}/chat/completions"), 405)
+
+
+def _chat(gw: RunningGateway, text: str) -> httpx.Response:
+    return _post(
+        gw,
+        "/chat/completions",
+        '{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + text + '"}]}',
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "status", "code", "row_status"),
+    [
+        ("[[status:500]]", 502, "upstream_error", "upstream_error"),
+        ("[[status:503]]", 502, "upstream_error", "upstream_error"),
+        ("[[status:401]]", 502, "upstream_auth_failed", "upstream_error"),
+        ("[[status:429]]", 429, "upstream_rate_limited", "upstream_error"),
+        ("[[status:400]]", 400, "upstream_rejected_request", "upstream_error"),
+        ("[[sleep:3]]", 504, "upstream_timeout", "timeout"),
+    ],
+)
+def test_upstream_failures_map_and_are_logged(
+    gateway: RunningGateway, marker, status, code, row_status
+) -> None:
+    r = _chat(gateway, f"fail {marker}")
+    err = _assert_error(r, status, code)
+    assert "sk-fake-secret" not in r.text, "upstream text must not leak keys"
+    rows = gateway.rows(
+        "SELECT status, http_status, error FROM requests WHERE request_id = {id:UUID}",
+        id=r.headers["x-request-id"],
+    )
+    assert rows[0]["status"] == row_status and rows[0]["http_status"] == status
+    assert rows[0]["error"] and "sk-fake-secret" not in rows[0]["error"]
+    assert err["message"]
+
+
+def test_unreachable_upstream_is_502(gateway: RunningGateway) -> None:
+    r = _post(
+        gateway,
+        "/chat/completions",
+        '{"model": "dead", "messages": [{"role": "user", "content": "anyone?"}]}',
+    )
+    _assert_error(r, 502, "upstream_unreachable")
+
+
+def test_stream_error_before_first_byte_is_a_status(gateway: RunningGateway) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        list(
+            client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "x [[status:500]]"}],
+                stream=True,
+            )
+        )
+    assert info.value.status_code == 502
+
+
+def test_feedback_for_unknown_or_foreign_request_is_404(gateway: RunningGateway) -> None:
+    from tests.conftest import OTHER_KEY
+
+    r = _post(
+        gateway, "/feedback", '{"request_id": "0190b2a4-0000-7000-8000-000000000000", "score": 1}'
+    )
+    _assert_error(r, 404, "request_not_found")
+    _assert_error(_post(gateway, "/feedback", '{"request_id": "not-a-uuid", "score": 1}'), 404)
+    mine = _chat(gateway, "mine").headers["x-request-id"]
+    r = _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": 1}', key=OTHER_KEY)
+    _assert_error(r, 404, "request_not_found")
+    _assert_error(
+        _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": "good"}'), 422
+    )
