@@ -89,6 +89,9 @@ class Candidate(_Strict):
     name: str
     model: str
     base: str = ""
+    canary_share: Share | None = Field(
+        default=None, ge=0, le=1, description="this candidate's canary share (default: route's)"
+    )
 
 
 class Gate(_Strict):
@@ -192,13 +195,14 @@ def _check(routes: list[tuple[_Source, int, Route]], models: dict[str, ModelConf
                 problems.append(
                     _problem(src, (*at, "candidates", j, "model"), f"unknown model {cand.model!r}")
                 )
-        if route.rollout.canary_share + route.audit.share > 1:
+        shares = [c.canary_share or route.rollout.canary_share for c in route.candidates]
+        if sum(shares) > 1:
             problems.append(
                 _problem(
                     src,
-                    (*at, "rollout", "canary_share"),
-                    f"shares over 100%: canary {route.rollout.canary_share:.0%} + audit "
-                    f"{route.audit.share:.0%} of the same traffic",
+                    (*at, "candidates"),
+                    "shares over 100%: canary shares of the candidates add up to "
+                    f"{sum(shares):.0%} ({' + '.join(f'{x:.0%}' for x in shares)})",
                 )
             )
         if route.escalation.max_prompt_distance is not None and not route.candidates:

@@ -195,6 +195,28 @@ class Router:
         eligible = [c for c in route.candidates if self.states.get(route.name, c.name) in states]
         return min(eligible, key=lambda c: _price_key(self.prices, c.model), default=None)
 
+    def _pick_student(self, route: Route, draw: float) -> tuple[Candidate | None, str]:
+        """The cheapest promoted candidate takes everything; otherwise canary candidates,
+        cheapest first, each take their share of the draw."""
+        promoted = self._cheapest(route, ("promoted",))
+        if promoted is not None:
+            return promoted, f"promoted: {promoted.name}"
+        canaries = sorted(
+            (c for c in route.candidates if self.states.get(route.name, c.name) == "canary"),
+            key=lambda c: _price_key(self.prices, c.model),
+        )
+        upto = 0.0
+        for cand in canaries:
+            share = route.rollout.canary_share if cand.canary_share is None else cand.canary_share
+            upto += share
+            if draw < upto:
+                return cand, f"canary {share:.0%}: {cand.name}"
+        if canaries:
+            return None, f"teacher: canary {upto:.0%} not drawn"
+        if route.candidates:
+            return None, "teacher: no candidate has passed its gate"
+        return None, "teacher: route has no candidates"
+
     def decide(self, facts: RequestFacts) -> Decision:
         route = self.match(facts)
         draw = self._rng.random
@@ -202,36 +224,24 @@ class Router:
             self._target(f, "fallback", f"fallback: teacher {route.teacher} failed")
             for f in route.fallbacks
         )
-        best = self._cheapest(route, SERVING_STATES)
-        primary: Target | None = None
-        audit = False
-        if best is not None:
-            state = self.states.get(route.name, best.name)
-            share = route.rollout.canary_share
-            if state == "promoted" or draw() < share:
-                reason = "promoted" if state == "promoted" else f"canary {share:.0%}"
-                primary = self._target(
-                    best.model,
-                    "student",
-                    f"{reason}: {best.name}",
-                    candidate=best.name,
-                    timeout_s=route.retries.student_timeout_s,
-                )
-                audit = draw() < route.audit.share
-            else:
-                teacher_reason = f"teacher: canary {share:.0%} not drawn"
-        elif route.candidates:
-            teacher_reason = "teacher: no candidate has passed its gate"
-        else:
-            teacher_reason = "teacher: route has no candidates"
-        if primary is None:
-            primary = self._target(route.teacher, "teacher", teacher_reason)
+        chosen, reason = self._pick_student(route, draw())
+        if chosen is None:
+            primary = self._target(route.teacher, "teacher", reason)
             fallbacks = teacher_fallbacks
+            audit = False
         else:
+            primary = self._target(
+                chosen.model,
+                "student",
+                reason,
+                candidate=chosen.name,
+                timeout_s=route.retries.student_timeout_s,
+            )
             fallbacks = (
                 self._target(route.teacher, "teacher", "fallback: student failed"),
                 *teacher_fallbacks,
             )
+            audit = draw() < route.audit.share
         shadow = None
         in_shadow = self._cheapest(route, ("shadow",))
         if in_shadow is not None and draw() < route.rollout.shadow_share:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,69 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Routes the routing tests exercise, in a policy file the gateway hot-reloads.
+ROUTING_POLICY = """
+models:
+  student-ok: {model: openai/student-ok, api_base: "%(up)s",
+               price: {input_per_million: "0.01", output_per_million: "0.02"}}
+  student-dear: {model: openai/student-dear, api_base: "%(up)s",
+                 price: {input_per_million: "0.50", output_per_million: "1.00"}}
+  student-broken: {model: openai/broken-student, api_base: "%(up)s",
+                   price: {input_per_million: "0.01", output_per_million: "0.02"}}
+  student-slow: {model: openai/slow-student, api_base: "%(up)s",
+                 price: {input_per_million: "0.01", output_per_million: "0.02"}}
+routes:
+  - name: promoted
+    match: {models: [promoted]}
+    teacher: teacher
+    candidates: [{name: dear, model: student-dear}, {name: ok, model: student-ok}]
+    audit: {share: 1.0}
+  - name: student-crash
+    match: {models: [student-crash]}
+    teacher: teacher
+    candidates: [{name: broken, model: student-broken}]
+  - name: student-hang
+    match: {models: [student-hang]}
+    teacher: teacher
+    candidates: [{name: slow, model: student-slow}]
+    retries: {student_timeout_s: 0.5}
+  - name: shadowed
+    match: {models: [shadowed]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
+    rollout: {shadow_share: 1.0}
+  - name: teacher-down
+    match: {models: [teacher-down]}
+    teacher: dead
+    fallbacks: [teacher]
+  - name: limited
+    match: {models: [limited]}
+    teacher: teacher
+    rate_limit: {requests_per_minute: 3}
+  - name: hot
+    match: {models: [hot]}
+    teacher: teacher
+"""
+
+# (route, candidate) -> state for the routes above, written where the distiller writes them.
+ROUTING_STATES = {
+    ("promoted", "dear"): "promoted",
+    ("promoted", "ok"): "promoted",
+    ("student-crash", "broken"): "promoted",
+    ("student-hang", "slow"): "promoted",
+    ("shadowed", "ok"): "shadow",
+}
+
+
 def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> GatewayConfig:
+    policy = data_dir / "routing.policy.yaml"
+    policy.write_text(ROUTING_POLICY % {"up": upstream_url})
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
         "server": {"port": free_port()},
         "log": {"flush_interval_s": 0.05, "replay_interval_s": 0.2},
+        "router": {"policy_reload_s": 0.1, "state_refresh_s": 0.1},
+        "policies": [str(policy)],
         "models": {
             "teacher": {
                 "model": "openai/gpt-4o",
@@ -137,6 +196,17 @@ def gateway(
     """One gateway for the session: chdb allows one store path per process at a time."""
     config = gateway_config(tmp_path_factory.mktemp("gw"), upstream.base_url)
     gw = start_gateway(config)
+    gw.state.store.insert_rows(
+        "candidate_states",
+        [
+            [route, cand, "v1", st, datetime.now(UTC), "set by the test"]
+            for (route, cand), st in ROUTING_STATES.items()
+        ],
+        ["route", "candidate", "version", "state", "updated_at", "reason"],
+    )
+    deadline = time.monotonic() + 10
+    while gw.state.router.states.states != ROUTING_STATES and time.monotonic() < deadline:
+        time.sleep(0.05)
     yield gw
     gw.stop()
     gw.state.store.close()

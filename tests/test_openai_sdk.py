@@ -173,7 +173,8 @@ def test_completions_and_embeddings(gateway: RunningGateway) -> None:
 
 def test_models_lists_callable_aliases(gateway: RunningGateway) -> None:
     ids = {m.id for m in _client(gateway).models.list()}
-    assert ids == {"gpt-4o", "support", "cheap", "text-embedding-3-small", "dead"}
+    assert {"gpt-4o", "support", "cheap", "text-embedding-3-small", "dead", "promoted"} <= ids
+    assert "student-ok" not in ids, "candidates' serving models are not callable by name"
 
 
 def test_consent_flag_follows_the_app(gateway: RunningGateway) -> None:

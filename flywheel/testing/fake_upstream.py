@@ -2,6 +2,8 @@
 
 It answers deterministically so tests can check what the gateway logged:
 - the answer is `echo: <last user text>`; usage counts whitespace-separated words;
+- a model whose name starts with `broken-` always fails with 500, `slow-` answers after 3 s
+  (students that crash or hang, while the teacher on the same server answers);
 - markers in the last user message steer it: `[[status:503]]` fails with that status,
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
@@ -70,6 +72,11 @@ class FakeUpstream:
     async def _marks(self, body: dict[str, Any]) -> tuple[dict[str, str], web.Response | None]:
         self.requests.append(body)
         marks = {m.group(1): m.group(2) or "" for m in _MARK.finditer(_last_user_text(body))}
+        model = str(body.get("model", ""))
+        if model.startswith("broken-"):
+            marks["status"] = "500"
+        elif model.startswith("slow-"):
+            marks["sleep"] = "3"
         if "sleep" in marks:
             await asyncio.sleep(float(marks["sleep"]))
         if "status" in marks:

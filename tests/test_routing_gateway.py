@@ -1,0 +1,232 @@
+"""Routing through the running gateway: students, fallbacks, shadows, audits, rate limits,
+hot reload under traffic, and the admin endpoints."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ADMIN_KEY, APP_KEY, ROUTING_POLICY, RunningGateway
+
+
+def _client(gw: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=APP_KEY, max_retries=0)
+
+
+def _ask(gw: RunningGateway, model: str, text: str = "route me", **kw):
+    return _client(gw).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], **kw
+    )
+
+
+def _row(gw: RunningGateway, request_id: str) -> dict:
+    rows = gw.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _wait_rows(gw: RunningGateway, sql: str, want: int, **params) -> list[dict]:
+    deadline = time.monotonic() + 10
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        rows = gw.rows(sql, **params)
+        if len(rows) >= want:
+            return rows
+        time.sleep(0.1)
+    return rows
+
+
+def test_promoted_student_serves_cheapest_and_is_audited(gateway: RunningGateway) -> None:
+    resp = _ask(gateway, "promoted", "audit this")
+    assert resp.choices[0].message.content == "echo: audit this"
+    row = _row(gateway, resp.id)
+    assert (row["served_model"], row["served_by"], row["candidate"]) == (
+        "student-ok",
+        "student",
+        "ok",
+    )
+    assert row["route_reason"] == "promoted: ok"
+    assert row["teacher_model"] == "teacher" and row["policy_version"]
+    assert row["baseline_cost_usd"] > row["cost_usd"] > 0
+    audits = _wait_rows(gateway, "SELECT * FROM audits WHERE request_id = {id:UUID}", 1, id=resp.id)
+    assert len(audits) == 1
+    assert audits[0]["candidate"] == "ok" and audits[0]["agreement"] == 1.0
+    teacher_row = _row(gateway, str(audits[0]["audit_request_id"]))
+    assert teacher_row["kind"] == "audit" and teacher_row["parent_id"] == resp.id
+    assert teacher_row["served_model"] == "teacher" and teacher_row["baseline_cost_usd"] == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("student-crash", "fallback: student error 500"),
+        ("student-hang", "fallback: student timeout"),
+    ],
+)
+def test_student_failure_falls_back_to_teacher(gateway: RunningGateway, model, reason) -> None:
+    resp = _ask(gateway, model, "still answered")
+    assert resp.choices[0].message.content == "echo: still answered"
+    row = _row(gateway, resp.id)
+    assert row["status"] == "ok" and row["served_model"] == "teacher"
+    assert row["served_by"] == "teacher" and row["route_reason"] == reason
+
+
+def test_student_failure_falls_back_when_streaming(gateway: RunningGateway) -> None:
+    chunks = list(_ask(gateway, "student-crash", "streamed anyway", stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: streamed anyway"
+    row = _row(gateway, chunks[0].id)
+    assert row["route_reason"] == "fallback: student error 500"
+
+
+def test_teacher_failure_goes_to_backup(gateway: RunningGateway) -> None:
+    resp = _ask(gateway, "teacher-down")
+    row = _row(gateway, resp.id)
+    assert row["served_model"] == "teacher" and row["served_by"] == "fallback"
+    assert row["route_reason"].startswith("fallback: teacher dead failed")
+
+
+def test_shadow_answers_in_background_only(gateway: RunningGateway, upstream) -> None:
+    resp = _ask(gateway, "shadowed", "shadow me")
+    row = _row(gateway, resp.id)
+    assert row["served_model"] == "teacher" and row["kind"] == "request"
+    shadows = _wait_rows(
+        gateway, "SELECT * FROM requests WHERE parent_id = {id:String}", 1, id=resp.id
+    )
+    assert len(shadows) == 1
+    shadow = shadows[0]
+    assert (shadow["kind"], shadow["served_model"], shadow["candidate"]) == (
+        "shadow",
+        "student-ok",
+        "ok",
+    )
+    assert "echo: shadow me" in shadow["response"] and shadow["baseline_cost_usd"] == 0
+
+
+def test_rate_limit_per_key_is_429(gateway: RunningGateway) -> None:
+    codes = []
+    for _ in range(5):
+        try:
+            _ask(gateway, "limited")
+            codes.append(200)
+        except openai.RateLimitError as e:
+            codes.append(e.status_code)
+            assert e.body["code"] == "rate_limit_exceeded"
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+
+
+def test_admin_endpoints_need_an_admin_key(gateway: RunningGateway) -> None:
+    root = gateway.base_url.removesuffix("/v1")
+    assert httpx.get(f"{root}/admin/policies").status_code == 401
+    r = httpx.get(f"{root}/admin/policies", headers={"Authorization": f"Bearer {APP_KEY}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    r = httpx.get(f"{root}/admin/policies", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["serving_version"]
+    assert {"route": "shadowed", "candidate": "ok", "state": "shadow"} in body["candidate_states"]
+
+
+def test_explain_endpoint(gateway: RunningGateway) -> None:
+    root = gateway.base_url.removesuffix("/v1")
+    r = httpx.post(
+        f"{root}/admin/route/explain",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        json={"model": "promoted", "key": APP_KEY, "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["route"] == "promoted"
+    assert out["would_serve"]["model"] == "student-ok"
+    assert "cheapest promoted candidate" in out["would_serve"]["why"]
+    assert {c["name"]: c["state"] for c in out["candidates"]} == {
+        "dear": "promoted",
+        "ok": "promoted",
+    }
+    r = httpx.post(
+        f"{root}/admin/route/explain",
+        json={"model": "x"},
+        headers={"Authorization": f"Bearer {APP_KEY}"},
+    )
+    assert r.status_code == 403
+
+
+def test_hot_reload_under_traffic_without_a_failed_request(gateway: RunningGateway) -> None:
+    policy_file = Path(gateway.state.config.policy_paths()[0])
+    original = policy_file.read_text()
+    failures: list[str] = []
+    served: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = _client(gateway)
+        while not stop.is_set():
+            try:
+                served.append(
+                    client.chat.completions.create(
+                        model="hot", messages=[{"role": "user", "content": "hot"}]
+                    ).id
+                )
+            except Exception as e:
+                failures.append(repr(e))
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        v1 = gateway.state.router.policy_version
+        # A valid edit: the `hot` route's teacher becomes `cheap`.
+        policy_file.write_text(
+            original.replace(
+                "name: hot\n    match: {models: [hot]}\n    teacher: teacher",
+                "name: hot\n    match: {models: [hot]}\n    teacher: cheap",
+            )
+        )
+        deadline = time.monotonic() + 10
+        while gateway.state.router.policy_version == v1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        v2 = gateway.state.router.policy_version
+        assert v2 != v1
+        time.sleep(0.5)
+        # An invalid edit: rejected, the previous policy keeps serving.
+        policy_file.write_text(original.replace("teacher: teacher", "teacher: nonexistent", 1))
+        deadline = time.monotonic() + 10
+        while gateway.state.policy_status.get("status") != "error" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.state.router.policy_version == v2
+        metrics = httpx.get(gateway.base_url.replace("/v1", "/metrics")).text
+        assert "flywheel_policy_valid 0.0" in metrics
+        admin = httpx.get(
+            gateway.base_url.replace("/v1", "/admin/policies"),
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        ).json()
+        assert admin["status"] == "error" and admin["serving_version"] == v2
+        assert "unknown model 'nonexistent'" in admin["last_error"]
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        policy_file.write_text(original)
+    status = gateway.state.policy_status
+    assert status["status"] == "error" and "unknown model 'nonexistent'" in status["last_error"]
+    assert "routing.policy.yaml:" in status["last_error"]
+    assert failures == []
+    assert len(served) > 20
+    rows = gateway.rows(
+        "SELECT policy_version, served_model, count() AS n FROM requests "
+        "WHERE request_id IN {ids:Array(UUID)} GROUP BY 1, 2",
+        ids=served,
+    )
+    by_version = {r["policy_version"]: r["served_model"] for r in rows}
+    assert by_version == {v1: "teacher", v2: "cheap"}
+    deadline = time.monotonic() + 10
+    while gateway.state.policy_status.get("status") != "ok" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ROUTING_POLICY.split("routes:")[1].strip()[:20] in policy_file.read_text()
