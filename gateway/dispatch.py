@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -19,9 +19,11 @@ import orjson
 from uuid_utils import uuid7
 
 from distiller.metrics import agreement, answer_text, judge_messages, parse_judgement
+from gateway.escalation import confidence_of, confidence_reason
 from gateway.request_log import RequestRecord, utc_timestamp
 from gateway.routing import Decision, Target
 from gateway.state import GatewayState
+from gateway.streaming import answer_as_events
 from gateway.upstream import UpstreamError, UpstreamStream
 
 log = logging.getLogger("flywheel.dispatch")
@@ -73,6 +75,27 @@ async def _attempts(
     raise first_error
 
 
+class Escalated(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _checks_confidence(decision: Decision, endpoint: str) -> bool:
+    return (
+        decision.primary.served_by == "student"
+        and decision.route.escalation.min_confidence is not None
+        and endpoint == "chat.completions"
+    )
+
+
+def _drop_logprobs(answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    if not body.get("logprobs"):
+        for ch in answer.get("choices") or []:
+            ch.pop("logprobs", None)
+    return answer
+
+
 async def call(
     state: GatewayState,
     decision: Decision,
@@ -80,6 +103,14 @@ async def call(
     endpoint: str,
     body: dict[str, Any],
 ) -> bytes:
+    if _checks_confidence(decision, endpoint):
+        try:
+            answer = await _confident_student(state, decision, rec, endpoint, body)
+        except Escalated as e:
+            decision = decision.escalate(e.reason)
+        else:
+            return orjson.dumps(_drop_logprobs(answer, body))
+
     async def one(target: Target) -> bytes:
         return await state.upstreams.call(
             target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
@@ -95,7 +126,23 @@ async def stream(
     endpoint: str,
     body: dict[str, Any],
 ) -> UpstreamStream:
-    """Fallbacks apply until the first byte; after that the stream is committed."""
+    """Fallbacks apply until the first byte; after that the stream is committed. A student
+    whose confidence is checked answers whole first (students are local and fast), and its
+    answer is then replayed as a stream."""
+    if _checks_confidence(decision, endpoint):
+        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        try:
+            answer = await _confident_student(state, decision, rec, endpoint, plain)
+        except Escalated as e:
+            decision = decision.escalate(e.reason)
+        else:
+            events = answer_as_events(_drop_logprobs(answer, body))
+
+            async def replay() -> AsyncIterator[bytes]:
+                for event in events:
+                    yield event + b"\n\n"
+
+            return UpstreamStream(replay())
 
     async def one(target: Target) -> UpstreamStream:
         return await state.upstreams.stream(
@@ -103,6 +150,45 @@ async def stream(
         )
 
     return await _attempts(decision, rec, one)
+
+
+async def _confident_student(
+    state: GatewayState,
+    decision: Decision,
+    rec: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+) -> dict[str, Any]:
+    """The student's answer if it is sure enough; raises Escalated otherwise (a student that
+    fails escalates too: that is its fallback)."""
+    target = decision.primary
+    threshold = decision.route.escalation.min_confidence
+    assert threshold is not None
+    try:
+        raw = await state.upstreams.call(
+            target.model,
+            endpoint,
+            {**_upstream_body(body, target), "logprobs": True},
+            timeout_s=target.timeout_s,
+        )
+        answer = orjson.loads(raw)
+    except UpstreamError as e:
+        raise Escalated(f"fallback: student {_short(e)}") from e
+    except orjson.JSONDecodeError as e:
+        raise Escalated("fallback: student answered with invalid JSON") from e
+    confidence = confidence_of(answer)
+    rec.confidence = -1.0 if confidence is None else confidence
+    reason = confidence_reason(confidence, threshold)
+    if reason is not None:
+        # Keep what the student said: the review queue shows its least sure answers.
+        child = _child(rec, "escalated", target, reason)
+        child.response = answer
+        child.finish("ok", 200)
+        state.writer.submit(child)
+        raise Escalated(reason)
+    rec.served_model, rec.served_by = target.model_name, target.served_by
+    rec.candidate, rec.route_reason = target.candidate, target.reason
+    return dict(answer)
 
 
 # --- background work -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from gateway import dispatch
 from gateway.auth import Principal
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.errors import ApiError
+from gateway.escalation import prompt_text
 from gateway.request_log import RequestRecord
 from gateway.routing import Decision, RequestFacts, fingerprint_system_prompt
 from gateway.state import GatewayState
@@ -129,6 +130,9 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     except ApiError as e:
         _log_rejected(state, rec, e)
         return e.response(headers)
+    novelty = _novelty_escalation(state, decision, body)
+    if novelty is not None:
+        decision = decision.escalate(novelty)
     _apply_decision(rec, decision)
     rec.is_stream = bool(body.get("stream"))
     upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
@@ -161,6 +165,24 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     _log(state, rec, "ok", 200)
     _maybe_audit(state, decision, rec, endpoint, upstream_body, rec.response)
     return Response(out, media_type="application/json", headers=headers)
+
+
+def _novelty_escalation(
+    state: GatewayState, decision: Decision, body: dict[str, Any]
+) -> str | None:
+    """A prompt unlike anything the student learned from goes to the teacher."""
+    limit = decision.route.escalation.max_prompt_distance
+    if limit is None or decision.primary.served_by != "student":
+        return None
+    _, index = state.prompt_indexes.get(
+        (decision.route.name, decision.primary.candidate), ("", None)
+    )
+    if index is None:
+        return f"escalated: no training prompts indexed for {decision.primary.candidate}"
+    distance = index.distance(prompt_text(body.get("messages", body.get("prompt", ""))))
+    if distance > limit:
+        return f"escalated: prompt distance {distance:.2f} > {limit:.2f}"
+    return None
 
 
 def _maybe_audit(

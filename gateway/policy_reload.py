@@ -13,8 +13,11 @@ import logging
 import time
 from pathlib import Path
 
+import orjson
+
 from flywheel.store import StoreUnavailable
 from gateway.config import load_policy_set
+from gateway.escalation import PromptIndex, prompt_text
 from gateway.policy import PolicyError
 from gateway.pricing import price_table
 from gateway.routing import CandidateStates, Router
@@ -24,8 +27,12 @@ from gateway.yaml_source import ConfigError
 log = logging.getLogger("flywheel.policy")
 
 STATES_SQL = (
-    "SELECT route, candidate, argMax(state, updated_at) AS state "
+    "SELECT route, candidate, argMax(state, updated_at), argMax(dataset_id, updated_at) "
     "FROM candidate_states GROUP BY route, candidate"
+)
+TRAIN_PROMPTS_SQL = (
+    "SELECT messages FROM requests WHERE request_id IN "
+    "(SELECT request_id FROM dataset_items WHERE dataset_id = {d:String} AND split = 'train')"
 )
 
 
@@ -89,9 +96,34 @@ class PolicyReloader:
         except StoreUnavailable as e:
             log.debug("candidate states not refreshed: %s", e)
             return
-        states = CandidateStates({(str(r[0]), str(r[1])): str(r[2]) for r in rows})
-        if states.states != self.state.router.states.states:
+        states = CandidateStates(
+            {(str(r[0]), str(r[1])): str(r[2]) for r in rows},
+            {(str(r[0]), str(r[1])): str(r[3]) for r in rows if r[3]},
+        )
+        if states != self.state.router.states:
             self.state.router = self.state.router.with_states(states)
+        await self._index_prompts(states)
+
+    async def _index_prompts(self, states: CandidateStates) -> None:
+        """Build the novelty index of each serving candidate on a route that asks for one."""
+        for route in self.state.router.policies.routes:
+            if route.escalation.max_prompt_distance is None:
+                continue
+            for cand in route.candidates:
+                key = (route.name, cand.name)
+                dataset = states.datasets.get(key, "")
+                if not dataset or self.state.prompt_indexes.get(key, ("", None))[0] == dataset:
+                    continue
+                try:
+                    rows = await asyncio.to_thread(
+                        self.state.store.query_rows, TRAIN_PROMPTS_SQL, {"d": dataset}
+                    )
+                except StoreUnavailable:
+                    continue
+                prompts = [prompt_text(orjson.loads(r[0])) for r in rows if r[0]]
+                index = await asyncio.to_thread(PromptIndex.build, prompts)
+                self.state.prompt_indexes[key] = (dataset, index)
+                log.info("indexed %d training prompts of %s/%s", len(prompts), *key)
 
     async def run(self) -> None:
         cfg = self.state.config.router

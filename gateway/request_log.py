@@ -54,7 +54,8 @@ class RequestRecord:
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     prompt_fingerprint: str = ""
     finished_at: float = 0.0
-    kind: str = "request"  # request | shadow | audit
+    kind: str = "request"  # request | shadow | audit | escalated
+    confidence: float = -1.0  # the student's, when it was measured
     parent_id: str = ""
     candidate: str = ""
 
@@ -123,6 +124,7 @@ class RequestRecord:
             "kind": self.kind,
             "parent_id": self.parent_id,
             "candidate": self.candidate,
+            "confidence": self.confidence,
         }
 
     def _answer(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

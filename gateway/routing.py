@@ -63,12 +63,21 @@ class Decision:
     def teacher(self) -> str:
         return self.route.teacher
 
+    def escalate(self, reason: str) -> Decision:
+        """The same request sent past the student: the teacher (then backups) answers."""
+        teacher, *rest = self.fallbacks
+        primary = Target(teacher.model_name, teacher.model, "teacher", reason)
+        return Decision(
+            self.route, primary, tuple(rest), self.policy_version, self.shadow, audit=False
+        )
+
 
 @dataclass
 class CandidateStates:
     """(route, candidate) → state, as last read from ClickHouse."""
 
     states: dict[tuple[str, str], str] = field(default_factory=dict)
+    datasets: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, route: str, candidate: str) -> str:
         return self.states.get((route, candidate), "untrained")
@@ -117,6 +126,17 @@ class Router:
         self.states = states or CandidateStates()
         self._rng = rng or random.Random()
         self._by_name = {r.name: r for r in policies.routes}
+        # Routes that can match a model name, in policy order: a request only looks at these.
+        routes = policies.routes
+        self._any_model = [r for r in routes if not r.match.models]
+        self._by_model = {
+            m: [r for r in routes if not r.match.models or m in r.match.models]
+            for r0 in routes
+            for m in r0.match.models
+        }
+        self._by_price = {
+            r.name: sorted(r.candidates, key=lambda c: _price_key(prices, c.model)) for r in routes
+        }
 
     @property
     def policy_version(self) -> str:
@@ -176,7 +196,7 @@ class Router:
         return out
 
     def match(self, facts: RequestFacts) -> Route:
-        for route in self.policies.routes:
+        for route in self._by_model.get(facts.model, self._any_model):
             if self.mismatch(route, facts) is None:
                 return route
         raise ApiError(
@@ -192,8 +212,10 @@ class Router:
         return Target(name, self.policies.models[name], served_by, reason, **kw)
 
     def _cheapest(self, route: Route, states: tuple[str, ...]) -> Candidate | None:
-        eligible = [c for c in route.candidates if self.states.get(route.name, c.name) in states]
-        return min(eligible, key=lambda c: _price_key(self.prices, c.model), default=None)
+        for cand in self._by_price[route.name]:
+            if self.states.get(route.name, cand.name) in states:
+                return cand
+        return None
 
     def _pick_student(self, route: Route, draw: float) -> tuple[Candidate | None, str]:
         """The cheapest promoted candidate takes everything; otherwise canary candidates,
@@ -201,10 +223,9 @@ class Router:
         promoted = self._cheapest(route, ("promoted",))
         if promoted is not None:
             return promoted, f"promoted: {promoted.name}"
-        canaries = sorted(
-            (c for c in route.candidates if self.states.get(route.name, c.name) == "canary"),
-            key=lambda c: _price_key(self.prices, c.model),
-        )
+        canaries = [
+            c for c in self._by_price[route.name] if self.states.get(route.name, c.name) == "canary"
+        ]
         upto = 0.0
         for cand in canaries:
             share = route.rollout.canary_share if cand.canary_share is None else cand.canary_share

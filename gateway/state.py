@@ -13,6 +13,7 @@ from typing import Any
 from flywheel.store import Store
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
+from gateway.escalation import PromptIndex
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
@@ -35,3 +36,5 @@ class GatewayState:
     policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
+    # (route, candidate) -> (dataset id, index of its training prompts)
+    prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)

@@ -100,3 +100,32 @@ def assemble_chat(events: list[bytes]) -> tuple[dict[str, Any], dict[str, Any] |
         if "text" in ch:
             ch.pop("message", None)
     return {"choices": ordered}, usage
+
+
+def answer_as_events(answer: dict[str, Any]) -> list[bytes]:
+    """A whole chat completion as the chunks a stream of it would have carried (used when a
+    student's answer had to be checked before any of it could be sent)."""
+    base = {k: answer.get(k) for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    events = []
+    for ch in answer.get("choices") or []:
+        msg = ch.get("message") or {}
+        delta = {"role": "assistant", "content": msg.get("content") or ""}
+        if msg.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]
+        events.append({**base, "choices": [{"index": ch.get("index", 0), "delta": delta}]})
+        events.append(
+            {
+                **base,
+                "choices": [
+                    {
+                        "index": ch.get("index", 0),
+                        "delta": {},
+                        "finish_reason": ch.get("finish_reason") or "stop",
+                    }
+                ],
+            }
+        )
+    if answer.get("usage"):
+        events.append({**base, "choices": [], "usage": answer["usage"]})
+    return [b"data: " + orjson.dumps(e) for e in events] + [DONE]

@@ -162,6 +162,8 @@ async def measure(name: str, base: str, args: argparse.Namespace) -> dict[str, A
     url = f"{base}/chat/completions"
     print(f"[{name}] open loop {args.rate}/s", flush=True)
     result: dict[str, Any] = {"latency": await open_loop(url, args.rate, args.seconds)}
+    print(f"[{name}] open loop {args.compare_rate}/s", flush=True)
+    result["latency_low_rate"] = await open_loop(url, args.compare_rate, args.seconds)
     print(f"[{name}] streaming {args.stream_rate}/s", flush=True)
     result["stream"] = await open_loop(url, args.stream_rate, args.seconds, stream=True)
     result["throughput"] = []
@@ -270,6 +272,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_max_rps": g["max_rps"],
         "direct_max_rps": d["max_rps"],
     }
+    low = {
+        k: report[k]["latency_low_rate"] for k in ("direct", "gateway", "litellm") if k in report
+    }
+    summary["low_rate_overhead_p50_ms"] = {
+        k: v["p50_ms"] - low["direct"]["p50_ms"] for k, v in low.items() if k != "direct"
+    }
+    summary["low_rate_overhead_p99_ms"] = {
+        k: v["p99_ms"] - low["direct"]["p99_ms"] for k, v in low.items() if k != "direct"
+    }
     if "litellm" in report:
         lt = report["litellm"]
         summary["litellm_max_rps"] = lt["max_rps"]
@@ -285,6 +296,12 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--stream-rate", type=float, default=200)
+    parser.add_argument(
+        "--compare-rate",
+        type=float,
+        default=40,
+        help="a rate LiteLLM's proxy sustains, for a like-for-like latency",
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--out", type=Path)

@@ -75,6 +75,16 @@ routes:
     match: {models: [limited]}
     teacher: teacher
     rate_limit: {requests_per_minute: 3}
+  - name: careful
+    match: {models: [careful]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
+    escalation: {min_confidence: 0.6}
+  - name: novel
+    match: {models: [novel]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
+    escalation: {max_prompt_distance: 0.6}
   - name: hot
     match: {models: [hot]}
     teacher: teacher
@@ -87,6 +97,8 @@ ROUTING_STATES = {
     ("student-crash", "broken"): "promoted",
     ("student-hang", "slow"): "promoted",
     ("shadowed", "ok"): "shadow",
+    ("careful", "ok"): "promoted",
+    ("novel", "ok"): "promoted",
 }
 
 

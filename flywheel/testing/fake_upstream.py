@@ -7,7 +7,8 @@ It answers deterministically so tests can check what the gateway logged:
 - markers in the last user message steer it: `[[status:503]]` fails with that status,
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
-  usage, `[[cut]]` drops the connection mid-stream.
+  usage, `[[cut]]` drops the connection mid-stream, `[[conf:0.3]]` sets the probability of
+  every token in the logprobs returned when the request asks for `logprobs` (default 0.9).
 Run alone: `python -m flywheel.testing.fake_upstream --port 9001`.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import threading
 import time
@@ -117,6 +119,10 @@ class FakeUpstream:
         usage = _usage(body, answer)
         if body.get("stream"):
             return await self._stream(request, body, marks, answer, usage, n)
+        logprobs = None
+        if body.get("logprobs"):
+            lp = math.log(float(marks.get("conf") or 0.9))
+            logprobs = {"content": [{"token": w, "logprob": lp} for w in answer.split()]}
         return web.json_response(
             {
                 "id": "chatcmpl-fake",
@@ -124,7 +130,8 @@ class FakeUpstream:
                 "created": int(time.time()),
                 "model": body.get("model", "fake"),
                 "choices": [
-                    {"index": i, "message": message, "finish_reason": finish} for i in range(n)
+                    {"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs}
+                    for i in range(n)
                 ],
                 **({} if "nousage" in marks else {"usage": usage}),
             },

@@ -1,0 +1,88 @@
+"""Escalation: a student that is unsure, or faces a prompt unlike its training data, hands
+the request to the teacher; the user always gets one answer."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import openai
+
+from tests.conftest import APP_KEY, RunningGateway
+
+
+def _ask(gw: RunningGateway, model: str, text: str, **kw):
+    client = openai.OpenAI(base_url=gw.base_url, api_key=APP_KEY, max_retries=0)
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], **kw
+    )
+
+
+def _row(gw: RunningGateway, request_id: str) -> dict:
+    return gw.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)[0]
+
+
+def test_confident_student_answers(gateway: RunningGateway) -> None:
+    resp = _ask(gateway, "careful", "sure of this")
+    assert resp.choices[0].message.content == "echo: sure of this"
+    assert resp.choices[0].logprobs is None, "logprobs the client did not ask for are removed"
+    row = _row(gateway, resp.id)
+    assert row["served_by"] == "student" and row["route_reason"] == "promoted: ok"
+    assert abs(row["confidence"] - 0.9) < 1e-9
+
+
+def test_unsure_student_escalates_to_teacher(gateway: RunningGateway, upstream) -> None:
+    resp = _ask(gateway, "careful", "not sure [[conf:0.3]]")
+    assert resp.choices[0].message.content == "echo: not sure"
+    row = _row(gateway, resp.id)
+    assert row["served_model"] == "teacher" and row["served_by"] == "teacher"
+    assert row["route_reason"] == "escalated: confidence 0.30 < 0.60"
+    assert abs(row["confidence"] - 0.3) < 1e-9
+    kept = gateway.rows(
+        "SELECT kind, served_model, response FROM requests WHERE parent_id = {id:String}",
+        id=resp.id,
+    )
+    assert len(kept) == 1 and kept[0]["kind"] == "escalated"
+    assert kept[0]["served_model"] == "student-ok" and "echo: not sure" in kept[0]["response"]
+    asked = [r["model"] for r in upstream.fake.requests[-2:]]
+    assert asked == ["student-ok", "gpt-4o"]
+
+
+def test_escalation_when_streaming(gateway: RunningGateway) -> None:
+    for text, served in [("stream sure", "student-ok"), ("stream unsure [[conf:0.2]]", "teacher")]:
+        chunks = list(_ask(gateway, "careful", text, stream=True))
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert content == "echo: " + text.split(" [[")[0]
+        assert len({c.id for c in chunks}) == 1
+        assert _row(gateway, chunks[0].id)["served_model"] == served
+
+
+def test_prompt_far_from_training_data_goes_to_teacher(gateway: RunningGateway) -> None:
+    train = [
+        _ask(gateway, "support", f"I want a refund for order {n}, it never arrived").id
+        for n in range(5)
+    ]
+    gateway.state.writer.flush()
+    store = gateway.state.store
+    store.insert_rows(
+        "dataset_items",
+        [["ds-novel", rid, "train"] for rid in train],
+        ["dataset_id", "request_id", "split"],
+    )
+    store.insert_rows(
+        "candidate_states",
+        [["novel", "ok", "v1", "promoted", datetime.now(UTC), "test", "ds-novel"]],
+        ["route", "candidate", "version", "state", "updated_at", "reason", "dataset_id"],
+    )
+    deadline = time.monotonic() + 10
+    while ("novel", "ok") not in gateway.state.prompt_indexes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.state.prompt_indexes[("novel", "ok")][1].size == 5
+
+    near = _ask(gateway, "novel", "I want a refund for order 77, it never arrived")
+    row = _row(gateway, near.id)
+    assert row["served_by"] == "student", row["route_reason"]
+    far = _ask(gateway, "novel", "Explain quantum chromodynamics to a golden retriever")
+    row = _row(gateway, far.id)
+    assert row["served_by"] == "teacher"
+    assert row["route_reason"].startswith("escalated: prompt distance ")
