@@ -21,15 +21,13 @@ from starlette.routing import Route
 from flywheel.store import Store, StoreUnavailable, server_store
 from gateway import admin, openai_api
 from gateway.auth import KeyRing
-from gateway.config import GatewayConfig, load_policy_set
+from gateway.config import GatewayConfig
 from gateway.errors import ApiError
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
-from gateway.policy_reload import PolicyReloader
-from gateway.pricing import price_table
-from gateway.routing import Router
+from gateway.policy_reload import PolicyReloader, build_router
 from gateway.spool import Spool
 from gateway.state import GatewayState
 from gateway.upstream import Upstreams
@@ -40,8 +38,7 @@ log = logging.getLogger("flywheel.gateway")
 def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
     """Everything the app needs, built once; raises ConfigError (PolicyError) for a config
     or policy that cannot be served."""
-    policies = load_policy_set(config)
-    router = Router(policies, price_table(policies.models))
+    router = build_router(config)
     metrics_ = GatewayMetrics()
     store = store or server_store(config.clickhouse_dsn)
     spool = Spool(config.spool_dir)

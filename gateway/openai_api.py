@@ -22,10 +22,19 @@ from gateway.auth import Principal
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.errors import ApiError
 from gateway.escalation import prompt_text
+from gateway.guardrails.apply import blocked, guard_input, guard_output
+from gateway.guardrails.engine import RouteRails
 from gateway.request_log import RequestRecord
 from gateway.routing import Decision, RequestFacts, fingerprint_system_prompt
 from gateway.state import GatewayState
-from gateway.streaming import DONE, assemble_chat, event_json, is_usage_only, sse_events
+from gateway.streaming import (
+    DONE,
+    answer_as_events,
+    assemble_chat,
+    event_json,
+    is_usage_only,
+    sse_events,
+)
 from gateway.upstream import UpstreamError, UpstreamStream
 
 # Gateway-only fields never sent upstream.
@@ -136,6 +145,20 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     _apply_decision(rec, decision)
     rec.is_stream = bool(body.get("stream"))
     upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+    rails = router.rails.get(decision.route.name) if endpoint != "embeddings" else None
+    if rails is not None:
+        rec.mask_entities = rails.log_mask
+        verdict = await guard_input(rails, rec, body, upstream_body)
+        if verdict is not None:
+            response, status = blocked(rails, rec, verdict, headers)
+            _log(state, rec, "guardrail_blocked", status)
+            return response
+        if rec.is_stream and rails.buffers_output:
+            # Output rails that block or mask must read the whole answer before the user
+            # does: answer in full, check, then replay it as a stream.
+            return await _guarded_stream(
+                state, rec, decision, endpoint, body, upstream_body, headers, rails
+            )
     if decision.shadow is not None:
         dispatch.spawn(state, dispatch.shadow(state, decision, rec, endpoint, upstream_body))
     if rec.is_stream:
@@ -161,10 +184,60 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     if isinstance(data, dict) and endpoint != "embeddings":
         data["id"] = rec.request_id
     rec.response = data if isinstance(data, dict) else None
+    if rails is not None and rec.response is not None:
+        verdict = await guard_output(rails, rec, rec.response)
+        if verdict is not None:
+            response, status = blocked(rails, rec, verdict, headers)
+            _log(state, rec, "guardrail_blocked", status)
+            return response
     out = orjson.dumps(data)
     _log(state, rec, "ok", 200)
     _maybe_audit(state, decision, rec, endpoint, upstream_body, rec.response)
     return Response(out, media_type="application/json", headers=headers)
+
+
+async def _guarded_stream(
+    state: GatewayState,
+    rec: RequestRecord,
+    decision: Decision,
+    endpoint: str,
+    body: dict[str, Any],
+    upstream_body: dict[str, Any],
+    headers: dict[str, str],
+    rails: RouteRails,
+) -> Response:
+    plain = {k: v for k, v in upstream_body.items() if k not in ("stream", "stream_options")}
+    t_call = time.perf_counter()
+    try:
+        answer = orjson.loads(await dispatch.call(state, decision, rec, endpoint, plain))
+    except (UpstreamError, orjson.JSONDecodeError) as e:
+        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
+        uerr = e if isinstance(e, UpstreamError) else UpstreamError("http", "not JSON", 502)
+        err = upstream_error(uerr)
+        rec.error = uerr.message
+        _log(state, rec, _status_of(uerr), err.status)
+        return err.response(headers)
+    answer["id"] = rec.request_id
+    verdict = await guard_output(rails, rec, answer)
+    if verdict is not None:
+        response, status = blocked(rails, rec, verdict, headers)
+        _log(state, rec, "guardrail_blocked", status)
+        return response
+    if not (body.get("stream_options") or {}).get("include_usage"):
+        answer.pop("usage", None)
+    events = answer_as_events(answer)
+
+    async def replay() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event + b"\n\n"
+
+    rec.is_stream = True
+    headers["cache-control"] = "no-cache"
+    return StreamingResponse(
+        _relay(state, rec, UpstreamStream(replay()), t_call, wants_usage=True),
+        media_type="text/event-stream",
+        headers=headers,
+    )
 
 
 def _novelty_escalation(
@@ -225,8 +298,17 @@ async def _stream(
         plain = {k: v for k, v in upstream_body.items() if k != "stream_options"}
         _maybe_audit(state, decision, rec, endpoint, plain, answer)
 
+    rails = state.router.rails.get(decision.route.name)
     return StreamingResponse(
-        _relay(state, rec, upstream, t_call, wants_usage, after if decision.audit else None),
+        _relay(
+            state,
+            rec,
+            upstream,
+            t_call,
+            wants_usage,
+            after if decision.audit else None,
+            rails if rails is not None and rails.spec.output else None,
+        ),
         media_type="text/event-stream",
         headers=headers,
     )
@@ -239,6 +321,7 @@ async def _relay(
     t_call: float,
     wants_usage: bool,
     after: Callable[[dict[str, Any]], None] | None = None,
+    flag_rails: RouteRails | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass events through as they come; rewrite the upstream id to ours; never raise into
     Starlette (an upstream failure mid-stream becomes an SSE error event)."""
@@ -275,6 +358,9 @@ async def _relay(
         raise
     finally:
         rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
+        if flag_rails is not None and status == "ok":
+            # Flag-only output rails on a stream: checked once the answer is complete.
+            await guard_output(flag_rails, rec, assemble_chat(events)[0])
         _log(state, rec, status, http_status)
     if after is not None and status == "ok":
         after(assemble_chat(events)[0])

@@ -132,6 +132,46 @@ class RateLimit(_Strict):
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
+Entity = Literal["email", "phone", "card", "iban", "national_id", "secret"]
+_ENTITIES: tuple[Entity, ...] = ("email", "phone", "card", "iban", "national_id", "secret")
+
+
+class Rail(_Strict):
+    """One guardrail. `pii` masks, blocks or flags personal data and secrets; `jailbreak`
+    and `deny_topics` block or flag; `self_check` asks the route's teacher (LLM rail)."""
+
+    rail: Literal["pii", "jailbreak", "deny_topics", "self_check"]
+    action: Literal["block", "mask", "flag"] = "block"
+    entities: list[Entity] = Field(default_factory=lambda: list(_ENTITIES))
+    mask_upstream: bool = Field(
+        default=True,
+        description="input pii masks: true = the model sees masked text too; false = only "
+        "the logs and training data are masked",
+    )
+    topics: dict[str, list[str]] = Field(
+        default_factory=dict, description="deny_topics: topic name -> keywords"
+    )
+
+    @model_validator(mode="after")
+    def _fits(self) -> Rail:
+        if self.action == "mask" and self.rail != "pii":
+            raise ValueError(f"action `mask` applies to the pii rail only, not {self.rail}")
+        if self.rail == "deny_topics" and not self.topics:
+            raise ValueError("deny_topics needs `topics`")
+        return self
+
+
+class Guardrails(_Strict):
+    input: list[Rail] = Field(default_factory=list)
+    output: list[Rail] = Field(default_factory=list)
+    block_with: Literal["error", "refusal"] = Field(
+        default="error",
+        description="error: an OpenAI-style 400 `guardrail_blocked`; refusal: a normal answer "
+        "carrying `refusal_message`",
+    )
+    refusal_message: str = "I can't help with that request."
+
+
 class Route(_Strict):
     name: str
     match: Match = Field(default_factory=Match)
@@ -144,6 +184,7 @@ class Route(_Strict):
     escalation: Escalation = Field(default_factory=Escalation)
     retries: Retries = Field(default_factory=Retries)
     rate_limit: RateLimit | None = None
+    guardrails: Guardrails = Field(default_factory=Guardrails)
     training: dict[str, Any] = Field(
         default_factory=dict, description="distiller settings (issue: distiller)"
     )

@@ -16,8 +16,9 @@ from pathlib import Path
 import orjson
 
 from flywheel.store import StoreUnavailable
-from gateway.config import load_policy_set
+from gateway.config import GatewayConfig, load_policy_set
 from gateway.escalation import PromptIndex, prompt_text
+from gateway.guardrails.engine import compile_guardrails
 from gateway.policy import PolicyError
 from gateway.pricing import price_table
 from gateway.routing import CandidateStates, Router
@@ -47,10 +48,13 @@ def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
-def build_router(state: GatewayState, states: CandidateStates | None = None) -> Router:
-    """Load and check every policy, price its models; raises PolicyError/ConfigError."""
-    policies = load_policy_set(state.config)
-    return Router(policies, price_table(policies.models), states)
+def build_router(config: GatewayConfig, states: CandidateStates | None = None) -> Router:
+    """Load and check every policy, price its models, build its guardrails (nemoguardrails
+    engines included); raises PolicyError/ConfigError. Seconds: call off the event loop."""
+    policies = load_policy_set(config)
+    rails, nemo = compile_guardrails(policies)
+    nemo.start()
+    return Router(policies, price_table(policies.models), states, rails=rails)
 
 
 class PolicyReloader:
@@ -75,7 +79,9 @@ class PolicyReloader:
             return False
         self._stamp = stamp
         try:
-            router = await asyncio.to_thread(build_router, self.state, self.state.router.states)
+            router = await asyncio.to_thread(
+                build_router, self.state.config, self.state.router.states
+            )
         except (PolicyError, ConfigError) as e:
             self.state.policy_status.update(
                 status="error", last_error=str(e), failed_at=time.time()

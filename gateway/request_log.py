@@ -56,6 +56,8 @@ class RequestRecord:
     finished_at: float = 0.0
     kind: str = "request"  # request | shadow | audit | escalated
     confidence: float = -1.0  # the student's, when it was measured
+    guardrail_flagged: bool = False
+    mask_entities: tuple[str, ...] = ()  # masked out of the logged messages and answer
     parent_id: str = ""
     candidate: str = ""
 
@@ -69,9 +71,16 @@ class RequestRecord:
 
     def to_row(self, prices: dict[str, Price]) -> dict[str, Any]:
         response, usage = self._answer()
+        request = self.request
+        if self.mask_entities:
+            # Raw PII never reaches ClickHouse on a masking route, whatever the model saw.
+            from gateway.guardrails.engine import mask_strings
+
+            request = mask_strings(request, self.mask_entities)
+            response = mask_strings(response, self.mask_entities)
         estimated = usage is None
         if usage is None:
-            usage = _estimate_usage(self.request, response) if self.status == "ok" else {}
+            usage = _estimate_usage(request, response) if self.status == "ok" else {}
         tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cost = _cost(prices, self.served_model, tokens_in, tokens_out)
@@ -113,8 +122,8 @@ class RequestRecord:
             "usage_estimated": estimated and self.status == "ok",
             "cost_usd": str(cost),
             "baseline_cost_usd": str(baseline),
-            "params": _json({k: v for k, v in self.request.items() if k not in _NOT_PARAMS}),
-            "messages": _json(_prompt(self.request)),
+            "params": _json({k: v for k, v in request.items() if k not in _NOT_PARAMS}),
+            "messages": _json(_prompt(request)),
             "response": _json(_response_body(self.endpoint, response)),
             "finish_reason": finish,
             "prompt_fingerprint": self.prompt_fingerprint,
@@ -125,6 +134,7 @@ class RequestRecord:
             "parent_id": self.parent_id,
             "candidate": self.candidate,
             "confidence": self.confidence,
+            "guardrail_flagged": self.guardrail_flagged,
         }
 
     def _answer(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -270,6 +270,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "stream_ttfb_overhead_p50_ms": g["stream"]["p50_ms"] - d["stream"]["p50_ms"],
         "stream_ttfb_overhead_p99_ms": g["stream"]["p99_ms"] - d["stream"]["p99_ms"],
         "gateway_max_rps": g["max_rps"],
+        # Every request the gateway answered (warm-ups included) must be a row in ClickHouse.
+        "gateway_requests_answered": sum(
+            g[p]["requests"] + 20 for p in ("latency", "latency_low_rate", "stream")
+        )
+        + sum(t["ok"] + t["errors"] for t in g["throughput"]),
+        "gateway_rows_logged": g["rows_logged"],
         "direct_max_rps": d["max_rps"],
     }
     low = {

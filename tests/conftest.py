@@ -85,6 +85,40 @@ routes:
     teacher: teacher
     candidates: [{name: ok, model: student-ok}]
     escalation: {max_prompt_distance: 0.6}
+  - name: guarded-mask
+    match: {models: [guarded-mask]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: pii, action: mask}]
+      output: [{rail: pii, action: mask}]
+  - name: guarded-logmask
+    match: {models: [guarded-logmask]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: pii, action: mask, mask_upstream: false}]
+  - name: guarded-block
+    match: {models: [guarded-block]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: jailbreak, action: block}]
+  - name: guarded-refuse
+    match: {models: [guarded-refuse]}
+    teacher: teacher
+    guardrails:
+      block_with: refusal
+      refusal_message: "Sorry, I can't discuss that."
+      input: [{rail: deny_topics, topics: {politics: [election, senator]}}]
+  - name: guarded-flag
+    match: {models: [guarded-flag]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: pii, action: flag}]
+      output: [{rail: deny_topics, action: flag, topics: {weather: [rain]}}]
+  - name: guarded-selfcheck
+    match: {models: [guarded-selfcheck]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: self_check, action: block}]
   - name: hot
     match: {models: [hot]}
     teacher: teacher

@@ -8,7 +8,9 @@ It answers deterministically so tests can check what the gateway logged:
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
   usage, `[[cut]]` drops the connection mid-stream, `[[conf:0.3]]` sets the probability of
-  every token in the logprobs returned when the request asks for `logprobs` (default 0.9).
+  every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
+- a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
+  checked text carries `[[unsafe]]`, else No.
 Run alone: `python -m flywheel.testing.fake_upstream --port 9001`.
 """
 
@@ -99,6 +101,9 @@ class FakeUpstream:
             return failure
         text = _MARK.sub("", _last_user_text(body)).strip()
         answer = f"echo: {text}"
+        if "be blocked (Yes or No)" in _last_user_text(body):
+            # A guardrail self-check: judge by the [[unsafe]] marker in the checked text.
+            answer = "Yes" if "[[unsafe]]" in _last_user_text(body) else "No"
         n = int(body.get("n") or 1)
         message: dict[str, Any] = {"role": "assistant", "content": answer}
         finish = "stop"

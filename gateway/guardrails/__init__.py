@@ -1,0 +1,1 @@
+"""Guardrails on every request: local detectors and nemoguardrails, per route."""

@@ -1,0 +1,106 @@
+"""Guardrails around one request: input rails before the model, output rails after.
+
+What each action does: `block` answers with an OpenAI-style 400 `guardrail_blocked` (or, if
+the route says `block_with: refusal`, an ordinary answer carrying the refusal message with
+`finish_reason: content_filter`); `mask` replaces detected values with `[EMAIL]`, `[CARD]`...
+in what the model sees (unless `mask_upstream: false`), in what the user sees (output), and
+always in what is logged; `flag` only records the verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from gateway.errors import ApiError
+from gateway.guardrails.engine import Outcome, RouteRails, Verdict
+from gateway.request_log import RequestRecord
+
+
+def _record(rec: RequestRecord, outcome: Outcome) -> None:
+    rec.guardrails.extend(v.as_row() for v in outcome.verdicts)
+    if any(v.hit and v.action in ("flag", "block") for v in outcome.verdicts):
+        rec.guardrail_flagged = True
+
+
+def _prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if isinstance(body.get("messages"), list):
+        return list(body["messages"])
+    if isinstance(body.get("prompt"), str):
+        return [{"role": "user", "content": body["prompt"]}]
+    return None
+
+
+async def guard_input(
+    rails: RouteRails, rec: RequestRecord, body: dict[str, Any], upstream_body: dict[str, Any]
+) -> Verdict | None:
+    """Run input rails; rewrite what the upstream sees and what is logged. Returns the
+    blocking verdict, if any."""
+    messages = _prompt_messages(body)
+    if messages is None or not rails.spec.input:
+        return None
+    outcome = await rails.check_input(messages)
+    _record(rec, outcome)
+    if "messages" in body:
+        upstream_body["messages"] = outcome.for_peer
+    else:
+        upstream_body["prompt"] = outcome.for_peer[0]["content"]
+    return outcome.blocked
+
+
+async def guard_output(
+    rails: RouteRails, rec: RequestRecord, answer: dict[str, Any]
+) -> Verdict | None:
+    """Run output rails on every choice; mask in place. Returns the blocking verdict."""
+    if not rails.spec.output:
+        return None
+    for choice in answer.get("choices") or []:
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if not isinstance(text, str) or not text:
+            continue
+        outcome = await rails.check_output(text)
+        _record(rec, outcome)
+        if outcome.blocked is not None:
+            return outcome.blocked
+        if outcome.for_peer != text:
+            if isinstance(message, dict):
+                message["content"] = outcome.for_peer
+            else:
+                choice["text"] = outcome.for_peer
+    return None
+
+
+def blocked(
+    rails: RouteRails, rec: RequestRecord, verdict: Verdict, headers: dict[str, str]
+) -> tuple[Response, int]:
+    """The response a blocked request gets, and its HTTP status."""
+    what = "Request" if verdict.direction == "input" else "Response"
+    detail = f" ({verdict.detail})" if verdict.detail else ""
+    rec.error = f"{what} blocked by guardrail `{verdict.rail}`{detail}"
+    if rails.spec.block_with == "error":
+        err = ApiError(400, f"{rec.error}.", code="guardrail_blocked", param=verdict.rail)
+        return err.response(headers), 400
+    answer = {
+        "id": rec.request_id,
+        "object": "chat.completion" if rec.endpoint == "chat.completions" else "text_completion",
+        "created": int(time.time()),
+        "model": rec.requested_model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "content_filter",
+                **(
+                    {"message": {"role": "assistant", "content": rails.spec.refusal_message}}
+                    if rec.endpoint == "chat.completions"
+                    else {"text": rails.spec.refusal_message}
+                ),
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+    rec.response = answer
+    return Response(orjson.dumps(answer), media_type="application/json", headers=headers), 200
