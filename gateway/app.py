@@ -94,6 +94,8 @@ def build_app(state: GatewayState) -> Starlette:
                 await asyncio.wait(state.background, timeout=10)
             await asyncio.to_thread(state.writer.close)
             await state.upstreams.close()
+            if state.router.nemo is not None:
+                await state.router.nemo.stop()
 
     app = Starlette(
         routes=[

@@ -19,6 +19,7 @@ from flywheel.store import StoreUnavailable
 from gateway.config import GatewayConfig, load_policy_set
 from gateway.escalation import PromptIndex, prompt_text
 from gateway.guardrails.engine import compile_guardrails
+from gateway.guardrails.nemo import NemoRails
 from gateway.policy import PolicyError
 from gateway.pricing import price_table
 from gateway.routing import CandidateStates, Router
@@ -54,13 +55,21 @@ def build_router(config: GatewayConfig, states: CandidateStates | None = None) -
     policies = load_policy_set(config)
     rails, nemo = compile_guardrails(policies)
     nemo.start()
-    return Router(policies, price_table(policies.models), states, rails=rails)
+    return Router(policies, price_table(policies.models), states, rails=rails, nemo=nemo)
 
 
 class PolicyReloader:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
         self._stamp = _stamp(state.config.policy_paths())
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    async def _retire(nemo: NemoRails) -> None:
+        """Stop a replaced policy's guardrail engines once requests that already hold the
+        old router have had time to finish."""
+        await asyncio.sleep(30)
+        await nemo.stop()
 
     def mark_loaded(self, router: Router) -> None:
         self.state.policy_status.update(
@@ -91,7 +100,11 @@ class PolicyReloader:
             log.error("policy reload rejected, previous policy keeps serving:\n%s", e)
             return False
         self.state.writer.prices = router.prices
-        self.state.router = router
+        old, self.state.router = self.state.router, router
+        if old.nemo is not None:
+            task = asyncio.create_task(self._retire(old.nemo))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         self.mark_loaded(router)
         log.info("policy %s loaded from %s", router.policy_version, router.policies.files)
         return True

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.errors import ApiError
 from gateway.guardrails.engine import RouteRails
+from gateway.guardrails.nemo import NemoRails
 from gateway.model_config import ModelConfig
 from gateway.policy import Candidate, PolicySet, Route
 from gateway.pricing import Price
@@ -122,12 +123,14 @@ class Router:
         states: CandidateStates | None = None,
         rng: random.Random | None = None,
         rails: dict[str, RouteRails] | None = None,
+        nemo: NemoRails | None = None,
     ) -> None:
         self.policies = policies
         self.prices = prices
         self.states = states or CandidateStates()
         self._rng = rng or random.Random()
         self.rails = rails or {}
+        self.nemo = nemo  # the guardrail engines this policy version built
         self._by_name = {r.name: r for r in policies.routes}
         # Routes that can match a model name, in policy order: a request only looks at these.
         routes = policies.routes
@@ -147,7 +150,7 @@ class Router:
 
     def with_states(self, states: CandidateStates) -> Router:
         """The same policy with a new state snapshot (swapped in whole)."""
-        return Router(self.policies, self.prices, states, self._rng, self.rails)
+        return Router(self.policies, self.prices, states, self._rng, self.rails, self.nemo)
 
     def route_named(self, name: str) -> Route | None:
         return self._by_name.get(name)

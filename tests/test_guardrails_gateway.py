@@ -45,9 +45,13 @@ def test_mask_hides_pii_from_model_user_and_logs(gateway: RunningGateway, upstre
     row = _row(gateway, resp.id)
     assert "[EMAIL]" in row["messages"] and MASKED_EMAIL not in row["messages"]
     verdicts = json.loads(row["guardrails"])
-    assert {"rail": "pii", "direction": "input", "action": "mask", "hit": True,
-            "detail": "email,phone"} == {k: verdicts[0][k] for k in
-                                         ("rail", "direction", "action", "hit", "detail")}
+    assert {
+        "rail": "pii",
+        "direction": "input",
+        "action": "mask",
+        "hit": True,
+        "detail": "email,phone",
+    } == {k: verdicts[0][k] for k in ("rail", "direction", "action", "hit", "detail")}
     assert row["guardrail_flagged"] is False  # masked rows stay usable for training
 
 
@@ -118,9 +122,12 @@ def test_no_raw_pii_in_clickhouse_after_masked_runs(gateway: RunningGateway) -> 
         "position(messages, {e:String}) > 0 OR position(response, {e:String}) > 0 OR "
         "position(messages, {p:String}) > 0 OR position(response, {p:String}) > 0 OR "
         "position(messages, {c:String}) > 0 OR position(response, {c:String}) > 0",
-        e=MASKED_EMAIL, p=MASKED_PHONE, c=MASKED_CARD,
+        e=MASKED_EMAIL,
+        p=MASKED_PHONE,
+        c=MASKED_CARD,
     )
-    masked = gateway.rows("SELECT count() AS n FROM requests WHERE route IN "
-                          "('guarded-mask', 'guarded-logmask')")
+    masked = gateway.rows(
+        "SELECT count() AS n FROM requests WHERE route IN ('guarded-mask', 'guarded-logmask')"
+    )
     assert masked[0]["n"] >= 3, "the masked tests ran first"
     assert rows[0]["n"] == 0

@@ -15,6 +15,7 @@ engines before the gateway takes traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future
@@ -138,7 +139,12 @@ class NemoRails:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop the IORails work queues and the LLMRails thread (when a policy is replaced
+        or the gateway shuts down)."""
+        for engine in self._regex.values():
+            with contextlib.suppress(Exception):
+                await engine.stop()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
 
