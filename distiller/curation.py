@@ -1,0 +1,151 @@
+"""Curation: which logged requests of a workload may teach a student.
+
+Kept: chat requests of the route that the teacher answered successfully, from apps that
+consented, not flagged by a guardrail, not rated down, and not a duplicate (exact after
+normalisation, or near: character n-gram cosine ≥ 0.9 between the users' text and that of an
+earlier kept prompt). The text
+is what ClickHouse holds, i.e. already PII-masked on masking routes. Every excluded row is
+counted under its first failing reason; the counts are stored with the dataset.
+
+Invariant: `curate` reads the rows in a fixed order (time, then id), so the same rows give
+the same examples and counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from distiller.metrics import answer_text
+from distiller.training import Example
+from flywheel.store import Store
+from gateway.escalation import prompt_text
+
+REASONS = (
+    "not_teacher",
+    "failed",
+    "no_consent",
+    "guardrail_flagged",
+    "negative_feedback",
+    "empty",
+    "duplicate",
+    "near_duplicate",
+)
+NEGATIVE_SCORE = 0.5  # feedback scores below this (thumbs down = 0) exclude a request
+
+# (An IN subquery rather than a LEFT JOIN: ClickHouse fills unmatched joins with 0, not NULL,
+# unless join_use_nulls is set, and a missing rating must not read as a bad one.)
+ROWS_SQL = """
+SELECT toString(request_id) AS id, served_by, status, consent, guardrail_flagged,
+       messages, response,
+       request_id IN (SELECT request_id FROM feedback WHERE score < {negative:Float64})
+           AS rated_down
+FROM requests
+WHERE route = {route:String} AND kind = 'request' AND endpoint = 'chat.completions'
+ORDER BY started_at, request_id
+"""
+
+
+@dataclass
+class Curated:
+    route: str
+    examples: list[Example]
+    keys: list[str]  # normalised prompt per example (drives the stable split)
+    excluded: Counter[str] = field(default_factory=Counter)
+    source_rows: int = 0
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalise_prompt(messages: list[dict[str, Any]]) -> str:
+    """Case- and whitespace-blind text of the whole prompt (system + user turns)."""
+    parts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        parts.append(f"{m.get('role')}: {content or ''}")
+    return _WS.sub(" ", "\n".join(parts)).strip().lower()
+
+
+def prompt_key(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def _near_duplicates(texts: list[str], threshold: float = 0.9) -> list[bool]:
+    """True for each text whose cosine (character 3-4-grams) to an earlier kept text is at
+    least `threshold`. Blockwise sparse products: fine to ~10^5 prompts on one machine."""
+    if not texts:
+        return []
+    from gateway.escalation import PromptIndex
+
+    matrix = PromptIndex.build(texts).matrix
+    dropped = [False] * len(texts)
+    kept_rows: list[int] = []
+    block = 512
+    for start in range(0, len(texts), block):
+        rows = list(range(start, min(start + block, len(texts))))
+        sims_prev = (matrix[rows] @ matrix[kept_rows].T).toarray() if kept_rows else None
+        sims_self = (matrix[rows] @ matrix[rows].T).toarray()
+        kept_here: list[int] = []
+        for i, row in enumerate(rows):
+            near = sims_prev is not None and sims_prev[i].max() >= threshold
+            near = near or any(sims_self[i, j - start] >= threshold for j in kept_here)
+            if near:
+                dropped[row] = True
+            else:
+                kept_here.append(row)
+        kept_rows += kept_here
+    return dropped
+
+
+def curate(store: Store, route: str, near_duplicate_threshold: float = 0.9) -> Curated:
+    rows = store.query_dicts(ROWS_SQL, {"route": route, "negative": NEGATIVE_SCORE})
+    out = Curated(route=route, examples=[], keys=[], source_rows=len(rows))
+    seen: set[str] = set()
+    candidates: list[tuple[Example, str]] = []
+    for row in rows:
+        reason = None
+        if row["served_by"] != "teacher":
+            reason = "not_teacher"
+        elif row["status"] != "ok":
+            reason = "failed"
+        elif not row["consent"]:
+            reason = "no_consent"
+        elif row["guardrail_flagged"]:
+            reason = "guardrail_flagged"
+        elif row["rated_down"]:
+            reason = "negative_feedback"
+        if reason is None:
+            messages = orjson.loads(row["messages"] or "null") or []
+            answer = answer_text(orjson.loads(row["response"] or "{}") or {})
+            if not messages or not answer.strip():
+                reason = "empty"
+            else:
+                key = prompt_key(normalise_prompt(messages))
+                if key in seen:
+                    reason = "duplicate"
+                else:
+                    seen.add(key)
+                    candidates.append((Example(row["id"], messages, answer), key))
+        if reason is not None:
+            out.excluded[reason] += 1
+    # Near-duplicates are judged on the users' text: a workload's shared system prompt would
+    # make every pair look alike.
+    near = _near_duplicates(
+        [_WS.sub(" ", prompt_text(ex.prompt)).strip().lower() for ex, _ in candidates],
+        near_duplicate_threshold,
+    )
+    for (ex, key), is_near in zip(candidates, near, strict=True):
+        if is_near:
+            out.excluded["near_duplicate"] += 1
+        else:
+            out.examples.append(ex)
+            out.keys.append(key)
+    return out

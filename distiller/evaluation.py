@@ -1,0 +1,231 @@
+"""Evaluation: the candidate answers every eval prompt; agreement with the teacher decides.
+
+Scores use the route's gate metric (`distiller.metrics`); `llm_judge` asks the teacher
+through the gateway's upstream client. The gate passes when the lower bound of the 95%
+Wilson interval of agreement reaches the threshold on at least `min_examples` examples.
+The student's confidence (geometric mean of its token probabilities) is kept per example,
+and the coverage-vs-agreement curve says which escalation threshold gives a target
+agreement.
+
+Invariant: every report names the frozen eval set it used, and its per-example rows are in
+`eval_results`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from distiller.base_model import load
+from distiller.metrics import agreement
+from distiller.training import Example
+from flywheel.store import Store
+
+AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
+
+
+def wilson_lower(successes: int, n: int, confidence: float = 0.95) -> float:
+    """Lower bound of the Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return 0.0
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / denom
+
+
+@dataclass
+class ExampleResult:
+    request_id: str
+    score: float
+    agree: bool
+    confidence: float
+    student: str
+    teacher: str
+
+
+@dataclass
+class EvalReport:
+    run_id: str
+    eval_set_id: str
+    metric: str
+    threshold: float
+    min_examples: int
+    results: list[ExampleResult] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def agreement(self) -> float:
+        return sum(r.agree for r in self.results) / self.n if self.n else 0.0
+
+    def lower_bound(self, confidence: float = 0.95) -> float:
+        return wilson_lower(sum(r.agree for r in self.results), self.n, confidence)
+
+    def passed(self, confidence: float = 0.95) -> bool:
+        return self.n >= self.min_examples and self.lower_bound(confidence) >= self.threshold
+
+    def coverage_curve(self, points: int = 20) -> list[dict[str, float]]:
+        """For confidence thresholds from high to low: the share of traffic the student
+        would keep (coverage) and its agreement on that share."""
+        ranked = sorted(self.results, key=lambda r: -r.confidence)
+        out = []
+        for k in range(1, points + 1):
+            take = max(1, round(len(ranked) * k / points)) if ranked else 0
+            kept = ranked[:take]
+            if not kept:
+                break
+            out.append(
+                {
+                    "min_confidence": kept[-1].confidence,
+                    "coverage": take / len(ranked),
+                    "agreement": sum(r.agree for r in kept) / take,
+                }
+            )
+        return out
+
+    def threshold_for(self, target_agreement: float) -> dict[str, float] | None:
+        """The largest coverage whose agreement reaches the target."""
+        ok = [p for p in self.coverage_curve(50) if p["agreement"] >= target_agreement]
+        return max(ok, key=lambda p: p["coverage"]) if ok else None
+
+
+def generate(
+    model_path: str | Path,
+    prompts: list[list[dict[str, Any]]],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> list[tuple[str, float]]:
+    """Greedy answers with their confidence (exp of the mean token log-probability)."""
+    import torch
+
+    model, tok = load(model_path)
+    model.eval()
+    tok.padding_side = "left"
+    out: list[tuple[str, float]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        texts = [
+            tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in chunk
+        ]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        new = gen.sequences[:, enc["input_ids"].shape[1] :]
+        logprobs = torch.stack(gen.scores, dim=1).log_softmax(-1)
+        token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        for i in range(len(chunk)):
+            ids = new[i].tolist()
+            length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+            mean_lp = float(token_lp[i, :length].mean()) if length else float("-inf")
+            out.append(
+                (tok.decode(ids[:length], skip_special_tokens=True).strip(), math.exp(mean_lp))
+            )
+    return out
+
+
+def evaluate(
+    model_path: str | Path,
+    run_id: str,
+    eval_set_id: str,
+    examples: list[Example],
+    metric: str,
+    threshold: float,
+    min_examples: int,
+    fields: list[str] | None = None,
+) -> EvalReport:
+    if metric == "llm_judge":
+        raise ValueError("llm_judge evaluation needs the teacher: use evaluate_with_judge")
+    report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples)
+    answers = generate(model_path, [e.prompt for e in examples])
+    for ex, (answer, confidence) in zip(examples, answers, strict=True):
+        score = agreement(metric, answer, ex.answer, fields)
+        report.results.append(
+            ExampleResult(ex.request_id, score, score >= AGREE_AT, confidence, answer, ex.answer)
+        )
+    return report
+
+
+def store_report(
+    store: Store, report: EvalReport, route: str, candidate: str, confidence: float = 0.95
+) -> None:
+    store.insert_rows(
+        "eval_results",
+        [
+            [
+                report.run_id,
+                report.eval_set_id,
+                r.request_id,
+                report.metric,
+                r.score,
+                r.agree,
+                r.confidence,
+                r.student,
+                r.teacher,
+            ]
+            for r in report.results
+        ],
+        [
+            "run_id",
+            "eval_set_id",
+            "request_id",
+            "metric",
+            "score",
+            "agree",
+            "confidence",
+            "student_answer",
+            "teacher_answer",
+        ],
+    )
+    store.insert_rows(
+        "eval_reports",
+        [
+            [
+                report.run_id,
+                route,
+                candidate,
+                report.eval_set_id,
+                report.metric,
+                report.n,
+                report.agreement,
+                report.lower_bound(confidence),
+                report.threshold,
+                report.passed(confidence),
+                orjson.dumps(report.coverage_curve()).decode(),
+                datetime.now(UTC),
+            ]
+        ],
+        [
+            "run_id",
+            "route",
+            "candidate",
+            "eval_set_id",
+            "metric",
+            "examples",
+            "agreement",
+            "wilson_lower",
+            "threshold",
+            "passed",
+            "coverage_curve",
+            "created_at",
+        ],
+    )

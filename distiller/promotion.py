@@ -1,0 +1,236 @@
+"""Candidate lifecycle: trained → failed | shadow → canary → promoted, and rolled_back.
+
+- A run that passes its gate enters the rollout: `shadow` when the route samples shadows,
+  else `canary` (or straight to `promoted` when the canary share is 0).
+- shadow → canary once `shadow_min_examples` shadow answers agree with the teacher's
+  answers to the same requests at the gate's threshold (Wilson lower bound).
+- canary → promoted once `canary_min_examples` audits agree at the audit threshold.
+- canary or promoted → rolled_back when agreement over the last `window` audits falls below
+  `audit.min_agreement`; the router stops sending it traffic at its next state refresh.
+- A promoted candidate that is cheaper than another promoted one retires the dearer one.
+
+Invariant: every state change writes both the new state (`candidate_states`, what the
+router reads) and an `events` row with the reason and its evidence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from distiller.evaluation import AGREE_AT, wilson_lower
+from distiller.metrics import agreement, answer_text
+from flywheel.store import Store
+from gateway.policy import Route
+
+
+@dataclass(frozen=True)
+class State:
+    state: str
+    version: str
+    dataset_id: str
+
+
+def current(store: Store, route: str, candidate: str) -> State | None:
+    rows = store.query_rows(
+        "SELECT argMax(state, updated_at), argMax(version, updated_at), "
+        "argMax(dataset_id, updated_at) FROM candidate_states "
+        "WHERE route = {r:String} AND candidate = {c:String} GROUP BY route, candidate",
+        {"r": route, "c": candidate},
+    )
+    return State(str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+
+
+def transition(
+    store: Store,
+    route: str,
+    candidate: str,
+    to_state: str,
+    reason: str,
+    evidence: dict[str, Any],
+    version: str = "",
+    dataset_id: str = "",
+) -> None:
+    before = current(store, route, candidate)
+    version = version or (before.version if before else "")
+    dataset_id = dataset_id or (before.dataset_id if before else "")
+    now = datetime.now(UTC)
+    store.insert_rows(
+        "candidate_states",
+        [[route, candidate, version, to_state, now, reason, dataset_id]],
+        ["route", "candidate", "version", "state", "updated_at", "reason", "dataset_id"],
+    )
+    store.insert_rows(
+        "events",
+        [
+            [
+                uuid.uuid4(),
+                now,
+                route,
+                candidate,
+                "state_change",
+                before.state if before else "",
+                to_state,
+                reason,
+                orjson.dumps(evidence).decode(),
+            ]
+        ],
+        [
+            "event_id",
+            "at",
+            "route",
+            "candidate",
+            "kind",
+            "from_state",
+            "to_state",
+            "reason",
+            "evidence",
+        ],
+    )
+
+
+def after_evaluation(
+    store: Store,
+    route: Route,
+    candidate: str,
+    run_id: str,
+    dataset_id: str,
+    passed: bool,
+    evidence: dict[str, Any],
+) -> str:
+    """Enter the rollout (or fail) after a gate; returns the new state."""
+    if not passed:
+        state, reason = "failed", "gate failed"
+    elif route.rollout.shadow_share > 0:
+        state, reason = "shadow", "gate passed"
+    elif route.rollout.canary_share > 0:
+        state, reason = "canary", "gate passed; no shadow stage"
+    else:
+        state, reason = "promoted", "gate passed; no shadow or canary stage"
+    transition(store, route.name, candidate, state, reason, evidence, run_id, dataset_id)
+    return state
+
+
+def _shadow_agreement(store: Store, route: Route, candidate: str) -> tuple[int, int]:
+    """(agreeing, total) between shadow answers and the teacher's answers they shadowed."""
+    rows = store.query_rows(
+        "SELECT s.response, p.response FROM requests AS s "
+        "INNER JOIN requests AS p ON p.request_id = toUUIDOrZero(s.parent_id) "
+        "WHERE s.kind = 'shadow' AND s.route = {r:String} AND s.candidate = {c:String} "
+        "AND s.status = 'ok' AND p.status = 'ok' AND p.served_by = 'teacher'",
+        {"r": route.name, "c": candidate},
+    )
+    agree = 0
+    for shadow, teacher in rows:
+        s = answer_text(orjson.loads(shadow or "{}") or {})
+        t = answer_text(orjson.loads(teacher or "{}") or {})
+        if route.gate.metric == "llm_judge":
+            score = agreement("chrf", s, t)  # shadows are judged offline by similarity
+        else:
+            score = agreement(route.gate.metric, s, t, route.gate.fields)
+        agree += score >= AGREE_AT
+    return agree, len(rows)
+
+
+def _audits(store: Store, route: str, candidate: str, window: int) -> list[float]:
+    rows = store.query_rows(
+        "SELECT agreement FROM audits WHERE route = {r:String} AND candidate = {c:String} "
+        "ORDER BY at DESC LIMIT {n:UInt32}",
+        {"r": route, "c": candidate, "n": window},
+    )
+    return [float(r[0]) for r in rows]
+
+
+def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) -> list[str]:
+    """Move each candidate of the route along its rollout from the evidence gathered since.
+    Returns a line per change."""
+    changes = []
+    for cand in route.candidates:
+        st = current(store, route.name, cand.name)
+        if st is None:
+            continue
+        if st.state == "shadow":
+            agree, n = _shadow_agreement(store, route, cand.name)
+            if n >= route.rollout.shadow_min_examples:
+                lower = wilson_lower(agree, n, route.gate.confidence)
+                ok = lower >= route.gate.threshold
+                to = (
+                    ("canary" if route.rollout.canary_share > 0 else "promoted") if ok else "failed"
+                )
+                why = (
+                    f"shadow agreement {agree}/{n} (lower bound {lower:.3f}) "
+                    f"{'≥' if ok else '<'} {route.gate.threshold}"
+                )
+                transition(
+                    store,
+                    route.name,
+                    cand.name,
+                    to,
+                    why,
+                    {"agree": agree, "n": n, "wilson_lower": lower},
+                )
+                changes.append(f"{cand.name}: shadow → {to}: {why}")
+        elif st.state in ("canary", "promoted"):
+            audits = _audits(store, route.name, cand.name, route.audit.window)
+            if not audits:
+                continue
+            mean = sum(audits) / len(audits)
+            enough = len(audits) >= min(route.audit.window, route.rollout.canary_min_examples)
+            if enough and mean < route.audit.min_agreement:
+                why = (
+                    f"audit agreement {mean:.3f} over the last {len(audits)} audits < "
+                    f"{route.audit.min_agreement}"
+                )
+                transition(
+                    store,
+                    route.name,
+                    cand.name,
+                    "rolled_back",
+                    why,
+                    {"audits": len(audits), "agreement": mean},
+                )
+                changes.append(f"{cand.name}: {st.state} → rolled_back: {why}")
+            elif (
+                st.state == "canary"
+                and len(audits) >= route.rollout.canary_min_examples
+                and mean >= route.audit.min_agreement
+            ):
+                why = f"audit agreement {mean:.3f} over {len(audits)} canary audits"
+                transition(
+                    store,
+                    route.name,
+                    cand.name,
+                    "promoted",
+                    why,
+                    {"audits": len(audits), "agreement": mean},
+                )
+                changes.append(f"{cand.name}: canary → promoted: {why}")
+    changes += _retire_dearer(store, route, prices or {})
+    return changes
+
+
+def _retire_dearer(store: Store, route: Route, prices: dict[str, Any]) -> list[str]:
+    promoted = [
+        c
+        for c in route.candidates
+        if (st := current(store, route.name, c.name)) and st.state == "promoted"
+    ]
+    if len(promoted) < 2 or not prices:
+        return []
+
+    def cost(c: Any) -> Any:
+        p = prices[c.model]
+        return p.input_per_token + p.output_per_token
+
+    cheapest = min(promoted, key=cost)
+    out = []
+    for c in promoted:
+        if c is not cheapest:
+            why = f"{cheapest.name} passed and is cheaper"
+            transition(store, route.name, c.name, "retired", why, {"replaced_by": cheapest.name})
+            out.append(f"{c.name}: promoted → retired: {why}")
+    return out

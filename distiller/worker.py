@@ -1,0 +1,199 @@
+"""The distiller's loop: for each workload, curate → dataset → train → evaluate → promote.
+
+Training is triggered when a route has at least `training.min_new_examples` more curated
+examples than its last dataset (or on demand: `flywheel distill --workload W --once`).
+Each candidate slot is trained from its `base`: a hub id or local path (LoRA), or
+`local:tiny` (a small base built from the workload's own traffic, fully fine-tuned). Rollout
+states advance from shadow answers and audits on every pass.
+
+Invariant: the worker never runs on the gateway's event loop: it is its own process
+(`flywheel distill`) or a thread/subprocess of `flywheel serve`; it talks to the gateway only
+through ClickHouse (datasets, runs, reports, candidate states, events).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from distiller.base_model import build_tiny_base
+from distiller.curation import curate
+from distiller.datasets import build_dataset
+from distiller.evaluation import evaluate, store_report
+from distiller.promotion import advance, after_evaluation
+from distiller.training import TrainConfig, train
+from flywheel.store import Store
+from gateway.policy import PolicySet, Route
+from gateway.pricing import price_table
+
+log = logging.getLogger("flywheel.distiller")
+
+
+def _last_dataset_size(store: Store, route: str) -> int:
+    rows = store.query_rows(
+        "SELECT train_size + eval_size FROM datasets WHERE route = {r:String} "
+        "ORDER BY created_at DESC LIMIT 1",
+        {"r": route},
+    )
+    return int(rows[0][0]) if rows else 0
+
+
+def _base_for(base: str, texts: list[str], dirs: Path, settings: dict[str, Any]) -> str:
+    if base in ("", "local:tiny") or base.startswith("local:"):
+        return str(
+            build_tiny_base(
+                texts, dirs / "base", pretrain_steps=int(settings.get("pretrain_steps", 200))
+            )
+        )
+    return base
+
+
+def distill_route(
+    store: Store, route: Route, policies: PolicySet, model_dir: Path, force: bool = False
+) -> dict[str, Any]:
+    settings = dict(route.training)
+    curated = curate(store, route.name)
+    new = len(curated.examples) - _last_dataset_size(store, route.name)
+    needed = int(settings.get("min_new_examples", 200))
+    summary: dict[str, Any] = {
+        "route": route.name,
+        "curated": len(curated.examples),
+        "excluded": dict(curated.excluded),
+        "new_examples": new,
+    }
+    prices = price_table(policies.models)
+    if not route.candidates:
+        summary["skipped"] = "route has no candidates"
+        return summary
+    if not force and new < needed:
+        summary["skipped"] = f"{new} new examples < {needed}"
+        summary["changes"] = advance(store, route, prices)
+        return summary
+    ds = build_dataset(store, curated, float(settings.get("eval_fraction", 0.2)))
+    summary.update(
+        dataset_id=ds.dataset_id,
+        train=len(ds.train),
+        eval=len(ds.eval),
+        eval_set=ds.eval_set_id,
+        runs=[],
+    )
+    texts = [
+        m.get("content") or ""
+        for ex in ds.train
+        for m in ex.prompt
+        if isinstance(m.get("content"), str)
+    ] + [ex.answer for ex in ds.train]
+    cfg = TrainConfig.model_validate(settings)
+    for cand in route.candidates:
+        run_id = f"{route.name}-{cand.name}-{uuid.uuid4().hex[:8]}"
+        dirs = model_dir / route.name / cand.name / run_id
+        base = _base_for(cand.base, texts, dirs, settings)
+        result = train(base, ds.train, dirs, cfg)
+        store.insert_rows(
+            "training_runs",
+            [
+                [
+                    run_id,
+                    route.name,
+                    cand.name,
+                    ds.dataset_id,
+                    cand.base or "local:tiny",
+                    cfg.model_dump_json(),
+                    result.losses,
+                    result.steps,
+                    result.seconds,
+                    result.tokens,
+                    result.tokens_per_s,
+                    result.device,
+                    str(result.merged),
+                    datetime.now(UTC),
+                ]
+            ],
+            [
+                "run_id",
+                "route",
+                "candidate",
+                "dataset_id",
+                "base",
+                "params",
+                "losses",
+                "steps",
+                "seconds",
+                "tokens",
+                "tokens_per_s",
+                "device",
+                "artifact_path",
+                "created_at",
+            ],
+        )
+        report = evaluate(
+            result.merged,
+            run_id,
+            ds.eval_set_id,
+            ds.eval,
+            route.gate.metric,
+            route.gate.threshold,
+            route.gate.min_examples,
+            route.gate.fields,
+        )
+        store_report(store, report, route.name, cand.name, route.gate.confidence)
+        evidence = {
+            "run_id": run_id,
+            "eval_set": ds.eval_set_id,
+            "examples": report.n,
+            "agreement": report.agreement,
+            "wilson_lower": report.lower_bound(route.gate.confidence),
+            "threshold": route.gate.threshold,
+            "min_examples": route.gate.min_examples,
+        }
+        state = after_evaluation(
+            store,
+            route,
+            cand.name,
+            run_id,
+            ds.dataset_id,
+            report.passed(route.gate.confidence),
+            evidence,
+        )
+        summary["runs"].append(
+            {
+                **evidence,
+                "candidate": cand.name,
+                "state": state,
+                "train_seconds": result.seconds,
+                "tokens_per_s": result.tokens_per_s,
+                "artifact": str(result.merged),
+            }
+        )
+    summary["changes"] = advance(store, route, prices)
+    return summary
+
+
+def run(
+    store: Store,
+    policies: PolicySet,
+    model_dir: Path,
+    workload: str | None = None,
+    once: bool = False,
+    force: bool = False,
+    interval_s: float = 30.0,
+) -> list[dict[str, Any]]:
+    """Distill every route with candidates (or one), once or forever."""
+    while True:
+        out = []
+        for route in policies.routes:
+            if workload and route.name != workload:
+                continue
+            if not route.candidates:
+                continue
+            out.append(distill_route(store, route, policies, model_dir, force=force))
+            log.info("%s", orjson.dumps(out[-1]).decode())
+        if once:
+            return out
+        time.sleep(interval_s)

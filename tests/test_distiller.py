@@ -1,0 +1,318 @@
+"""The distiller on a small generated workload: curation counts, stable splits, lineage both
+ways, a real training run that beats its untrained base, gates, and rollback on audits.
+
+Rows are written with the gateway's own row builder (`RequestRecord.to_row`) into the
+session's ClickHouse, as a teacher-served workload would have left them."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from distiller.base_model import build_tiny_base
+from distiller.curation import curate
+from distiller.datasets import (
+    build_dataset,
+    candidates_trained_on,
+    delete_requests,
+    requests_of_candidate,
+    split_of,
+)
+from distiller.evaluation import EvalReport, ExampleResult, evaluate, wilson_lower
+from distiller.promotion import advance, current, transition
+from distiller.worker import distill_route
+from gateway.policy import PolicySet, Route
+from gateway.request_log import RequestRecord
+from tests.conftest import RunningGateway
+
+ROUTE = "distill-intents"
+SYSTEM = "Classify the customer's banking request. Answer with JSON."
+PHRASES = {
+    "lost_card": ["I lost my card", "my card was stolen", "cannot find my debit card"],
+    "refund": ["I want a refund", "please give my money back", "refund the charge"],
+    "balance": ["what is my balance", "how much money is in my account", "show my balance"],
+    "transfer": ["send money to my sister", "make a transfer", "wire funds abroad"],
+}
+NAMES = ["Ana", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea"]
+
+
+def _row(
+    text: str,
+    intent: str,
+    *,
+    served_by: str = "teacher",
+    status: str = "ok",
+    consent: bool = True,
+    flagged: bool = False,
+    route: str = ROUTE,
+) -> tuple[str, dict]:
+    rec = RequestRecord(
+        request_id=str(uuid.uuid4()),
+        endpoint="chat.completions",
+        app="bank",
+        team="retail",
+        key_id="k",
+        consent=consent,
+        route=route,
+        served_model="teacher",
+        teacher_model="teacher",
+        served_by=served_by,
+    )
+    rec.request = {
+        "model": route,
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+    }
+    rec.response = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": json.dumps({"intent": intent})},
+            }
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 6},
+    }
+    rec.guardrail_flagged = flagged
+    rec.finish(status, 200 if status == "ok" else 502)
+    return rec.request_id, rec.to_row({})
+
+
+def _insert(gw: RunningGateway, rows: list[dict]) -> None:
+    body = b"\n".join(json.dumps(r).encode() for r in rows)
+    gw.state.store.insert_json_rows("requests", body, uuid.uuid4().hex)
+
+
+def _generate(n: int, seed: int) -> list[tuple[str, str]]:
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        intent = rnd.choice(list(PHRASES))
+        text = (
+            f"{rnd.choice(NAMES)} here, {rnd.choice(PHRASES[intent])} "
+            f"(ref {rnd.getrandbits(32):08x})"
+        )
+        out.append((text, intent))
+    return out
+
+
+@pytest.fixture(scope="module")
+def workload(gateway: RunningGateway) -> dict:
+    clean = _generate(160, seed=1)
+    rows, ids = [], {}
+    for text, intent in clean:
+        rid, row = _row(text, intent)
+        rows.append(row)
+        ids[rid] = intent
+    planted = {
+        "not_teacher": [_row(t, i, served_by="student")[1] for t, i in _generate(5, 2)],
+        "failed": [_row(t, i, status="upstream_error")[1] for t, i in _generate(4, 3)],
+        "no_consent": [_row(t, i, consent=False)[1] for t, i in _generate(6, 4)],
+        "guardrail_flagged": [_row(t, i, flagged=True)[1] for t, i in _generate(3, 5)],
+        # Same prompt in other case and spacing: exact duplicates after normalisation.
+        "duplicate": [_row("  " + t.upper().replace(" ", "  "), i)[1] for t, i in clean[:5]],
+        # One character more: near-duplicates.
+        "near_duplicate": [_row(t + "!", i)[1] for t, i in clean[5:8]],
+    }
+    rated_down = [_row(t, i) for t, i in _generate(4, 6)]
+    planted["negative_feedback"] = [r for _, r in rated_down]
+    for group in planted.values():
+        rows += group
+    _insert(gateway, rows)
+    gateway.state.store.insert_rows(
+        "feedback",
+        [
+            [uuid.uuid4(), rid, datetime.now(UTC), "bank", "k", 0.0, "wrong", ""]
+            for rid, _ in rated_down
+        ],
+        ["feedback_id", "request_id", "created_at", "app", "key_id", "score", "tag", "comment"],
+    )
+    return {"clean": ids, "planted": {k: len(v) for k, v in planted.items()}}
+
+
+def test_curation_counts_per_reason(gateway: RunningGateway, workload: dict) -> None:
+    curated = curate(gateway.state.store, ROUTE)
+    assert dict(curated.excluded) == workload["planted"]
+    assert len(curated.examples) == len(workload["clean"])
+    assert {e.request_id for e in curated.examples} == set(workload["clean"])
+    assert curated.source_rows == len(workload["clean"]) + sum(workload["planted"].values())
+
+
+def test_split_is_stable_as_data_grows(gateway: RunningGateway, workload: dict) -> None:
+    store = gateway.state.store
+    first = build_dataset(store, curate(store, ROUTE))
+    assert first.eval_set_id.endswith("-eval-v1") and len(first.eval) > 10
+    # Grow the workload by 80%: old examples keep their split, and the eval set is re-frozen.
+    _insert(gateway, [_row(t, i)[1] for t, i in _generate(130, seed=9)])
+    second = build_dataset(store, curate(store, ROUTE))
+    before = {e.request_id: "eval" for e in first.eval} | {
+        e.request_id: "train" for e in first.train
+    }
+    after = {e.request_id: "eval" for e in second.eval} | {
+        e.request_id: "train" for e in second.train
+    }
+    assert all(after[rid] == split for rid, split in before.items())
+    assert second.eval_set_id.endswith("-eval-v2")
+    assert {e.request_id for e in first.eval} <= {e.request_id for e in second.eval}
+    # Growth below the threshold reuses the frozen version.
+    third = build_dataset(store, curate(store, ROUTE))
+    assert third.eval_set_id == second.eval_set_id
+    # The split depends only on the normalised prompt.
+    assert split_of("abc", 0.2) == split_of("abc", 0.2)
+
+
+def test_wilson_lower_bound() -> None:
+    assert wilson_lower(95, 100) == pytest.approx(0.8882, abs=1e-4)
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(10, 10) < 1.0
+
+
+def _report(agree: int, n: int, threshold: float, min_examples: int) -> EvalReport:
+    report = EvalReport("r", "e", "exact_match", threshold, min_examples)
+    report.results = [
+        ExampleResult(str(i), 1.0 if i < agree else 0.0, i < agree, 1.0 - i / (2 * n), "s", "t")
+        for i in range(n)
+    ]
+    return report
+
+
+def test_gate_passes_and_fails() -> None:
+    assert _report(98, 100, 0.9, 50).passed()
+    assert not _report(92, 100, 0.9, 50).passed(), "92% agreement, lower bound 0.85"
+    assert not _report(30, 30, 0.8, 50).passed(), "too few examples"
+    curve = _report(90, 100, 0.9, 50).coverage_curve(10)
+    assert curve[0]["agreement"] == 1.0 and curve[-1]["coverage"] == 1.0
+    assert _report(90, 100, 0.9, 50).threshold_for(0.99)["coverage"] == pytest.approx(0.9)
+    assert _report(90, 100, 0.9, 50).threshold_for(0.97)["coverage"] == pytest.approx(0.92)
+
+
+def test_training_run_beats_untrained_base_and_gates(
+    gateway: RunningGateway, workload: dict, tmp_path: Path
+) -> None:
+    store = gateway.state.store
+    policies: PolicySet = gateway.state.router.policies
+    route = Route.model_validate(
+        {
+            "name": ROUTE,
+            "teacher": "teacher",
+            "candidates": [{"name": "tiny", "model": "student-ok", "base": "local:tiny"}],
+            "gate": {
+                "metric": "json_field_match",
+                "fields": ["intent"],
+                "threshold": 0.6,
+                "min_examples": 20,
+            },
+            "rollout": {"shadow_share": 0.1},
+            "training": {"epochs": 15, "pretrain_steps": 100, "min_new_examples": 10},
+        }
+    )
+    t0 = time.monotonic()
+    summary = distill_route(store, route, policies, tmp_path, force=True)
+    run = summary["runs"][0]
+    assert run["state"] == "shadow", run
+    assert run["agreement"] >= 0.8 and run["examples"] >= 20
+    # The untrained base (built and pretrained the same way) does not know the labels.
+    base = build_tiny_base(
+        [SYSTEM] + [t for t, _ in _generate(50, 11)], tmp_path / "untrained", pretrain_steps=100
+    )
+    ds = build_dataset(store, curate(store, ROUTE))
+    untrained = evaluate(
+        base, "untrained", ds.eval_set_id, ds.eval, "json_field_match", 0.6, 20, ["intent"]
+    )
+    assert untrained.agreement < 0.3 < run["agreement"]
+    assert time.monotonic() - t0 < 300
+    # What was stored: run, report with per-example rows, state, event.
+    runs = store.query_dicts(
+        "SELECT * FROM training_runs WHERE run_id = {r:String}", {"r": run["run_id"]}
+    )
+    assert runs[0]["steps"] > 0 and runs[0]["losses"][-1] < runs[0]["losses"][0]
+    assert Path(runs[0]["artifact_path"], "config.json").exists()
+    results = store.query_rows(
+        "SELECT count(), sum(agree) FROM eval_results WHERE run_id = {r:String}",
+        {"r": run["run_id"]},
+    )
+    assert results[0][0] == run["examples"]
+    assert current(store, ROUTE, "tiny").state == "shadow"
+    events = store.query_dicts(
+        "SELECT * FROM events WHERE route = {r:String} AND "
+        "candidate = 'tiny' AND kind = 'state_change'",
+        {"r": ROUTE},
+    )
+    assert events[-1]["to_state"] == "shadow" and "gate passed" in events[-1]["reason"]
+    assert json.loads(events[-1]["evidence"])["eval_set"] == summary["eval_set"]
+
+    # Lineage, both ways, and erasure.
+    learned = requests_of_candidate(store, ROUTE, "tiny")
+    assert len(learned) == summary["train"]
+    assert (ROUTE, "tiny", run["run_id"]) in candidates_trained_on(store, learned[:1])
+    flagged = delete_requests(store, learned[:2], "user erasure request")
+    assert flagged == [(ROUTE, "tiny")]
+    ev = store.query_dicts(
+        "SELECT * FROM events WHERE kind = 'lineage' AND route = {r:String}", {"r": ROUTE}
+    )
+    assert ev and "retrain required" in ev[-1]["reason"]
+
+
+def test_rollback_when_audits_drop(gateway: RunningGateway) -> None:
+    store = gateway.state.store
+    route = Route.model_validate(
+        {
+            "name": "distill-rollback",
+            "teacher": "teacher",
+            "candidates": [{"name": "c1", "model": "student-ok"}],
+            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 20},
+            "rollout": {"canary_min_examples": 10},
+        }
+    )
+    transition(store, route.name, "c1", "canary", "test", {})
+
+    def audits(scores: list[float]) -> None:
+        store.insert_rows(
+            "audits",
+            [
+                [
+                    uuid.uuid4(),
+                    uuid.uuid4(),
+                    datetime.now(UTC),
+                    route.name,
+                    "c1",
+                    "exact_match",
+                    s,
+                    "a",
+                    "b",
+                ]
+                for s in scores
+            ],
+            [
+                "request_id",
+                "audit_request_id",
+                "at",
+                "route",
+                "candidate",
+                "metric",
+                "agreement",
+                "student_answer",
+                "teacher_answer",
+            ],
+        )
+
+    audits([1.0] * 12)
+    assert advance(store, route)[0].startswith("c1: canary → promoted")
+    time.sleep(0.01)
+    audits([0.0] * 10)
+    changes = advance(store, route)
+    assert changes and "rolled_back" in changes[0]
+    assert current(store, route.name, "c1").state == "rolled_back"
+    # The router stops sending it traffic at its next refresh.
+    deadline = time.monotonic() + 10
+    while (
+        gateway.state.router.states.get(route.name, "c1") != "rolled_back"
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert gateway.state.router.states.get(route.name, "c1") == "rolled_back"
