@@ -129,7 +129,7 @@ def _pretrain(model: Any, tokenizer: Any, texts: list[str], steps: int) -> list[
         out.loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     return losses
 
 

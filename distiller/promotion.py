@@ -103,7 +103,9 @@ def after_evaluation(
     evidence: dict[str, Any],
 ) -> str:
     """Enter the rollout (or fail) after a gate; returns the new state."""
-    if not passed:
+    if "publish_error" in evidence:
+        state, reason = "trained", f"gate passed but not published: {evidence['publish_error']}"
+    elif not passed:
         state, reason = "failed", "gate failed"
     elif route.rollout.shadow_share > 0:
         state, reason = "shadow", "gate passed"

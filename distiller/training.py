@@ -59,6 +59,7 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     device: str = "cpu"
+    pid: int = 0  # the process that trained (the embedded worker trains in a subprocess)
 
     @property
     def tokens_per_s(self) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ import orjson
 from distiller.base_model import build_tiny_base
 from distiller.curation import curate
 from distiller.datasets import build_dataset
-from distiller.evaluation import evaluate, store_report
+from distiller.evaluation import EvalReport, evaluate, store_report
 from distiller.promotion import advance, after_evaluation
-from distiller.training import TrainConfig, train
+from distiller.training import Example, TrainConfig, TrainResult, train
 from flywheel.store import Store
-from gateway.policy import PolicySet, Route
+from gateway.policy import Gate, PolicySet, Route
 from gateway.pricing import price_table
 
 log = logging.getLogger("flywheel.distiller")
@@ -54,9 +55,52 @@ def _base_for(base: str, texts: list[str], dirs: Path, settings: dict[str, Any])
     return base
 
 
+def train_and_evaluate(
+    base_spec: str,
+    texts: list[str],
+    train_set: list[Example],
+    eval_set: list[Example],
+    dirs: Path,
+    settings: dict[str, Any],
+    run_id: str,
+    eval_set_id: str,
+    gate: Gate,
+) -> tuple[TrainResult, EvalReport]:
+    """The heavy half of a run, with no store access: safe to run in a subprocess."""
+    base = _base_for(base_spec, texts, dirs, settings)
+    result = train(base, train_set, dirs, TrainConfig.model_validate(settings))
+    report = evaluate(
+        result.merged,
+        run_id,
+        eval_set_id,
+        eval_set,
+        gate.metric,
+        gate.threshold,
+        gate.min_examples,
+        gate.fields,
+    )
+    return result, report
+
+
+Runner = Callable[..., tuple[TrainResult, EvalReport]]
+
+
+def _inline(
+    fn: Callable[..., tuple[TrainResult, EvalReport]], *args: Any
+) -> tuple[TrainResult, EvalReport]:
+    return fn(*args)
+
+
 def distill_route(
-    store: Store, route: Route, policies: PolicySet, model_dir: Path, force: bool = False
+    store: Store,
+    route: Route,
+    policies: PolicySet,
+    model_dir: Path,
+    force: bool = False,
+    runner: Runner = _inline,
 ) -> dict[str, Any]:
+    """One pass for one workload. `runner` runs `train_and_evaluate` (inline, or in a
+    subprocess when the caller shares its process with the gateway)."""
     settings = dict(route.training)
     curated = curate(store, route.name)
     new = len(curated.examples) - _last_dataset_size(store, route.name)
@@ -93,8 +137,18 @@ def distill_route(
     for cand in route.candidates:
         run_id = f"{route.name}-{cand.name}-{uuid.uuid4().hex[:8]}"
         dirs = model_dir / route.name / cand.name / run_id
-        base = _base_for(cand.base, texts, dirs, settings)
-        result = train(base, ds.train, dirs, cfg)
+        result, report = runner(
+            train_and_evaluate,
+            cand.base,
+            texts,
+            ds.train,
+            ds.eval,
+            dirs,
+            settings,
+            run_id,
+            ds.eval_set_id,
+            route.gate,
+        )
         store.insert_rows(
             "training_runs",
             [
@@ -131,16 +185,6 @@ def distill_route(
                 "artifact_path",
                 "created_at",
             ],
-        )
-        report = evaluate(
-            result.merged,
-            run_id,
-            ds.eval_set_id,
-            ds.eval,
-            route.gate.metric,
-            route.gate.threshold,
-            route.gate.min_examples,
-            route.gate.fields,
         )
         store_report(store, report, route.name, cand.name, route.gate.confidence)
         evidence = {
@@ -197,3 +241,61 @@ def run(
         if once:
             return out
         time.sleep(interval_s)
+
+
+class EmbeddedDistiller:
+    """The distiller inside `flywheel serve` (embedded mode: this process owns the store).
+
+    A thread does curation, datasets and bookkeeping through the gateway's store; each
+    training and evaluation runs in a spawned subprocess, so neither the event loop nor the
+    GIL is held by training.
+    """
+
+    def __init__(
+        self, store: Store, policies: Callable[[], PolicySet], model_dir: Path, interval_s: float
+    ) -> None:
+        import threading
+
+        self.store = store
+        self.policies = policies
+        self.model_dir = model_dir
+        self.interval_s = interval_s
+        self.last: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="distiller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _subprocess(
+        self, fn: Callable[..., tuple[TrainResult, EvalReport]], *args: Any
+    ) -> tuple[TrainResult, EvalReport]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+
+    def run_once(self) -> list[dict[str, Any]]:
+        policies = self.policies()
+        out = []
+        for route in policies.routes:
+            if route.candidates:
+                out.append(
+                    distill_route(
+                        self.store, route, policies, self.model_dir, runner=self._subprocess
+                    )
+                )
+        self.last = out
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                for item in self.run_once():
+                    log.info("distiller: %s", orjson.dumps(item).decode())
+            except Exception:
+                log.exception("distiller pass failed; retrying next interval")

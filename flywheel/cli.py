@@ -104,6 +104,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_students_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from distiller.student_server import StudentServer, build_student_app, load_student
+
+    server = StudentServer(max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000)
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if not path:
+            print(f"--model wants NAME=PATH, got {spec!r}", file=sys.stderr)
+            return 2
+        server.put(load_student(name, path))
+    uvicorn.run(
+        build_student_app(server),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -128,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--model-dir", help="model store (default: <data_dir>/models)")
     distill.add_argument("--interval", type=float, default=30.0)
     distill.set_defaults(fn=cmd_distill)
+
+    students = sub.add_parser("students", help="serve student models")
+    ssub = students.add_subparsers(dest="students_command", required=True)
+    sserve = ssub.add_parser("serve", help="the local OpenAI-compatible student server")
+    sserve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a model to load at start (more via POST /admin/models)",
+    )
+    sserve.add_argument("--host", default="127.0.0.1")
+    sserve.add_argument("--port", type=int, default=8090)
+    sserve.add_argument("--max-batch", type=int, default=16)
+    sserve.add_argument("--batch-wait-ms", type=float, default=5.0)
+    sserve.set_defaults(fn=cmd_students_serve)
 
     from flywheel.policy_cli import add_commands
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,6 +35,22 @@ from gateway.state import GatewayState
 from gateway.upstream import Upstreams
 
 log = logging.getLogger("flywheel.gateway")
+
+
+def start_students(config: GatewayConfig) -> subprocess.Popen[bytes]:
+    """The student server as a child process: generation never shares the gateway's GIL."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "flywheel.cli",
+        "students",
+        "serve",
+        "--port",
+        str(config.students.port),
+    ]
+    for name, path in config.students.models.items():
+        cmd += ["--model", f"{name}={path}"]
+    return subprocess.Popen(cmd)
 
 
 def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
@@ -82,6 +100,19 @@ def build_app(state: GatewayState) -> Starlette:
         reloader.mark_loaded(state.router)
         await reloader.refresh_states()
         watcher = asyncio.create_task(reloader.run())
+        students = start_students(state.config) if state.config.students.enabled else None
+        distiller = None
+        if state.config.distiller.enabled:
+            from distiller.worker import EmbeddedDistiller
+
+            cfg = state.config.distiller
+            distiller = EmbeddedDistiller(
+                state.store,
+                lambda: state.router.policies,
+                cfg.model_dir or state.config.data_dir / "models",
+                cfg.interval_s,
+            )
+            distiller.start()
         # Long-lived start-up objects leave the collector's view, and young collections run
         # less often: full collections over them showed as multi-ms latency tails.
         gc.freeze()
@@ -90,6 +121,10 @@ def build_app(state: GatewayState) -> Starlette:
             yield
         finally:
             watcher.cancel()
+            if students is not None:
+                students.terminate()
+            if distiller is not None:
+                distiller.stop()
             if state.background:
                 await asyncio.wait(state.background, timeout=10)
             await asyncio.to_thread(state.writer.close)

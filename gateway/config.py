@@ -84,12 +84,32 @@ class RouterConfig(Strict):
     )
 
 
+class DistillerConfig(Strict):
+    """The distiller inside `flywheel serve` (the embedded default, where this process owns
+    the store); at scale run `flywheel distill` as its own process instead."""
+
+    enabled: bool = False
+    interval_s: float = Field(default=60.0, gt=0)
+    model_dir: Path | None = Field(default=None, description="default: <data_dir>/models")
+
+
+class StudentsConfig(Strict):
+    """The local student server as a child of `flywheel serve` (embedded mode). Policies
+    reach it as `model: flywheel/<name>`, `api_base: http://127.0.0.1:<port>/v1`."""
+
+    enabled: bool = False
+    port: int = 8090
+    models: dict[str, Path] = Field(default_factory=dict, description="loaded at start")
+
+
 class GatewayConfig(Strict):
     data_dir: Path = Path("flywheel-data")
     server: ServerConfig = Field(default_factory=ServerConfig)
     clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    distiller: DistillerConfig = Field(default_factory=DistillerConfig)
+    students: StudentsConfig = Field(default_factory=StudentsConfig)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     apps: dict[str, AppConfig] = Field(default_factory=dict)
     keys: list[KeyConfig] = Field(default_factory=list)

@@ -224,6 +224,16 @@ def _child(parent: RequestRecord, kind: str, target: Target, reason: str) -> Req
     )
 
 
+def reject_student_answer(
+    parent: RequestRecord, student: Target, answer: dict[str, Any], reason: str
+) -> RequestRecord:
+    """The student's answer that failed the output checks, kept for review and audits."""
+    child = _child(parent, "output_rejected", student, reason)
+    child.response = answer
+    child.finish("ok", 200)
+    return child
+
+
 async def _background_call(
     state: GatewayState, rec: RequestRecord, target: Target, endpoint: str, body: dict[str, Any]
 ) -> dict[str, Any] | None:

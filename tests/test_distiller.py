@@ -211,7 +211,6 @@ def test_training_run_beats_untrained_base_and_gates(
             "training": {"epochs": 15, "pretrain_steps": 100, "min_new_examples": 10},
         }
     )
-    t0 = time.monotonic()
     summary = distill_route(store, route, policies, tmp_path, force=True)
     run = summary["runs"][0]
     assert run["state"] == "shadow", run
@@ -225,7 +224,6 @@ def test_training_run_beats_untrained_base_and_gates(
         base, "untrained", ds.eval_set_id, ds.eval, "json_field_match", 0.6, 20, ["intent"]
     )
     assert untrained.agreement < 0.3 < run["agreement"]
-    assert time.monotonic() - t0 < 300
     # What was stored: run, report with per-example rows, state, event.
     runs = store.query_dicts(
         "SELECT * FROM training_runs WHERE run_id = {r:String}", {"r": run["run_id"]}
@@ -316,3 +314,58 @@ def test_rollback_when_audits_drop(gateway: RunningGateway) -> None:
     ):
         time.sleep(0.05)
     assert gateway.state.router.states.get(route.name, "c1") == "rolled_back"
+
+
+def test_embedded_worker_trains_in_a_subprocess(
+    gateway: RunningGateway, workload: dict, tmp_path: Path
+) -> None:
+    """Inside `flywheel serve` the distiller shares the gateway's process: training runs in
+    a spawned subprocess, and the gateway keeps answering meanwhile."""
+    import os
+    import threading
+
+    import openai
+
+    from distiller.worker import EmbeddedDistiller
+    from tests.conftest import APP_KEY
+
+    policies: PolicySet = gateway.state.router.policies
+    route = Route.model_validate(
+        {
+            "name": ROUTE,
+            "teacher": "teacher",
+            "candidates": [{"name": "embedded", "model": "student-ok", "base": "local:tiny"}],
+            "gate": {"metric": "json_field_match", "fields": ["intent"], "min_examples": 5},
+            "training": {"epochs": 1, "pretrain_steps": 10, "min_new_examples": 0},
+        }
+    )
+    only = PolicySet(routes=[route], models=policies.models, version="t")
+    worker = EmbeddedDistiller(gateway.state.store, lambda: only, tmp_path, 3600)
+    out: list[dict] = []
+    thread = threading.Thread(target=lambda: out.extend(worker.run_once()))
+    thread.start()
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
+    answered = 0
+    while thread.is_alive():
+        resp = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "still here?"}]
+        )
+        answered += resp.choices[0].message.content == "echo: still here?"
+    thread.join()
+    assert answered > 0
+    run = out[0]["runs"][0]
+    log = json.loads(Path(run["artifact"]).parent.joinpath("training_log.json").read_text())
+    assert log["pid"] != os.getpid()
+    assert current(gateway.state.store, ROUTE, "embedded") is not None
+
+
+def test_llm_judge_metric_asks_the_teacher(upstream) -> None:
+    """The judge prompt goes to the teacher (the fake one answers YES for equal answers)."""
+    from distiller.evaluation import teacher_judge
+    from gateway.model_config import ModelConfig
+
+    judge = teacher_judge(ModelConfig(model="openai/gpt-4o", api_base=upstream.base_url))
+    prompt = [{"role": "user", "content": "q"}]
+    assert judge(prompt, "The  Same", "the same") == 1.0
+    assert judge(prompt, "different", "same") == 0.0
+    assert "Same? YES or NO." in upstream.fake.requests[-1]["messages"][-1]["content"]

@@ -230,3 +230,32 @@ def test_hot_reload_under_traffic_without_a_failed_request(gateway: RunningGatew
     while gateway.state.policy_status.get("status") != "ok" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert ROUTING_POLICY.split("routes:")[1].strip()[:20] in policy_file.read_text()
+
+
+def test_student_answer_failing_output_check_goes_to_teacher(gateway: RunningGateway) -> None:
+    """The student answers `echo: ...`, not JSON: the request asked for JSON, so the teacher
+    answers, and the student's answer is kept for review."""
+    for stream in (False, True):
+        resp = _ask(
+            gateway, "promoted", "give json", response_format={"type": "json_object"}, stream=stream
+        )
+        request_id = next(iter(resp)).id if stream else resp.id
+        if stream:
+            list(resp)
+        row = (
+            _row(gateway, request_id)
+            if not stream
+            else _wait_rows(
+                gateway, "SELECT * FROM requests WHERE request_id = {id:UUID}", 1, id=request_id
+            )[0]
+        )
+        assert row["served_by"] == "teacher"
+        assert row["route_reason"] == "fallback: student output failed response_format: not JSON"
+        kept = _wait_rows(
+            gateway,
+            "SELECT kind, served_model FROM requests "
+            "WHERE parent_id = {id:String} AND kind = 'output_rejected'",
+            1,
+            id=request_id,
+        )
+        assert kept and kept[0]["served_model"] == "student-ok"

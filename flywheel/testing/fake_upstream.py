@@ -10,7 +10,8 @@ It answers deterministically so tests can check what the gateway logged:
   usage, `[[cut]]` drops the connection mid-stream, `[[conf:0.3]]` sets the probability of
   every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
-  checked text carries `[[unsafe]]`, else No.
+  checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
+  NO.") is answered YES when candidate and reference are equal, case and spacing aside.
 Run alone: `python -m flywheel.testing.fake_upstream --port 9001`.
 """
 
@@ -28,6 +29,10 @@ import orjson
 from aiohttp import web
 
 _MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
+_JUDGE = re.compile(
+    r"Reference answer:\n(?P<ref>.*)\n\nCandidate answer:\n(?P<cand>.*)\n\nSame\? YES or NO\.",
+    re.S,
+)
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
@@ -104,6 +109,13 @@ class FakeUpstream:
         if "be blocked (Yes or No)" in _last_user_text(body):
             # A guardrail self-check: judge by the [[unsafe]] marker in the checked text.
             answer = "Yes" if "[[unsafe]]" in _last_user_text(body) else "No"
+        judged = _JUDGE.search(_last_user_text(body))
+        if judged:
+            # An agreement judge: the same answer, case and spacing aside.
+            same = " ".join(judged["ref"].lower().split()) == " ".join(
+                judged["cand"].lower().split()
+            )
+            answer = "YES" if same else "NO"
         n = int(body.get("n") or 1)
         message: dict[str, Any] = {"role": "assistant", "content": answer}
         finish = "stop"

@@ -1,0 +1,215 @@
+"""The local student server through the real openai SDK: plain, streaming, logprobs and
+confidence, batching equal to one-by-one, and a hot swap under traffic with no failure.
+Also the vLLM adapter client against the request shapes vLLM documents."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+from aiohttp import web
+
+from distiller.base_model import build_tiny_base
+from distiller.student_server import (
+    Job,
+    StudentServer,
+    build_student_app,
+    generate_batch,
+    load_student,
+)
+from distiller.vllm_client import VllmAdapterError, VllmAdapters
+from tests.conftest import free_port
+
+TEXTS = [
+    f"order {i} for customer {i * 7} is {w}"
+    for i, w in enumerate(["late", "lost", "early", "fine", "broken", "missing"] * 10)
+]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("students")
+    a = build_tiny_base(TEXTS, root / "a", pretrain_steps=30, seed=1)
+    b = build_tiny_base(TEXTS, root / "b", pretrain_steps=30, seed=2)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def student_url(bases: tuple[Path, Path]) -> Iterator[tuple[str, StudentServer]]:
+    server = StudentServer(max_batch=8, batch_wait_s=0.02)
+    server.put(load_student("student", bases[0]))
+    port = free_port()
+    uv = uvicorn.Server(
+        uvicorn.Config(build_student_app(server), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1", server
+    uv.should_exit = True
+    thread.join(10)
+
+
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+
+
+def test_plain_and_stream_through_the_sdk(student_url) -> None:
+    url, _ = student_url
+    client = _client(url)
+    messages = [{"role": "user", "content": "order 3 for customer 21 is"}]
+    resp = client.chat.completions.create(
+        model="student", messages=messages, max_tokens=8, logprobs=True
+    )
+    choice = resp.choices[0]
+    assert resp.usage.completion_tokens == len(choice.logprobs.content) > 0
+    assert 0 < resp.model_extra["confidence"] <= 1
+    chunks = list(
+        client.chat.completions.create(
+            model="student", messages=messages, max_tokens=8, stream=True
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == choice.message.content, "greedy: the stream says the same"
+    ids = {m.id for m in client.models.list()}
+    assert ids == {"student"}
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=messages)
+
+
+def test_batched_generation_equals_one_by_one(bases: tuple[Path, Path]) -> None:
+    student = load_student("s", bases[0])
+    loop = asyncio.new_event_loop()
+    prompts = [[{"role": "user", "content": t}] for t in TEXTS[:8]]
+
+    def jobs(ps: list) -> list[Job]:
+        return [Job(p, 10, 0.0, loop.create_future(), loop) for p in ps]
+
+    batched = generate_batch(student, jobs(prompts))
+    single = [generate_batch(student, jobs([p]))[0] for p in prompts]
+    assert [b["text"] for b in batched] == [s["text"] for s in single]
+    for b, s in zip(batched, single, strict=True):
+        assert b["confidence"] == pytest.approx(s["confidence"], rel=1e-3)
+    loop.close()
+
+
+def test_concurrent_requests_are_batched_and_hot_swap_fails_none(
+    student_url, bases: tuple[Path, Path]
+) -> None:
+    url, server = student_url
+    import httpx
+
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        client = _client(url)
+        while not stop.is_set():
+            try:
+                r = client.chat.completions.create(
+                    model="student",
+                    messages=[{"role": "user", "content": "order 5 is"}],
+                    max_tokens=6,
+                )
+                versions.append(r.system_fingerprint)
+            except Exception as e:
+                failures.append(repr(e))
+
+    workers = [threading.Thread(target=traffic) for _ in range(6)]
+    for w in workers:
+        w.start()
+    time.sleep(1.0)
+    old = server.models["student"].version
+    r = httpx.post(
+        url.removesuffix("/v1") + "/admin/models",
+        json={"name": "student", "path": str(bases[1])},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    new = r.json()["version"]
+    time.sleep(1.0)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert failures == []
+    assert old in versions and new in versions
+    assert versions.index(new) > versions.index(old)
+    assert max(server.batches) > 1, "concurrent requests shared a generate call"
+
+
+def test_vllm_adapter_client_speaks_vllms_shapes() -> None:
+    seen: list[tuple[str, dict]] = []
+    loaded: set[str] = set()
+
+    async def load(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.path, body))
+        if set(body) != {"lora_name", "lora_path"}:
+            return web.Response(status=400, text="bad request")
+        loaded.add(body["lora_name"])
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added.")
+
+    async def unload(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append((request.path, body))
+        if body.get("lora_name") not in loaded:
+            return web.Response(status=404, text="adapter not found")
+        loaded.discard(body["lora_name"])
+        return web.Response(text="Success")
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "base"}, *({"id": n} for n in loaded)]})
+
+    app = web.Application()
+    app.router.add_post("/v1/load_lora_adapter", load)
+    app.router.add_post("/v1/unload_lora_adapter", unload)
+    app.router.add_get("/v1/models", models)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    client = VllmAdapters(f"http://127.0.0.1:{port}/v1")
+    assert "added" in client.load("triage-small", "/models/triage-small/adapter")
+    assert set(client.models()) == {"base", "triage-small"}
+    client.unload("triage-small")
+    with pytest.raises(VllmAdapterError, match="404"):
+        client.unload("triage-small")
+    assert seen[0] == (
+        "/v1/load_lora_adapter",
+        {"lora_name": "triage-small", "lora_path": "/models/triage-small/adapter"},
+    )
+    assert seen[1] == ("/v1/unload_lora_adapter", {"lora_name": "triage-small"})
+    client.close()
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_distiller_publishes_to_the_student_server(student_url, bases, tmp_path: Path) -> None:
+    from distiller.publishing import publish
+    from gateway.model_config import ModelConfig
+
+    url, _ = student_url
+    (tmp_path / "merged").symlink_to(bases[1])
+    note = publish(
+        ModelConfig(
+            model="flywheel/published-student", api_base=url, price={"input_per_million": "0.01"}
+        ),
+        tmp_path,
+    )
+    assert note.startswith("loaded as published-student")
+    resp = _client(url).chat.completions.create(
+        model="published-student",
+        messages=[{"role": "user", "content": "order 1 is"}],
+        max_tokens=4,
+    )
+    assert resp.choices[0].message.content is not None
