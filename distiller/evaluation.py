@@ -14,6 +14,7 @@ Invariant: every report names the frozen eval set it used, and its per-example r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +23,10 @@ from typing import Any
 import orjson
 
 from distiller.base_model import load
-from distiller.metrics import agreement
+from distiller.metrics import agreement, judge_messages, parse_judgement
 from distiller.training import Example
 from flywheel.store import Store
+from gateway.model_config import ModelConfig
 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
 
@@ -143,6 +145,31 @@ def generate(
     return out
 
 
+Judge = Callable[[list[dict[str, Any]], str, str], float]
+
+
+def teacher_judge(teacher: ModelConfig) -> Judge:
+    """Metric `llm_judge`: the route's teacher says whether two answers agree (the same
+    prompt the gateway's audits use), through litellm so any provider works."""
+    import os
+
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    def judge(prompt: list[dict[str, Any]], student: str, reference: str) -> float:
+        resp = litellm.completion(
+            model=teacher.model,
+            api_base=teacher.api_base,
+            api_key=teacher.api_key() or "none",
+            messages=judge_messages(orjson.dumps(prompt).decode(), student, reference),
+            temperature=0,
+            max_tokens=3,
+        )
+        return parse_judgement(str(resp.choices[0].message.content or ""))
+
+    return judge
+
+
 def evaluate(
     model_path: str | Path,
     run_id: str,
@@ -152,13 +179,17 @@ def evaluate(
     threshold: float,
     min_examples: int,
     fields: list[str] | None = None,
+    judge: Judge | None = None,
 ) -> EvalReport:
-    if metric == "llm_judge":
-        raise ValueError("llm_judge evaluation needs the teacher: use evaluate_with_judge")
+    if metric == "llm_judge" and judge is None:
+        raise ValueError("metric llm_judge needs a judge: teacher_judge(<route's teacher>)")
     report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples)
     answers = generate(model_path, [e.prompt for e in examples])
     for ex, (answer, confidence) in zip(examples, answers, strict=True):
-        score = agreement(metric, answer, ex.answer, fields)
+        if judge is not None and metric == "llm_judge":
+            score = judge(ex.prompt, answer, ex.answer)
+        else:
+            score = agreement(metric, answer, ex.answer, fields)
         report.results.append(
             ExampleResult(ex.request_id, score, score >= AGREE_AT, confidence, answer, ex.answer)
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,6 +160,7 @@ def train(
         seconds,
         tokens,
         "cuda" if cuda else "cpu",
+        os.getpid(),
     )
     (out_dir / "training_log.json").write_text(
         json.dumps(

@@ -21,28 +21,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from distiller.base_model import build_tiny_base
 from distiller.curation import curate
 from distiller.datasets import build_dataset
-from distiller.evaluation import EvalReport, evaluate, store_report
+from distiller.evaluation import EvalReport, evaluate, store_report, teacher_judge
 from distiller.promotion import advance, after_evaluation
+from distiller.publishing import PublishError, publish
 from distiller.training import Example, TrainConfig, TrainResult, train
 from flywheel.store import Store
+from gateway.model_config import ModelConfig
 from gateway.policy import Gate, PolicySet, Route
 from gateway.pricing import price_table
 
 log = logging.getLogger("flywheel.distiller")
 
 
-def _last_dataset_size(store: Store, route: str) -> int:
+def _in_last_dataset(store: Store, route: str) -> set[str]:
+    """The request ids of the route's latest dataset version."""
     rows = store.query_rows(
-        "SELECT train_size + eval_size FROM datasets WHERE route = {r:String} "
-        "ORDER BY created_at DESC LIMIT 1",
+        "SELECT toString(request_id) FROM dataset_items WHERE dataset_id = ("
+        " SELECT argMax(dataset_id, created_at) FROM datasets WHERE route = {r:String})",
         {"r": route},
     )
-    return int(rows[0][0]) if rows else 0
+    return {str(r[0]) for r in rows}
 
 
 def _base_for(base: str, texts: list[str], dirs: Path, settings: dict[str, Any]) -> str:
@@ -65,10 +69,12 @@ def train_and_evaluate(
     run_id: str,
     eval_set_id: str,
     gate: Gate,
+    teacher: ModelConfig,
 ) -> tuple[TrainResult, EvalReport]:
     """The heavy half of a run, with no store access: safe to run in a subprocess."""
     base = _base_for(base_spec, texts, dirs, settings)
     result = train(base, train_set, dirs, TrainConfig.model_validate(settings))
+    judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
     report = evaluate(
         result.merged,
         run_id,
@@ -78,6 +84,7 @@ def train_and_evaluate(
         gate.threshold,
         gate.min_examples,
         gate.fields,
+        judge,
     )
     return result, report
 
@@ -103,7 +110,9 @@ def distill_route(
     subprocess when the caller shares its process with the gateway)."""
     settings = dict(route.training)
     curated = curate(store, route.name)
-    new = len(curated.examples) - _last_dataset_size(store, route.name)
+    # New = curated examples the last dataset did not hold (erasures cannot make it negative).
+    known = _in_last_dataset(store, route.name)
+    new = sum(1 for ex in curated.examples if ex.request_id not in known)
     needed = int(settings.get("min_new_examples", 200))
     summary: dict[str, Any] = {
         "route": route.name,
@@ -148,6 +157,7 @@ def distill_route(
             run_id,
             ds.eval_set_id,
             route.gate,
+            policies.models[route.teacher],
         )
         store.insert_rows(
             "training_runs",
@@ -196,15 +206,14 @@ def distill_route(
             "threshold": route.gate.threshold,
             "min_examples": route.gate.min_examples,
         }
-        state = after_evaluation(
-            store,
-            route,
-            cand.name,
-            run_id,
-            ds.dataset_id,
-            report.passed(route.gate.confidence),
-            evidence,
-        )
+        passed = report.passed(route.gate.confidence)
+        if passed:
+            # A student may serve only once its endpoint has it loaded.
+            try:
+                evidence["published"] = publish(policies.models[cand.model], dirs)
+            except (PublishError, httpx.HTTPError) as e:
+                evidence["publish_error"] = str(e)
+        state = after_evaluation(store, route, cand.name, run_id, ds.dataset_id, passed, evidence)
         summary["runs"].append(
             {
                 **evidence,

@@ -22,8 +22,10 @@ import uvicorn
 from distiller.base_model import build_tiny_base
 from distiller.student_server import StudentServer, build_student_app, load_student
 
-TEXTS = [f"ticket {i}: customer {i * 13} reports the parcel is {w}" for i, w in
-         enumerate(["late", "lost", "damaged", "early", "missing", "fine"] * 40)]
+TEXTS = [
+    f"ticket {i}: customer {i * 13} reports the parcel is {w}"
+    for i, w in enumerate(["late", "lost", "damaged", "early", "missing", "fine"] * 40)
+]
 
 
 def pct(v: list[float], q: float) -> float:
@@ -42,8 +44,10 @@ async def run(url: str, concurrency: int, n: int, max_tokens: int) -> dict[str, 
         async with sem:
             t0 = time.perf_counter()
             r = await client.chat.completions.create(
-                model="student", max_tokens=max_tokens,
-                messages=[{"role": "user", "content": TEXTS[i % len(TEXTS)]}])
+                model="student",
+                max_tokens=max_tokens,
+                messages=[{"role": "user", "content": TEXTS[i % len(TEXTS)]}],
+            )
             latencies.append(time.perf_counter() - t0)
             tokens += r.usage.completion_tokens
 
@@ -51,9 +55,14 @@ async def run(url: str, concurrency: int, n: int, max_tokens: int) -> dict[str, 
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
     await client.close()
-    return {"concurrency": concurrency, "requests": n, "p50_ms": pct(latencies, .5) * 1e3,
-            "p99_ms": pct(latencies, .99) * 1e3, "req_per_s": n / wall,
-            "tokens_per_s": tokens / wall}
+    return {
+        "concurrency": concurrency,
+        "requests": n,
+        "p50_ms": pct(latencies, 0.5) * 1e3,
+        "p99_ms": pct(latencies, 0.99) * 1e3,
+        "req_per_s": n / wall,
+        "tokens_per_s": tokens / wall,
+    }
 
 
 def main() -> dict[str, object]:
@@ -61,14 +70,16 @@ def main() -> dict[str, object]:
     base = build_tiny_base(TEXTS, tmp / "base", pretrain_steps=100)
     server = StudentServer(max_batch=16, batch_wait_s=0.005)
     server.put(load_student("student", base))
-    uv = uvicorn.Server(uvicorn.Config(build_student_app(server), host="127.0.0.1", port=8391,
-                                       log_level="warning"))
+    uv = uvicorn.Server(
+        uvicorn.Config(build_student_app(server), host="127.0.0.1", port=8391, log_level="warning")
+    )
     threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True).start()
     while not uv.started:
         time.sleep(0.05)
     url = "http://127.0.0.1:8391/v1"
-    out: dict[str, object] = {"model_parameters": sum(
-        p.numel() for p in server.models["student"].model.parameters())}
+    out: dict[str, object] = {
+        "model_parameters": sum(p.numel() for p in server.models["student"].model.parameters())
+    }
     asyncio.run(run(url, 1, 10, 16))  # warm up
     out["batch_1"] = asyncio.run(run(url, 1, 100, 16))
     out["batched_16_clients"] = asyncio.run(run(url, 16, 400, 16))

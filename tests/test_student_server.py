@@ -213,3 +213,77 @@ def test_distiller_publishes_to_the_student_server(student_url, bases, tmp_path:
         max_tokens=4,
     )
     assert resp.choices[0].message.content is not None
+
+
+def test_serve_starts_the_student_server_and_routes_to_it(bases, tmp_path: Path) -> None:
+    """`students.enabled` in the gateway config: `flywheel serve` runs the student server as
+    its child, and a route whose model is `flywheel/<name>` reaches it through the gateway."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    import yaml
+
+    from tests.conftest import APP_KEY
+    from tests.test_durability import _wait_up
+
+    port, student_port = free_port(), free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "server": {"port": port},
+                "students": {
+                    "enabled": True,
+                    "port": student_port,
+                    "models": {"local": str(bases[0])},
+                },
+                "models": {
+                    "local-student": {
+                        "model": "flywheel/local",
+                        "api_base": f"http://127.0.0.1:{student_port}/v1",
+                        "price": {"input_per_million": "0.01"},
+                    }
+                },
+                "apps": {"shop": {"team": "retail"}},
+                "keys": [{"id": "k", "key": APP_KEY, "app": "shop"}],
+                "routes": [
+                    {"name": "local", "match": {"models": ["local"]}, "teacher": "local-student"}
+                ],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    try:
+        _wait_up(port, proc)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{student_port}/v1/models").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        resp = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=APP_KEY, max_retries=0
+        ).chat.completions.create(
+            model="local",
+            messages=[{"role": "user", "content": "order 2 for customer 14"}],
+            max_tokens=6,
+        )
+        assert resp.choices[0].message.content is not None
+        assert resp.usage.completion_tokens > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    time.sleep(1)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{student_port}/v1/models", timeout=2)
