@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import orjson
 
 from distiller.curation import Curated
+from distiller.events import record_event
 from distiller.training import Example
 from flywheel.store import Store
 
@@ -156,38 +157,14 @@ def delete_requests(store: Store, request_ids: list[str], reason: str) -> list[t
         {"ids": request_ids},
     )
     flagged = sorted({(route, cand) for route, cand, _ in affected})
-    if flagged:
-        store.insert_rows(
-            "events",
-            [
-                [
-                    uuid.uuid4(),
-                    _now(),
-                    route,
-                    cand,
-                    "lineage",
-                    "",
-                    "",
-                    f"trained on {len(request_ids)} deleted request(s): {reason}; retrain required",
-                    orjson.dumps(
-                        {
-                            "request_ids": request_ids,
-                            "runs": [r for rt, c, r in affected if (rt, c) == (route, cand)],
-                        }
-                    ).decode(),
-                ]
-                for route, cand in flagged
-            ],
-            [
-                "event_id",
-                "at",
-                "route",
-                "candidate",
-                "kind",
-                "from_state",
-                "to_state",
-                "reason",
-                "evidence",
-            ],
+    for route, cand in flagged:
+        runs = [r for rt, c, r in affected if (rt, c) == (route, cand)]
+        record_event(
+            store,
+            route,
+            cand,
+            "lineage",
+            f"trained on {len(request_ids)} deleted request(s): {reason}; retrain required",
+            {"request_ids": request_ids, "runs": runs},
         )
     return flagged

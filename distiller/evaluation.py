@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from distiller.base_model import load
+from distiller.generation import Request, generate_batch, load_student
 from distiller.metrics import agreement, judge_messages, parse_judgement
 from distiller.training import Example
 from flywheel.store import Store
@@ -109,39 +109,12 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 16,
 ) -> list[tuple[str, float]]:
-    """Greedy answers with their confidence (exp of the mean token log-probability)."""
-    import torch
-
-    model, tok = load(model_path)
-    model.eval()
-    tok.padding_side = "left"
+    """Greedy answers with their confidence, generated as the student server would."""
+    student = load_student("eval", model_path)
     out: list[tuple[str, float]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        texts = [
-            tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in chunk
-        ]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-        new = gen.sequences[:, enc["input_ids"].shape[1] :]
-        logprobs = torch.stack(gen.scores, dim=1).log_softmax(-1)
-        token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        for i in range(len(chunk)):
-            ids = new[i].tolist()
-            length = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
-            mean_lp = float(token_lp[i, :length].mean()) if length else float("-inf")
-            out.append(
-                (tok.decode(ids[:length], skip_special_tokens=True).strip(), math.exp(mean_lp))
-            )
+        batch = [Request(p, max_new_tokens) for p in prompts[start : start + batch_size]]
+        out += [(r["text"].strip(), r["confidence"]) for r in generate_batch(student, batch)]
     return out
 
 

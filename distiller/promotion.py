@@ -15,7 +15,6 @@ router reads) and an `events` row with the reason and its evidence.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 
 from distiller.evaluation import AGREE_AT, wilson_lower
+from distiller.events import record_event
 from distiller.metrics import agreement, answer_text
 from flywheel.store import Store
 from gateway.policy import Route
@@ -64,32 +64,16 @@ def transition(
         [[route, candidate, version, to_state, now, reason, dataset_id]],
         ["route", "candidate", "version", "state", "updated_at", "reason", "dataset_id"],
     )
-    store.insert_rows(
-        "events",
-        [
-            [
-                uuid.uuid4(),
-                now,
-                route,
-                candidate,
-                "state_change",
-                before.state if before else "",
-                to_state,
-                reason,
-                orjson.dumps(evidence).decode(),
-            ]
-        ],
-        [
-            "event_id",
-            "at",
-            "route",
-            "candidate",
-            "kind",
-            "from_state",
-            "to_state",
-            "reason",
-            "evidence",
-        ],
+    record_event(
+        store,
+        route,
+        candidate,
+        "state_change",
+        reason,
+        evidence,
+        before.state if before else "",
+        to_state,
+        now,
     )
 
 

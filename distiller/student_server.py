@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,31 +32,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from distiller.generation import Loaded, generate_batch, load_student
 from gateway.errors import ApiError
 
 log = logging.getLogger("flywheel.students")
-
-
-@dataclass
-class Loaded:
-    name: str
-    path: str
-    model: Any
-    tokenizer: Any
-    version: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-
-def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loaded:
-    from distiller.base_model import load
-
-    model, tokenizer = load(path)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.eval()
-    tokenizer.padding_side = "left"
-    return Loaded(name, str(path), model, tokenizer)
 
 
 @dataclass
@@ -69,59 +46,6 @@ class Job:
     future: asyncio.Future[dict[str, Any]]
     loop: asyncio.AbstractEventLoop
     stop: list[str] = field(default_factory=list)
-
-
-def generate_batch(student: Loaded, jobs: list[Job]) -> list[dict[str, Any]]:
-    """One generate call for the batch; each answer with its tokens' logprobs."""
-    import torch
-
-    tok, model = student.tokenizer, student.model
-    texts = [
-        tok.apply_chat_template(j.messages, add_generation_prompt=True, tokenize=False)
-        for j in jobs
-    ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    sample = any(j.temperature > 0 for j in jobs)
-    with torch.no_grad():
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max(j.max_tokens for j in jobs),
-            do_sample=sample,
-            temperature=max(j.temperature for j in jobs) if sample else None,
-            top_p=None,
-            top_k=None,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    new = gen.sequences[:, enc["input_ids"].shape[1] :]
-    logprobs = torch.stack(gen.scores, dim=1).log_softmax(-1)
-    token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-    out = []
-    for i, job in enumerate(jobs):
-        ids = new[i].tolist()[: job.max_tokens]
-        finish = "length"
-        if tok.eos_token_id in ids:
-            ids = ids[: ids.index(tok.eos_token_id)]
-            finish = "stop"
-        text = tok.decode(ids, skip_special_tokens=True)
-        for s in job.stop:
-            if s and s in text:
-                text, finish = text[: text.index(s)], "stop"
-        lps = [float(x) for x in token_lp[i, : max(1, len(ids))]]
-        out.append(
-            {
-                "text": text,
-                "finish_reason": finish,
-                "tokens": [tok.decode([t]) for t in ids],
-                "logprobs": lps[: len(ids)],
-                "confidence": math.exp(sum(lps) / len(lps)) if lps else 0.0,
-                "prompt_tokens": int(enc["attention_mask"][i].sum()),
-                "completion_tokens": len(ids),
-            }
-        )
-    return out
 
 
 class StudentServer:

@@ -107,7 +107,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_students_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from distiller.student_server import StudentServer, build_student_app, load_student
+    from distiller.generation import load_student
+    from distiller.student_server import StudentServer, build_student_app
 
     server = StudentServer(max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000)
     for spec in args.model:

@@ -21,7 +21,7 @@ from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.errors import ApiError
 from gateway.escalation import prompt_text
 from gateway.guardrails.apply import blocked, guard_input
-from gateway.outcome import log_rejected, log_request, status_of, upstream_error
+from gateway.outcome import failed_upstream, log_rejected, log_request
 from gateway.output_checks import checked, maybe_audit
 from gateway.request_log import RequestRecord
 from gateway.routing import Decision, RequestFacts, fingerprint_system_prompt
@@ -146,11 +146,7 @@ async def _proxy(request: Request, endpoint: str) -> Response:
     try:
         raw = await dispatch.call(state, decision, rec, endpoint, upstream_body)
     except UpstreamError as e:
-        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
-        err = upstream_error(e)
-        rec.error = e.message
-        log_request(state, rec, status_of(e), err.status)
-        return err.response(headers)
+        return failed_upstream(state, rec, e, headers, t_call)
     rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
     try:
         data = orjson.loads(raw)
@@ -166,10 +162,7 @@ async def _proxy(request: Request, endpoint: str) -> Response:
         try:
             data, verdict = await checked(state, decision, rec, body, upstream_body, data, rails)
         except UpstreamError as e:
-            err = upstream_error(e)
-            rec.error = e.message
-            log_request(state, rec, status_of(e), err.status)
-            return err.response(headers)
+            return failed_upstream(state, rec, e, headers)
         rec.response = data
         if verdict is not None and rails is not None:
             response, status = blocked(rails, rec, verdict, headers)

@@ -7,6 +7,10 @@ exactly once, so every one of them becomes a row.
 
 from __future__ import annotations
 
+import time
+
+from starlette.responses import Response
+
 from gateway.errors import ApiError
 from gateway.request_log import RequestRecord
 from gateway.state import GatewayState
@@ -68,3 +72,19 @@ def log_rejected(state: GatewayState, rec: RequestRecord, e: ApiError) -> None:
     rec.finish("rejected", e.status)
     state.metrics.errors.labels("rejected").inc()
     state.writer.submit(rec)
+
+
+def failed_upstream(
+    state: GatewayState,
+    rec: RequestRecord,
+    e: UpstreamError,
+    headers: dict[str, str],
+    t_call: float | None = None,
+) -> Response:
+    """Log a request the upstream failed and answer the client with the mapped error."""
+    if t_call is not None:
+        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
+    err = upstream_error(e)
+    rec.error = e.message
+    log_request(state, rec, status_of(e), err.status)
+    return err.response(headers)

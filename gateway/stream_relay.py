@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from gateway import dispatch
 from gateway.guardrails.apply import blocked, guard_output
 from gateway.guardrails.engine import RouteRails
-from gateway.outcome import log_request, status_of, upstream_error
+from gateway.outcome import failed_upstream, log_request, status_of, upstream_error
 from gateway.output_checks import checked, maybe_audit
 from gateway.request_log import RequestRecord
 from gateway.routing import Decision
@@ -51,11 +51,7 @@ async def relay_stream(
     try:
         upstream = await dispatch.stream(state, decision, rec, endpoint, upstream_body)
     except UpstreamError as e:
-        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
-        err = upstream_error(e)
-        rec.error = e.message
-        log_request(state, rec, status_of(e), err.status)
-        return err.response(headers)
+        return failed_upstream(state, rec, e, headers, t_call)
     headers["cache-control"] = "no-cache"
 
     def after(answer: dict[str, Any]) -> None:
@@ -93,20 +89,13 @@ async def checked_stream(
     try:
         answer = orjson.loads(await dispatch.call(state, decision, rec, endpoint, plain))
     except (UpstreamError, orjson.JSONDecodeError) as e:
-        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
         uerr = e if isinstance(e, UpstreamError) else UpstreamError("http", "not JSON", 502)
-        err = upstream_error(uerr)
-        rec.error = uerr.message
-        log_request(state, rec, status_of(uerr), err.status)
-        return err.response(headers)
+        return failed_upstream(state, rec, uerr, headers, t_call)
     answer["id"] = rec.request_id
     try:
         answer, verdict = await checked(state, decision, rec, body, plain, answer, rails)
     except UpstreamError as e:
-        err = upstream_error(e)
-        rec.error = e.message
-        log_request(state, rec, status_of(e), err.status)
-        return err.response(headers)
+        return failed_upstream(state, rec, e, headers)
     if verdict is not None and rails is not None:
         response, status = blocked(rails, rec, verdict, headers)
         log_request(state, rec, "guardrail_blocked", status)

@@ -20,7 +20,8 @@ import openai
 import uvicorn
 
 from distiller.base_model import build_tiny_base
-from distiller.student_server import StudentServer, build_student_app, load_student
+from distiller.generation import load_student
+from distiller.student_server import StudentServer, build_student_app
 
 TEXTS = [
     f"ticket {i}: customer {i * 13} reports the parcel is {w}"

@@ -196,6 +196,17 @@ class RunningGateway:
         self.state.writer.flush()
         return self.state.store.query_dicts(sql, params)
 
+    def row(self, request_id: str, within_s: float = 10.0) -> dict[str, Any]:
+        """The request's row. A stream's row is written just after its last chunk reaches
+        the client, so it may trail the client by a moment: wait for it."""
+        deadline = time.monotonic() + within_s
+        while True:
+            rows = self.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)
+            if rows or time.monotonic() > deadline:
+                assert len(rows) == 1, f"expected one row for {request_id}, got {len(rows)}"
+                return rows[0]
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)

@@ -19,7 +19,7 @@ def _ask(gw: RunningGateway, model: str, text: str, **kw):
 
 
 def _row(gw: RunningGateway, request_id: str) -> dict:
-    return gw.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)[0]
+    return gw.row(request_id)
 
 
 def test_confident_student_answers(gateway: RunningGateway) -> None:

@@ -17,9 +17,7 @@ def _client(gw: RunningGateway, key: str = APP_KEY) -> openai.OpenAI:
 
 
 def _row(gw: RunningGateway, request_id: str) -> dict:
-    rows = gw.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)
-    assert len(rows) == 1, f"expected one row for {request_id}, got {len(rows)}"
-    return rows[0]
+    return gw.row(request_id)
 
 
 def _gpt4o_cost(tokens_in: int, tokens_out: int) -> Decimal:

@@ -25,9 +25,7 @@ def _ask(gw: RunningGateway, model: str, text: str = "route me", **kw):
 
 
 def _row(gw: RunningGateway, request_id: str) -> dict:
-    rows = gw.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)
-    assert len(rows) == 1
-    return rows[0]
+    return gw.row(request_id)
 
 
 def _wait_rows(gw: RunningGateway, sql: str, want: int, **params) -> list[dict]:

@@ -16,13 +16,8 @@ import uvicorn
 from aiohttp import web
 
 from distiller.base_model import build_tiny_base
-from distiller.student_server import (
-    Job,
-    StudentServer,
-    build_student_app,
-    generate_batch,
-    load_student,
-)
+from distiller.generation import Request, generate_batch, load_student
+from distiller.student_server import StudentServer, build_student_app
 from distiller.vllm_client import VllmAdapterError, VllmAdapters
 from tests.conftest import free_port
 
@@ -86,18 +81,12 @@ def test_plain_and_stream_through_the_sdk(student_url) -> None:
 
 def test_batched_generation_equals_one_by_one(bases: tuple[Path, Path]) -> None:
     student = load_student("s", bases[0])
-    loop = asyncio.new_event_loop()
-    prompts = [[{"role": "user", "content": t}] for t in TEXTS[:8]]
-
-    def jobs(ps: list) -> list[Job]:
-        return [Job(p, 10, 0.0, loop.create_future(), loop) for p in ps]
-
-    batched = generate_batch(student, jobs(prompts))
-    single = [generate_batch(student, jobs([p]))[0] for p in prompts]
+    prompts = [Request([{"role": "user", "content": t}], 10) for t in TEXTS[:8]]
+    batched = generate_batch(student, prompts)
+    single = [generate_batch(student, [p])[0] for p in prompts]
     assert [b["text"] for b in batched] == [s["text"] for s in single]
     for b, s in zip(batched, single, strict=True):
         assert b["confidence"] == pytest.approx(s["confidence"], rel=1e-3)
-    loop.close()
 
 
 def test_concurrent_requests_are_batched_and_hot_swap_fails_none(
