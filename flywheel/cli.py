@@ -128,6 +128,19 @@ def cmd_students_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flywheel.demo.runner import run_demo
+
+    run_demo(
+        args.quick,
+        Path(args.data_dir),
+        Path(args.report) if args.report else None,
+        args.keep_serving,
+        args.port,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     sserve.add_argument("--max-batch", type=int, default=16)
     sserve.add_argument("--batch-wait-ms", type=float, default=5.0)
     sserve.set_defaults(fn=cmd_students_serve)
+
+    demo = sub.add_parser("demo", help="the whole flywheel on this machine, offline")
+    demo.add_argument("--quick", action="store_true", help="about 5 minutes")
+    demo.add_argument("--report", help="write the summary as JSON")
+    demo.add_argument("--keep-serving", action="store_true")
+    demo.add_argument("--data-dir", default="flywheel-demo")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(fn=cmd_demo)
 
     from flywheel.policy_cli import add_commands
 

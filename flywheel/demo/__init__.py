@@ -1,0 +1,1 @@
+"""`flywheel demo`: the whole flywheel on one machine, offline."""
