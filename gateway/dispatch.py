@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from gateway.escalation import confidence_of, confidence_reason
 from gateway.request_log import RequestRecord, utc_timestamp
 from gateway.routing import Decision, Target
 from gateway.state import GatewayState
-from gateway.streaming import answer_as_events
+from gateway.streaming import replay, without_stream
 from gateway.upstream import UpstreamError, UpstreamStream
 
 log = logging.getLogger("flywheel.dispatch")
@@ -103,13 +103,9 @@ async def call(
     endpoint: str,
     body: dict[str, Any],
 ) -> bytes:
-    if _checks_confidence(decision, endpoint):
-        try:
-            answer = await _confident_student(state, decision, rec, endpoint, body)
-        except Escalated as e:
-            decision = decision.escalate(e.reason)
-        else:
-            return orjson.dumps(_drop_logprobs(answer, body))
+    decision, answer = await _student_first(state, decision, rec, endpoint, body)
+    if answer is not None:
+        return orjson.dumps(answer)
 
     async def one(target: Target) -> bytes:
         return await state.upstreams.call(
@@ -129,20 +125,9 @@ async def stream(
     """Fallbacks apply until the first byte; after that the stream is committed. A student
     whose confidence is checked answers whole first (students are local and fast), and its
     answer is then replayed as a stream."""
-    if _checks_confidence(decision, endpoint):
-        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-        try:
-            answer = await _confident_student(state, decision, rec, endpoint, plain)
-        except Escalated as e:
-            decision = decision.escalate(e.reason)
-        else:
-            events = answer_as_events(_drop_logprobs(answer, body))
-
-            async def replay() -> AsyncIterator[bytes]:
-                for event in events:
-                    yield event + b"\n\n"
-
-            return UpstreamStream(replay())
+    decision, answer = await _student_first(state, decision, rec, endpoint, body)
+    if answer is not None:
+        return replay(answer)
 
     async def one(target: Target) -> UpstreamStream:
         return await state.upstreams.stream(
@@ -150,6 +135,24 @@ async def stream(
         )
 
     return await _attempts(decision, rec, one)
+
+
+async def _student_first(
+    state: GatewayState,
+    decision: Decision,
+    rec: RequestRecord,
+    endpoint: str,
+    body: dict[str, Any],
+) -> tuple[Decision, dict[str, Any] | None]:
+    """On a route that escalates on confidence, the student answers whole first: its answer
+    if it stands, else the decision sent past the student."""
+    if not _checks_confidence(decision, endpoint):
+        return decision, None
+    try:
+        answer = await _confident_student(state, decision, rec, endpoint, without_stream(body))
+    except Escalated as e:
+        return decision.escalate(e.reason), None
+    return decision, _drop_logprobs(answer, body)
 
 
 async def _confident_student(
@@ -237,7 +240,7 @@ def reject_student_answer(
 async def _background_call(
     state: GatewayState, rec: RequestRecord, target: Target, endpoint: str, body: dict[str, Any]
 ) -> dict[str, Any] | None:
-    body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    body = without_stream(body)
     try:
         raw = await state.upstreams.call(
             target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s

@@ -15,6 +15,7 @@ from gateway.guardrails.engine import RouteRails, Verdict
 from gateway.request_log import RequestRecord
 from gateway.routing import Decision
 from gateway.state import GatewayState
+from gateway.streaming import without_stream
 
 
 def format_failure(body: dict[str, Any], answer: dict[str, Any]) -> str | None:
@@ -52,7 +53,7 @@ async def checked(
     reason = f"fallback: student output failed {what}"
     rejected = dispatch.reject_student_answer(rec, decision.primary, answer, reason)
     state.writer.submit(rejected)
-    plain = {k: v for k, v in upstream_body.items() if k not in ("stream", "stream_options")}
+    plain = without_stream(upstream_body)
     raw = await dispatch.call(state, decision.escalate(reason), rec, rec.endpoint, plain)
     answer = orjson.loads(raw)
     answer["id"] = rec.request_id

@@ -25,11 +25,12 @@ from gateway.routing import Decision
 from gateway.state import GatewayState
 from gateway.streaming import (
     DONE,
-    answer_as_events,
     assemble_chat,
     event_json,
     is_usage_only,
+    replay,
     sse_events,
+    without_stream,
 )
 from gateway.upstream import UpstreamError, UpstreamStream
 
@@ -55,7 +56,7 @@ async def relay_stream(
     headers["cache-control"] = "no-cache"
 
     def after(answer: dict[str, Any]) -> None:
-        plain = {k: v for k, v in upstream_body.items() if k != "stream_options"}
+        plain = without_stream(upstream_body)
         maybe_audit(state, decision, rec, endpoint, plain, answer)
 
     rails = state.router.rails.get(decision.route.name)
@@ -84,7 +85,7 @@ async def checked_stream(
     headers: dict[str, str],
     rails: RouteRails | None,
 ) -> Response:
-    plain = {k: v for k, v in upstream_body.items() if k not in ("stream", "stream_options")}
+    plain = without_stream(upstream_body)
     t_call = time.perf_counter()
     try:
         answer = orjson.loads(await dispatch.call(state, decision, rec, endpoint, plain))
@@ -102,16 +103,10 @@ async def checked_stream(
         return response
     if not (body.get("stream_options") or {}).get("include_usage"):
         answer.pop("usage", None)
-    events = answer_as_events(answer)
-
-    async def replay() -> AsyncIterator[bytes]:
-        for event in events:
-            yield event + b"\n\n"
-
     rec.is_stream = True
     headers["cache-control"] = "no-cache"
     return StreamingResponse(
-        _relay(state, rec, UpstreamStream(replay()), t_call, wants_usage=True),
+        _relay(state, rec, replay(answer), t_call, wants_usage=True),
         media_type="text/event-stream",
         headers=headers,
     )

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from gateway.upstream import UpstreamStream
+
 DONE = b"data: [DONE]"
 
 
@@ -129,3 +131,19 @@ def answer_as_events(answer: dict[str, Any]) -> list[bytes]:
     if answer.get("usage"):
         events.append({**base, "choices": [], "usage": answer["usage"]})
     return [b"data: " + orjson.dumps(e) for e in events] + [DONE]
+
+
+def without_stream(body: dict[str, Any]) -> dict[str, Any]:
+    """The same request asked for a whole answer (checks, shadows, audits need one)."""
+    return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+
+
+def replay(answer: dict[str, Any]) -> UpstreamStream:
+    """A whole chat completion served as the event stream an upstream would have sent."""
+    events = answer_as_events(answer)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event + b"\n\n"
+
+    return UpstreamStream(chunks())
