@@ -4,7 +4,12 @@ Kept: chat requests of the route that the teacher answered successfully, from ap
 consented, not flagged by a guardrail, not rated down, and not a duplicate (exact after
 normalisation, or near: character n-gram cosine ≥ 0.9 between the users' text and that of an
 earlier kept prompt). The text
-is what ClickHouse holds, i.e. already PII-masked on masking routes. Every excluded row is
+is what ClickHouse holds, i.e. already PII-masked on masking routes.
+
+A reviewer's label (the review queue) wins: a labelled request is kept with the label's
+answer whoever served it and however it was rated (consent and guardrails still apply),
+labelled rows are considered before unlabelled duplicates of the same prompt, and an
+`exclude` label drops the request. Every excluded row is
 counted under its first failing reason; the counts are stored with the dataset.
 
 Invariant: `curate` reads the rows in a fixed order (time, then id), so the same rows give
@@ -24,6 +29,7 @@ import orjson
 from distiller.metrics import answer_text
 from distiller.training import Example
 from flywheel.store import Store
+from gateway.dashboard.review import labels_of_route
 from gateway.escalation import prompt_text
 
 REASONS = (
@@ -35,6 +41,7 @@ REASONS = (
     "empty",
     "duplicate",
     "near_duplicate",
+    "review_excluded",
 )
 NEGATIVE_SCORE = 0.5  # feedback scores below this (thumbs down = 0) exclude a request
 
@@ -105,26 +112,39 @@ def _near_duplicates(texts: list[str], threshold: float = 0.9) -> list[bool]:
     return dropped
 
 
+def _exclusion(row: dict[str, Any], label: tuple[str, str, str] | None) -> str | None:
+    if label is not None and label[1] == "exclude":
+        return "review_excluded"
+    if label is None and row["served_by"] != "teacher":
+        return "not_teacher"
+    if row["status"] != "ok":
+        return "failed"
+    if not row["consent"]:
+        return "no_consent"
+    if row["guardrail_flagged"]:
+        return "guardrail_flagged"
+    if label is None and row["rated_down"]:
+        return "negative_feedback"
+    return None
+
+
 def curate(store: Store, route: str, near_duplicate_threshold: float = 0.9) -> Curated:
     rows = store.query_dicts(ROWS_SQL, {"route": route, "negative": NEGATIVE_SCORE})
+    labels = labels_of_route(store, route)
+    # Labelled rows first (stable otherwise): a person's answer beats a duplicate's teacher.
+    rows.sort(key=lambda r: r["id"] not in labels)
     out = Curated(route=route, examples=[], keys=[], source_rows=len(rows))
     seen: set[str] = set()
     candidates: list[tuple[Example, str]] = []
     for row in rows:
-        reason = None
-        if row["served_by"] != "teacher":
-            reason = "not_teacher"
-        elif row["status"] != "ok":
-            reason = "failed"
-        elif not row["consent"]:
-            reason = "no_consent"
-        elif row["guardrail_flagged"]:
-            reason = "guardrail_flagged"
-        elif row["rated_down"]:
-            reason = "negative_feedback"
+        label = labels.get(row["id"])
+        reason = _exclusion(row, label)
         if reason is None:
             messages = orjson.loads(row["messages"] or "null") or []
-            answer = answer_text(orjson.loads(row["response"] or "{}") or {})
+            if label is not None:
+                answer = label[2]
+            else:
+                answer = answer_text(orjson.loads(row["response"] or "{}") or {})
             if not messages or not answer.strip():
                 reason = "empty"
             else:
@@ -133,7 +153,10 @@ def curate(store: Store, route: str, near_duplicate_threshold: float = 0.9) -> C
                     reason = "duplicate"
                 else:
                     seen.add(key)
-                    candidates.append((Example(row["id"], messages, answer), key))
+                    ex = Example(row["id"], messages, answer)
+                    if label is not None:
+                        ex.answer_source, ex.label_id = "review", label[0]
+                    candidates.append((ex, key))
         if reason is not None:
             out.excluded[reason] += 1
     # Near-duplicates are judged on the users' text: a workload's shared system prompt would

@@ -92,9 +92,13 @@ def build_dataset(
     # Report on the frozen set; eval examples newer than it are still never trained on.
     frozen_evals = [e for e in evals if e.request_id in frozen]
     dataset_id = f"{curated.route}-ds-{int(time.time() * 1000)}-{uuid.uuid4().hex[:6]}"
-    items = [[dataset_id, e.request_id, "train"] for e in train]
-    items += [[dataset_id, e.request_id, "eval"] for e in evals]
-    store.insert_rows("dataset_items", items, ["dataset_id", "request_id", "split"])
+    items = [[dataset_id, e.request_id, "train", e.answer_source, e.label_id] for e in train]
+    items += [[dataset_id, e.request_id, "eval", e.answer_source, e.label_id] for e in evals]
+    store.insert_rows(
+        "dataset_items",
+        items,
+        ["dataset_id", "request_id", "split", "answer_source", "label_id"],
+    )
     store.insert_rows(
         "datasets",
         [

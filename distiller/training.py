@@ -48,6 +48,8 @@ class Example:
     request_id: str
     prompt: list[dict[str, Any]]
     answer: str
+    answer_source: str = "teacher"  # or "review": a person's label replaced the teacher's
+    label_id: str = ""
 
 
 @dataclass

@@ -24,6 +24,8 @@ from flywheel.store import Store, StoreUnavailable, server_store
 from gateway import admin, openai_api
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
+from gateway.dashboard import api as dashboard_api
+from gateway.dashboard.pages import dashboard_routes
 from gateway.errors import ApiError
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
@@ -80,6 +82,11 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return ApiError(exc.status_code, str(exc.detail), code="http_error").response()
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    # Only reads reach here (the dashboard's); writes spool instead of failing.
+    return ApiError(503, f"ClickHouse is unavailable: {exc}", code="store_unavailable").response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -143,10 +150,20 @@ def build_app(state: GatewayState) -> Starlette:
             Route("/admin/policies", admin.get_policies, methods=["GET"]),
             Route("/admin/route/explain", admin.explain_route, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/api/me", dashboard_api.get_me, methods=["GET"]),
+            Route("/admin/api/finance", dashboard_api.get_finance, methods=["GET"]),
+            Route("/admin/api/routes", dashboard_api.get_routes, methods=["GET"]),
+            Route("/admin/api/candidates", dashboard_api.get_candidates, methods=["GET"]),
+            Route("/admin/api/history", dashboard_api.get_history, methods=["GET"]),
+            Route("/admin/api/lineage", dashboard_api.get_lineage, methods=["GET"]),
+            Route("/admin/api/review", dashboard_api.get_review, methods=["GET"]),
+            Route("/admin/api/review/labels", dashboard_api.post_label, methods=["POST"]),
+            *dashboard_routes(),
         ],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
+            StoreUnavailable: _store_down,
             Exception: _unexpected,
         },
         lifespan=lifespan,

@@ -27,7 +27,9 @@ class Principal:
 class KeyRing:
     def __init__(self, config: GatewayConfig) -> None:
         self._by_digest: dict[str, Principal] = {}
+        self._digest_by_id: dict[str, str] = {}
         for key in config.keys:
+            self._digest_by_id[key.id] = key.digest()
             app = config.apps.get(key.app) if key.app else None
             self._by_digest[key.digest()] = Principal(
                 key_id=key.id,
@@ -36,6 +38,14 @@ class KeyRing:
                 team=app.team if app else "",
                 train_on_traffic=app.train_on_traffic if app else False,
             )
+
+    def by_id(self, key_id: str) -> tuple[str, Principal] | None:
+        """(digest, principal) of a configured key id: dashboard sessions are signed with it."""
+        digest = self._digest_by_id.get(key_id)
+        return None if digest is None else (digest, self._by_digest[digest])
+
+    def by_token(self, token: str) -> Principal | None:
+        return self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
 
     def authenticate(self, headers: Headers) -> Principal:
         raw = headers.get("authorization", "")
@@ -46,7 +56,7 @@ class KeyRing:
                 "Missing API key: send `Authorization: Bearer <key>`.",
                 code="missing_api_key",
             )
-        principal = self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        principal = self.by_token(token)
         if principal is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
         return principal

@@ -39,7 +39,7 @@ class KeyConfig(Strict):
     key: SecretStr | None = None
     sha256: str | None = None
     app: str | None = None
-    role: Literal["app", "admin", "finance"] = "app"
+    role: Literal["app", "admin", "finance", "reviewer"] = "app"
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:

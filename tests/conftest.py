@@ -28,6 +28,8 @@ from gateway.state import GatewayState
 APP_KEY = "sk-test-app"
 OTHER_KEY = "sk-test-other"
 ADMIN_KEY = "sk-test-admin"
+FINANCE_KEY = "sk-test-finance"
+REVIEWER_KEY = "sk-test-reviewer"
 
 
 def free_port() -> int:
@@ -169,6 +171,8 @@ def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> Gatew
             {"id": "shop-key", "key": APP_KEY, "app": "shop"},
             {"id": "intranet-key", "key": OTHER_KEY, "app": "intranet"},
             {"id": "admin", "key": ADMIN_KEY, "role": "admin"},
+            {"id": "finance", "key": FINANCE_KEY, "role": "finance"},
+            {"id": "reviewer", "key": REVIEWER_KEY, "role": "reviewer"},
         ],
         "routes": [
             {"name": "support", "match": {"models": ["gpt-4o", "support"]}, "teacher": "teacher"},

@@ -88,7 +88,11 @@ class Store:
             None,
             insert_block=body,
             fmt="JSONEachRow",
-            settings={"insert_deduplication_token": dedup_token},
+            settings={
+                "insert_deduplication_token": dedup_token,
+                # The rollups behind the dashboard drop a replayed batch as the table does.
+                "deduplicate_blocks_in_dependent_materialized_views": 1,
+            },
         )
 
     def insert_rows(

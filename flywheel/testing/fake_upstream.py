@@ -7,7 +7,8 @@ It answers deterministically so tests can check what the gateway logged:
 - markers in the last user message steer it: `[[status:503]]` fails with that status,
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
-  usage, `[[cut]]` drops the connection mid-stream, `[[conf:0.3]]` sets the probability of
+  usage, `[[cut]]` drops the connection mid-stream, `[[differ]]` makes student-* models answer
+  differently from the teacher, `[[conf:0.3]]` sets the probability of
   every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
@@ -106,6 +107,8 @@ class FakeUpstream:
             return failure
         text = _MARK.sub("", _last_user_text(body)).strip()
         answer = f"echo: {text}"
+        if "differ" in marks and str(body.get("model", "")).startswith("student"):
+            answer = f"student guess: {text}"  # a student that disagrees with its teacher
         if "be blocked (Yes or No)" in _last_user_text(body):
             # A guardrail self-check: judge by the [[unsafe]] marker in the checked text.
             answer = "Yes" if "[[unsafe]]" in _last_user_text(body) else "No"

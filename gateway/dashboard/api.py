@@ -1,0 +1,159 @@
+"""`/admin/api/*`: the dashboard's figures as JSON, and any of its tables as CSV.
+
+Roles: finance figures for `finance` and `admin` keys; routes, candidates, history and
+lineage for `admin`; the review queue for `reviewer` and `admin`. App keys get 403.
+Each GET answers JSON, or CSV with `?format=csv&table=NAME` (one of the tables it returns).
+
+Invariant: money leaves as decimal strings (`"0.001250000"`), never floats; ClickHouse work
+runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.bodies import read_json, validate
+from gateway.dashboard import finance, lifecycle, review
+from gateway.dashboard.filters import Filters
+from gateway.dashboard.session import principal
+from gateway.errors import ApiError
+from gateway.state import GatewayState
+
+FINANCE_ROLES = ("admin", "finance")
+ADMIN_ROLES = ("admin",)
+REVIEW_ROLES = ("admin", "reviewer")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, Decimal):
+        return format(o, "f")
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body, default=_default, option=orjson.OPT_NON_STR_KEYS),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return format(v, "f")
+    if isinstance(v, dict | list):
+        return orjson.dumps(v, default=_default).decode()
+    return "" if v is None else v
+
+
+def csv_response(rows: list[dict[str, Any]], name: str) -> Response:
+    out = io.StringIO()
+    columns: list[str] = []
+    for r in rows:
+        columns += [c for c in r if c not in columns]
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(v) for k, v in r.items()})
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+def _respond(request: Request, body: dict[str, Any], name: str) -> Response:
+    if request.query_params.get("format") != "csv":
+        return json_response(body)
+    tables = sorted(k for k, v in body.items() if isinstance(v, list))
+    table = request.query_params.get("table", "")
+    if table not in tables:
+        raise ApiError(
+            400,
+            f"`table` must be one of: {', '.join(tables)}.",
+            code="invalid_table",
+            param="table",
+        )
+    return csv_response(body[table], f"{name}-{table}")
+
+
+def _state(request: Request, roles: tuple[str, ...]) -> GatewayState:
+    state: GatewayState = request.app.state.gw
+    principal(state.keys, request, *roles)
+    return state
+
+
+async def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+async def get_finance(request: Request) -> Response:
+    state = _state(request, FINANCE_ROLES)
+    f = Filters.from_query(request.query_params)
+    return _respond(request, await _run(finance.finance_report, state.store, f), "finance")
+
+
+async def get_routes(request: Request) -> Response:
+    state = _state(request, ADMIN_ROLES)
+    return _respond(request, lifecycle.routes(state), "routes")
+
+
+async def get_candidates(request: Request) -> Response:
+    state = _state(request, ADMIN_ROLES)
+    return _respond(request, await _run(lifecycle.candidates, state.store), "candidates")
+
+
+async def get_history(request: Request) -> Response:
+    state = _state(request, ADMIN_ROLES)
+    f = Filters.from_query(request.query_params)
+    route = request.query_params.get("route", "")
+    return _respond(request, await _run(lifecycle.history, state.store, f, route), "history")
+
+
+async def get_lineage(request: Request) -> Response:
+    state = _state(request, ADMIN_ROLES)
+    route = request.query_params.get("route", "")
+    candidate = request.query_params.get("candidate", "")
+    if not route or not candidate:
+        raise ApiError(
+            400, "Give `route` and `candidate` to trace.", code="missing_parameter", param="route"
+        )
+    limit = 1_000_000 if request.query_params.get("format") == "csv" else 200
+    body = await _run(lifecycle.lineage, state.store, route, candidate, limit)
+    return _respond(request, body, f"lineage-{route}-{candidate}")
+
+
+async def get_review(request: Request) -> Response:
+    state = _state(request, REVIEW_ROLES)
+    f = Filters.from_query(request.query_params)
+    queue, labels = await asyncio.gather(
+        _run(review.review_queue, state.store, f),
+        _run(review.recent_labels, state.store),
+    )
+    return _respond(request, {"queue": queue, "labels": labels}, "review")
+
+
+async def post_label(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    who = principal(state.keys, request, *REVIEW_ROLES)
+    body = validate(review.LabelRequest, await read_json(request, 256 * 1024))
+    assert isinstance(body, review.LabelRequest)
+    saved = await _run(review.save_label, state.store, body, who.key_id)
+    return json_response(saved, status=201)
+
+
+async def get_me(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    who = principal(state.keys, request, *FINANCE_ROLES, *REVIEW_ROLES)
+    apps = sorted(state.config.apps)
+    teams = sorted({a.team for a in state.config.apps.values()})
+    return json_response({"key_id": who.key_id, "role": who.role, "apps": apps, "teams": teams})

@@ -1,0 +1,170 @@
+"""Admin views of the flywheel: routes and their policy, candidates with their evaluations
+and state, the promotion and rollback history, and lineage from a model to its requests.
+
+Everything but the routes is read from ClickHouse, where the distiller and the router write
+it, so the page shows what the system did, not what this process remembers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import orjson
+
+from flywheel.store import Store
+from gateway.dashboard.filters import Filters
+from gateway.state import GatewayState
+
+
+def _iso(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
+    for r in rows:
+        for c in columns:
+            if r.get(c) is not None and hasattr(r[c], "isoformat"):
+                r[c] = r[c].replace(tzinfo=UTC).isoformat()
+    return rows
+
+
+def routes(state: GatewayState) -> dict[str, Any]:
+    router = state.router
+    return {
+        "policy": {**state.policy_status, "serving_version": router.policy_version},
+        "routes": [
+            {
+                "route": r.name,
+                "match": orjson.dumps(r.match.model_dump(exclude_defaults=True)).decode(),
+                "teacher": r.teacher,
+                "fallbacks": ", ".join(r.fallbacks),
+                "candidates": ", ".join(f"{c.name} ({c.model})" for c in r.candidates),
+                "gate": f"{r.gate.metric} ≥ {r.gate.threshold}",
+                "rollout": orjson.dumps(r.rollout.model_dump(mode="json")).decode(),
+                "audit_share": r.audit.share,
+                "escalation": orjson.dumps(
+                    r.escalation.model_dump(mode="json", exclude_defaults=True)
+                ).decode(),
+                "guardrails": ", ".join(
+                    f"{rail.rail}:{rail.action}"
+                    for rail in (*r.guardrails.input, *r.guardrails.output)
+                ),
+            }
+            for r in router.policies.routes
+        ],
+    }
+
+
+_CANDIDATES = """
+SELECT s.route AS route, s.candidate AS candidate, s.state AS state, s.version AS version,
+       s.dataset_id AS dataset_id, s.updated_at AS updated_at, s.reason AS reason
+FROM (
+    SELECT route, candidate, argMax(c.state, c.updated_at) AS state,
+           argMax(c.version, c.updated_at) AS version,
+           argMax(c.dataset_id, c.updated_at) AS dataset_id,
+           max(c.updated_at) AS updated_at, argMax(c.reason, c.updated_at) AS reason
+    FROM candidate_states AS c GROUP BY route, candidate
+) AS s
+ORDER BY route, candidate
+"""
+
+_RUNS = """
+SELECT route, candidate, run_id, dataset_id, base, steps, seconds, device,
+       losses[length(losses)] AS final_loss, created_at
+FROM training_runs ORDER BY created_at DESC LIMIT 1 BY route, candidate
+"""
+
+_REPORTS = """
+SELECT route, candidate, run_id, eval_set_id, metric, examples, agreement, wilson_lower,
+       threshold, passed, created_at
+FROM eval_reports ORDER BY created_at DESC LIMIT 1 BY route, candidate
+"""
+
+
+def candidates(store: Store) -> dict[str, Any]:
+    rows = _iso(store.query_dicts(_CANDIDATES, {}), "updated_at")
+    runs = {(r["route"], r["candidate"]): r for r in store.query_dicts(_RUNS, {})}
+    reports = {(r["route"], r["candidate"]): r for r in store.query_dicts(_REPORTS, {})}
+    for row in rows:
+        run = runs.get((row["route"], row["candidate"]), {})
+        rep = reports.get((row["route"], row["candidate"]), {})
+        row.update(
+            run_id=run.get("run_id", ""),
+            base=run.get("base", ""),
+            steps=run.get("steps", 0),
+            train_seconds=round(float(run.get("seconds", 0.0)), 1),
+            final_loss=round(float(run.get("final_loss") or 0.0), 4),
+            device=run.get("device", ""),
+            eval_set_id=rep.get("eval_set_id", ""),
+            eval_metric=rep.get("metric", ""),
+            eval_examples=rep.get("examples", 0),
+            eval_agreement=round(float(rep.get("agreement", 0.0)), 4) if rep else None,
+            eval_wilson_lower=round(float(rep.get("wilson_lower", 0.0)), 4) if rep else None,
+            gate_threshold=rep.get("threshold"),
+            eval_passed=rep.get("passed"),
+        )
+    return {"candidates": rows}
+
+
+def history(store: Store, f: Filters, route: str = "", limit: int = 500) -> dict[str, Any]:
+    """State changes and flags with their reasons, newest first."""
+    rows = store.query_dicts(
+        "SELECT toString(event_id) AS event_id, at, route, candidate, kind, from_state,"
+        " to_state, reason, evidence FROM events"
+        " WHERE at >= {start:DateTime} AND at < {end:DateTime}"
+        " AND ({route:String} = '' OR route = {route:String})"
+        " ORDER BY at DESC LIMIT {n:UInt32}",
+        {**f.params(), "route": route, "n": limit},
+    )
+    return {"events": _iso(rows, "at")}
+
+
+def lineage(store: Store, route: str, candidate: str, limit: int = 200) -> dict[str, Any]:
+    """Every training run of the candidate with its dataset, the dataset's make-up (split and
+    where each answer came from) and its requests (the first `limit` of them)."""
+    runs = _iso(
+        store.query_dicts(
+            "SELECT run_id, dataset_id, base, steps, device, artifact_path, created_at"
+            " FROM training_runs WHERE route = {r:String} AND candidate = {c:String}"
+            " ORDER BY created_at DESC",
+            {"r": route, "c": candidate},
+        ),
+        "created_at",
+    )
+    dataset_ids = sorted({r["dataset_id"] for r in runs})
+    datasets = _iso(
+        store.query_dicts(
+            "SELECT dataset_id, created_at, train_size, eval_size, eval_set_id, excluded,"
+            " source_rows FROM datasets WHERE dataset_id IN {ids:Array(String)}"
+            " ORDER BY created_at DESC",
+            {"ids": dataset_ids},
+        ),
+        "created_at",
+    )
+    makeup = store.query_dicts(
+        "SELECT dataset_id, split, answer_source, count() AS examples FROM dataset_items"
+        " WHERE dataset_id IN {ids:Array(String)}"
+        " GROUP BY dataset_id, split, answer_source ORDER BY dataset_id, split, answer_source",
+        {"ids": dataset_ids},
+    )
+    latest = runs[0]["dataset_id"] if runs else ""
+    items = _iso(
+        store.query_dicts(
+            "SELECT toString(d.request_id) AS request_id, d.split AS split,"
+            " d.answer_source AS answer_source, d.label_id AS label_id, r.app AS app,"
+            " r.started_at AS started_at, substring(r.messages, 1, 300) AS prompt"
+            " FROM dataset_items AS d INNER JOIN"
+            " (SELECT request_id, app, started_at, messages FROM requests"
+            "  WHERE request_id IN (SELECT request_id FROM dataset_items"
+            "  WHERE dataset_id = {d:String})) AS r ON d.request_id = r.request_id"
+            " WHERE d.dataset_id = {d:String} ORDER BY d.split, r.started_at"
+            " LIMIT {n:UInt32}",
+            {"d": latest, "n": limit},
+        ),
+        "started_at",
+    )
+    return {
+        "route": route,
+        "candidate": candidate,
+        "runs": runs,
+        "datasets": datasets,
+        "makeup": makeup,
+        "items": items,
+    }

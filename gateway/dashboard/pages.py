@@ -1,0 +1,81 @@
+"""`/dashboard`: the page, its sign-in form and its static files (Chart.js is vendored in
+`static/vendor`, so the page works behind a firewall with no CDN).
+
+Invariant: the dashboard page is only sent to a finance, admin or reviewer principal; anyone
+else gets the sign-in form or a refusal (403), never the page (which holds no data itself:
+every figure comes from `/admin/api/*`, which checks the role on each call).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from gateway.dashboard import session
+from gateway.errors import ApiError
+from gateway.state import GatewayState
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _login(message: str, status: int) -> HTMLResponse:
+    page = (STATIC / "login.html").read_text()
+    return HTMLResponse(page.replace("{{message}}", html.escape(message)), status_code=status)
+
+
+async def dashboard(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    try:
+        session.principal(state.keys, request, *session.DASHBOARD_ROLES)
+    except ApiError as e:
+        # Not signed in: the form, as a normal page; a key of the wrong role: refused.
+        return _login(e.message, 403) if e.status == 403 else _login("", 200)
+    return HTMLResponse((STATIC / "index.html").read_text(), headers={"cache-control": "no-store"})
+
+
+async def login(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    form = parse_qs((await request.body())[:8192].decode("utf-8", "replace"))
+    raw_key = (form.get("key") or [""])[0]
+    try:
+        who, cookie = session.issue(state.keys, raw_key)
+    except ApiError as e:
+        return _login(e.message, e.status)
+    if who.role not in session.DASHBOARD_ROLES:
+        return _login(
+            f"This key's role ({who.role}) may not open the dashboard; "
+            "it needs a finance, admin or reviewer key.",
+            403,
+        )
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.set_cookie(
+        session.COOKIE,
+        cookie,
+        max_age=session.SESSION_S,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/dashboard", status_code=303)
+    response.delete_cookie(session.COOKIE, path="/")
+    return response
+
+
+def dashboard_routes() -> list[Route | Mount]:
+    return [
+        Route("/dashboard", dashboard, methods=["GET"]),
+        Route("/dashboard/login", login, methods=["POST"]),
+        Route("/dashboard/logout", logout, methods=["GET", "POST"]),
+        Mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static"),
+    ]

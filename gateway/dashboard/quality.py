@@ -1,0 +1,97 @@
+"""Quality next to savings: per route and candidate, the sampled teacher audits in the date
+range, the latest offline evaluation, the candidate's state, and the route's savings.
+
+Audits and evaluations belong to a route and a candidate, not to an app: the app and team
+filters narrow the route's savings but not its quality figures (the page says so).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from flywheel.store import Store
+from gateway.dashboard.filters import Filters
+
+_AUDITS = """
+SELECT route, candidate, sum(audits) AS audits, sum(agreement_sum) AS agreement_sum,
+       sum(agreed) AS agreed
+FROM audits_hourly
+WHERE hour >= {start:DateTime} AND hour < {end:DateTime}
+GROUP BY route, candidate
+"""
+
+_EVALS = """
+SELECT route, candidate, argMax(agreement, created_at) AS agreement,
+       argMax(wilson_lower, created_at) AS wilson_lower,
+       argMax(examples, created_at) AS examples, argMax(passed, created_at) AS passed,
+       argMax(eval_set_id, created_at) AS eval_set_id, argMax(metric, created_at) AS metric
+FROM eval_reports GROUP BY route, candidate
+"""
+
+_STATES = """
+SELECT route, candidate, argMax(state, updated_at) AS state,
+       argMax(version, updated_at) AS version
+FROM candidate_states GROUP BY route, candidate
+"""
+
+_SAVINGS = """
+SELECT route, sum(cost_usd) AS spend_usd, sum(baseline_cost_usd) AS baseline_usd
+FROM spend_hourly WHERE {where} GROUP BY route
+"""
+
+
+def _pct(x: float | None) -> Decimal | None:
+    return None if x is None else Decimal(str(round(x * 100, 2)))
+
+
+def quality_by_candidate(store: Store, f: Filters) -> list[dict[str, Any]]:
+    params = f.params()
+    keyed: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(route: str, candidate: str) -> dict[str, Any]:
+        return keyed.setdefault(
+            (route, candidate),
+            {
+                "route": route,
+                "candidate": candidate,
+                "state": "",
+                "audits": 0,
+                "audit_agreement_pct": None,
+                "eval_agreement_pct": None,
+                "eval_wilson_lower_pct": None,
+                "eval_examples": 0,
+                "eval_passed": None,
+                "eval_set_id": "",
+            },
+        )
+
+    for r in store.query_dicts(_STATES, {}):
+        row(r["route"], r["candidate"]).update(state=r["state"])
+    for r in store.query_dicts(_EVALS, {}):
+        row(r["route"], r["candidate"]).update(
+            eval_agreement_pct=_pct(float(r["agreement"])),
+            eval_wilson_lower_pct=_pct(float(r["wilson_lower"])),
+            eval_examples=int(r["examples"]),
+            eval_passed=bool(r["passed"]),
+            eval_set_id=r["eval_set_id"],
+        )
+    for r in store.query_dicts(_AUDITS, params):
+        n = int(r["audits"])
+        row(r["route"], r["candidate"]).update(
+            audits=n,
+            audit_agreement_pct=_pct(float(r["agreement_sum"]) / n) if n else None,
+        )
+    savings = {
+        r["route"]: (r["baseline_usd"] - r["spend_usd"], r["baseline_usd"])
+        for r in store.query_dicts(_SAVINGS.format(where=f.sql()), params)
+    }
+    out = []
+    for (route, _), r in sorted(keyed.items()):
+        saved, baseline = savings.get(route, (Decimal(0), Decimal(0)))
+        r["route_savings_usd"] = saved
+        r["route_savings_pct"] = (
+            (saved * 100 / baseline).quantize(Decimal("0.01")) if baseline else None
+        )
+        out.append(r)
+    return out

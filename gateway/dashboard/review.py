@@ -1,0 +1,184 @@
+"""The human review queue: where the system is unsure, a person decides.
+
+Two sources, each item shown with the student's and the teacher's answer:
+- `audit`: a sampled teacher audit scored the student's answer below `DISAGREE_BELOW`;
+- `low_confidence`: the student's answer fell under its route's confidence bar and the
+  request was escalated to the teacher (the gateway kept the student's answer).
+
+A reviewer picks the student's answer, the teacher's, writes a correction, or excludes the
+request from training. The label is stored against the user's request id.
+
+Invariant: the latest label per request is the one curation uses; its answer text comes
+from the stored answers (or the reviewer's correction), never from the browser's copy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distiller.metrics import answer_text
+from flywheel.store import Store
+from gateway.dashboard.filters import Filters
+from gateway.errors import ApiError
+
+DISAGREE_BELOW = 0.5
+
+_AUDITS = """
+SELECT toString(a.request_id) AS request_id, 'audit' AS source, route, candidate, at,
+       agreement AS score, student_answer, teacher_answer
+FROM audits AS a
+WHERE at >= {start:DateTime} AND at < {end:DateTime} AND agreement < {below:Float64}
+  AND a.request_id NOT IN (SELECT request_id FROM review_labels)
+  {only}
+ORDER BY score, at DESC
+LIMIT {limit:UInt32}
+"""
+# (Columns are qualified where an alias shares their name: ClickHouse would read the alias.)
+
+_ESCALATED = """
+SELECT parent_id AS request_id, 'low_confidence' AS source, route, candidate,
+       started_at AS at, confidence AS score, response AS student_response
+FROM requests
+WHERE kind = 'escalated' AND status = 'ok'
+  AND started_at >= {start:DateTime} AND started_at < {end:DateTime}
+  AND toUUIDOrZero(parent_id) NOT IN (SELECT request_id FROM review_labels)
+  {only}
+ORDER BY score, at DESC
+LIMIT {limit:UInt32}
+"""
+
+_REQUESTS = """
+SELECT toString(r.request_id) AS request_id, app, team, messages, response, served_model
+FROM requests AS r
+WHERE kind = 'request' AND r.request_id IN {ids:Array(UUID)}
+"""
+
+
+class LabelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    choice: Literal["student", "teacher", "correction", "exclude"]
+    answer: str = Field(default="", description="the correct answer, for `correction`")
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _correction_has_text(self) -> LabelRequest:
+        if self.choice == "correction" and not self.answer.strip():
+            raise ValueError("a correction needs its `answer` text")
+        try:
+            uuid.UUID(self.request_id)
+        except ValueError:
+            raise ValueError("`request_id` must be a request id (a UUID)") from None
+        return self
+
+
+def _attach_requests(store: Store, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = [i["request_id"] for i in items if i["request_id"]]
+    if not ids:
+        return []
+    by_id = {r["request_id"]: r for r in store.query_dicts(_REQUESTS, {"ids": ids})}
+    out = []
+    for item in items:
+        req = by_id.get(item["request_id"])
+        if req is None:  # the request was erased since
+            continue
+        if item["source"] == "low_confidence":
+            student = orjson.loads(item.pop("student_response") or "{}") or {}
+            item["student_answer"] = answer_text(student)
+            item["teacher_answer"] = answer_text(orjson.loads(req["response"] or "{}") or {})
+        item.update(
+            app=req["app"],
+            team=req["team"],
+            messages=orjson.loads(req["messages"] or "[]"),
+            at=item["at"].replace(tzinfo=UTC).isoformat(),
+            score=round(float(item["score"]), 4),
+        )
+        out.append(item)
+    return out
+
+
+def review_queue(
+    store: Store, f: Filters, limit: int = 50, request_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Unlabelled audit disagreements (least agreement first), then the least confident
+    escalated student answers. With `request_id`, that request's item, labelled or not."""
+    params: dict[str, Any] = {**f.params(), "below": DISAGREE_BELOW, "limit": limit}
+    only_audit = only_esc = ""
+    audits_sql, escalated_sql = _AUDITS, _ESCALATED
+    if request_id is not None:
+        params["rid"] = request_id
+        only_audit = "AND a.request_id = toUUID({rid:String})"
+        only_esc = "AND parent_id = {rid:String}"
+        audits_sql = audits_sql.replace(
+            "AND a.request_id NOT IN (SELECT request_id FROM review_labels)", ""
+        )
+        escalated_sql = escalated_sql.replace(
+            "AND toUUIDOrZero(parent_id) NOT IN (SELECT request_id FROM review_labels)", ""
+        )
+    items = store.query_dicts(audits_sql.replace("{only}", only_audit), params)
+    items += store.query_dicts(escalated_sql.replace("{only}", only_esc), params)
+    return _attach_requests(store, items)
+
+
+def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, Any]:
+    """Store the reviewer's verdict; 404 when the request is not in the review queue."""
+    everything = Filters(
+        start=datetime(1970, 1, 2, tzinfo=UTC), end=datetime(2200, 1, 1, tzinfo=UTC)
+    )
+    items = review_queue(store, everything, limit=1, request_id=label.request_id)
+    if not items:
+        raise ApiError(
+            404,
+            f"Request {label.request_id} is not in the review queue (no audit disagreement "
+            "or escalated student answer recorded for it).",
+            code="not_found",
+            param="request_id",
+        )
+    item = items[0]
+    answer = {
+        "student": item["student_answer"],
+        "teacher": item["teacher_answer"],
+        "correction": label.answer,
+        "exclude": "",
+    }[label.choice]
+    row = {
+        "label_id": str(uuid.uuid4()),
+        "request_id": label.request_id,
+        "at": datetime.now(UTC),
+        "route": item["route"],
+        "reviewer": reviewer,
+        "source": item["source"],
+        "choice": label.choice,
+        "answer": answer,
+        "note": label.note,
+    }
+    store.insert_rows("review_labels", [list(row.values())], list(row))
+    return {**row, "at": row["at"].isoformat()}
+
+
+def labels_of_route(store: Store, route: str) -> dict[str, tuple[str, str, str]]:
+    """request id -> (label_id, choice, answer) of the latest label of each request."""
+    rows = store.query_rows(
+        "SELECT toString(request_id), toString(argMax(label_id, at)), argMax(choice, at), "
+        "argMax(answer, at) FROM review_labels WHERE route = {r:String} GROUP BY request_id",
+        {"r": route},
+    )
+    return {str(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
+
+
+def recent_labels(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    rows = store.query_dicts(
+        "SELECT toString(label_id) AS label_id, toString(request_id) AS request_id, at, route,"
+        " reviewer, source, choice, answer, note FROM review_labels ORDER BY at DESC"
+        " LIMIT {n:UInt32}",
+        {"n": limit},
+    )
+    for r in rows:
+        r["at"] = r["at"].replace(tzinfo=UTC).isoformat()
+    return rows

@@ -1,0 +1,398 @@
+"""The finance dashboard, its JSON and CSV, roles, the review queue and the page in Chromium.
+
+Known rows are dated February 2021, a month no other test writes, so their sums are checked
+against hand-computed ones exactly, through the same insert path (and rollups) the log
+writer uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import random
+import time
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from distiller.curation import curate
+from distiller.datasets import build_dataset
+from tests.browser import Browser, artifacts_dir, chromium_path
+from tests.conftest import (
+    ADMIN_KEY,
+    APP_KEY,
+    FINANCE_KEY,
+    OTHER_KEY,
+    REVIEWER_KEY,
+    RunningGateway,
+)
+
+APPS = {"shop": "retail", "intranet": "it"}
+MODELS = ["teacher", "student-ok", "cheap"]
+
+
+def _known_rows(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(300):
+        app = rng.choice(list(APPS))
+        kind = rng.choice(["request", "request", "request", "audit", "shadow"])
+        model = rng.choice(MODELS)
+        started = datetime(2021, 2, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(27 * 24 * 60))
+        cost = Decimal(rng.randrange(0, 5_000_000)) / Decimal(10**9)
+        baseline = Decimal(rng.randrange(0, 9_000_000)) / Decimal(10**9) if kind == "request" else 0
+        rows.append(
+            {
+                "request_id": str(uuid.uuid4()),
+                "started_at": started.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "finished_at": started.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+                "app": app,
+                "team": APPS[app],
+                "route": rng.choice(["support", "promoted"]),
+                "kind": kind,
+                "served_model": model,
+                "served_by": "student" if model.startswith("student") else "teacher",
+                "status": "ok" if i % 10 else "upstream_error",
+                "input_tokens": rng.randrange(1000),
+                "output_tokens": rng.randrange(1000),
+                "cost_usd": str(cost),
+                "baseline_cost_usd": str(baseline),
+                "_started": started,
+            }
+        )
+    return rows
+
+
+def _insert(gateway: RunningGateway, rows: list[dict[str, Any]], token: str) -> None:
+    body = b"\n".join(
+        orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")}) for r in rows
+    )
+    gateway.state.store.insert_json_rows("requests", body, token)
+
+
+def _expected(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"requests": 0, "spend": Decimal(0), "baseline": Decimal(0), "students": 0}
+    )
+    for r in rows:
+        group = out[r[key]]
+        group["requests"] += 1
+        group["spend"] += Decimal(r["cost_usd"])
+        group["baseline"] += Decimal(r["baseline_cost_usd"])
+        group["students"] += r["kind"] == "request" and r["served_by"] == "student"
+    return out
+
+
+def _get(gateway: RunningGateway, path: str, key: str = ADMIN_KEY, **params: Any) -> httpx.Response:
+    return httpx.get(
+        gateway.base_url.removesuffix("/v1") + path,
+        params=params,
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+@pytest.fixture(scope="module")
+def known(gateway: RunningGateway) -> list[dict[str, Any]]:
+    rows = _known_rows(7)
+    _insert(gateway, rows[:150], "dash-batch-1")
+    _insert(gateway, rows[150:], "dash-batch-2")
+    # A replayed batch (spool replay after an outage) must not count twice in the rollups.
+    _insert(gateway, rows[:150], "dash-batch-1")
+    return rows
+
+
+def test_finance_figures_are_exact_sums_of_known_rows(
+    gateway: RunningGateway, known: list[dict[str, Any]]
+) -> None:
+    r = _get(gateway, "/admin/api/finance", **{"from": "2021-02-01", "to": "2021-02-28"})
+    assert r.status_code == 200, r.text
+    report = r.json()
+    spend = sum(Decimal(x["cost_usd"]) for x in known)
+    baseline = sum(Decimal(x["baseline_cost_usd"]) for x in known)
+    totals = report["totals"]
+    assert totals["requests"] == len(known)
+    assert Decimal(totals["spend_usd"]) == spend
+    assert Decimal(totals["baseline_usd"]) == baseline
+    assert Decimal(totals["savings_usd"]) == baseline - spend
+    assert Decimal(totals["overhead_usd"]) == sum(
+        Decimal(x["cost_usd"]) for x in known if x["kind"] != "request"
+    )
+    users = [x for x in known if x["kind"] == "request"]
+    students = sum(x["served_by"] == "student" for x in users)
+    assert totals["user_requests"] == len(users) and totals["student_requests"] == students
+    assert Decimal(totals["student_share_pct"]) == (Decimal(students) * 100 / len(users)).quantize(
+        Decimal("0.01")
+    )
+    assert totals["input_tokens"] == sum(x["input_tokens"] for x in known)
+
+    for dim, column in [
+        ("app", "app"),
+        ("team", "team"),
+        ("model", "served_model"),
+        ("route", "route"),
+    ]:
+        expected = _expected(known, column)
+        got = {row[dim]: row for row in report[f"by_{dim}"]}
+        assert set(got) == set(expected), dim
+        for name, exp in expected.items():
+            assert got[name]["requests"] == exp["requests"]
+            assert Decimal(got[name]["spend_usd"]) == exp["spend"], (dim, name)
+            assert Decimal(got[name]["baseline_usd"]) == exp["baseline"], (dim, name)
+            assert got[name]["student_requests"] == exp["students"]
+
+    assert report["bucket"] == "day"
+    by_day = _expected([{**x, "day": x["_started"].date().isoformat()} for x in known], "day")
+    series = {s["bucket"][:10]: Decimal(s["spend_usd"]) for s in report["series"]}
+    assert len(series) == 28, "every day of the range, empty days as zero"
+    assert {d: v for d, v in series.items() if v} == {
+        d: v["spend"] for d, v in by_day.items() if v["spend"]
+    }
+
+
+def test_filters_and_csv_export(gateway: RunningGateway, known: list[dict[str, Any]]) -> None:
+    window = {"from": "2021-02-01", "to": "2021-02-28"}
+    shop = _get(gateway, "/admin/api/finance", app="shop", **window).json()
+    expected = sum(Decimal(x["cost_usd"]) for x in known if x["app"] == "shop")
+    assert Decimal(shop["totals"]["spend_usd"]) == expected
+    assert [row["app"] for row in shop["by_app"]] == ["shop"]
+    team = _get(gateway, "/admin/api/finance", team="it", **window).json()
+    assert Decimal(team["totals"]["spend_usd"]) == sum(
+        Decimal(x["cost_usd"]) for x in known if x["team"] == "it"
+    )
+    # One day: hourly buckets, only that day's rows.
+    day = [x for x in known if x["_started"].date().isoformat() == "2021-02-03"]
+    one = _get(gateway, "/admin/api/finance", **{"from": "2021-02-03", "to": "2021-02-03"}).json()
+    assert one["bucket"] == "hour" and len(one["series"]) == 24
+    assert Decimal(one["totals"]["spend_usd"]) == sum(Decimal(x["cost_usd"]) for x in day)
+
+    r = _get(gateway, "/admin/api/finance", format="csv", table="by_team", **window)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = {row["team"]: row for row in csv.DictReader(io.StringIO(r.text))}
+    for team_name, exp in _expected(known, "team").items():
+        assert Decimal(rows[team_name]["spend_usd"]) == exp["spend"]
+
+    bad = _get(gateway, "/admin/api/finance", format="csv", table="nope", **window)
+    assert bad.status_code == 400 and "by_app" in bad.json()["error"]["message"]
+    bad = _get(gateway, "/admin/api/finance", **{"from": "last tuesday"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
+
+
+def test_roles_guard_the_dashboard_and_its_json(gateway: RunningGateway) -> None:
+    for key in (APP_KEY, OTHER_KEY):
+        for path in ("/admin/api/finance", "/admin/api/review", "/admin/api/candidates"):
+            r = _get(gateway, path, key=key)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", path
+        page = _get(gateway, "/dashboard", key=key)
+        assert page.status_code == 403 and "app.js" not in page.text
+    assert _get(gateway, "/admin/api/finance", key="sk-wrong").status_code == 401
+    base = gateway.base_url.removesuffix("/v1")
+    assert httpx.get(f"{base}/admin/api/finance").status_code == 401
+    form = httpx.get(f"{base}/dashboard")
+    assert form.status_code == 200 and 'name="key"' in form.text and "app.js" not in form.text
+
+    assert _get(gateway, "/admin/api/finance", key=FINANCE_KEY).status_code == 200
+    assert _get(gateway, "/admin/api/routes", key=FINANCE_KEY).status_code == 403
+    assert _get(gateway, "/admin/api/review", key=FINANCE_KEY).status_code == 403
+    assert _get(gateway, "/admin/api/review", key=REVIEWER_KEY).status_code == 200
+    assert _get(gateway, "/admin/api/finance", key=REVIEWER_KEY).status_code == 403
+
+    # The sign-in form: an app key is refused, a finance key gets a signed session cookie.
+    with httpx.Client(base_url=base) as client:
+        refused = client.post("/dashboard/login", data={"key": APP_KEY})
+        assert refused.status_code == 403 and "flywheel_session" not in client.cookies
+        ok = client.post("/dashboard/login", data={"key": FINANCE_KEY})
+        assert ok.status_code == 303
+        cookie = client.cookies["flywheel_session"]
+        assert FINANCE_KEY not in cookie
+        assert client.get("/admin/api/finance").status_code == 200
+        assert client.get("/dashboard").status_code == 200
+        _key_id, expiry, sig = cookie.rsplit(".", 2)
+        client.cookies.set("flywheel_session", f"admin.{expiry}.{sig}")
+        assert client.get("/admin/api/routes").status_code == 401, "a forged cookie"
+
+
+def _ask(gateway: RunningGateway, model: str, text: str) -> str:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
+    resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    return resp.id
+
+
+def _queue_item(gateway: RunningGateway, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        gateway.state.writer.flush()
+        queue = _get(gateway, "/admin/api/review", key=REVIEWER_KEY).json()["queue"]
+        found = [q for q in queue if q["request_id"] == request_id]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{request_id} never reached the review queue")
+
+
+def _label(gateway: RunningGateway, **body: Any) -> httpx.Response:
+    return httpx.post(
+        gateway.base_url.removesuffix("/v1") + "/admin/api/review/labels",
+        json=body,
+        headers={"authorization": f"Bearer {REVIEWER_KEY}"},
+    )
+
+
+def _examples(gateway: RunningGateway, route: str) -> dict[str, Any]:
+    return {e.request_id: e for e in curate(gateway.state.store, route).examples}
+
+
+def test_review_label_wins_over_the_teacher_in_the_next_dataset(gateway: RunningGateway) -> None:
+    # An unsure student: escalated to the teacher, the student's answer kept for review.
+    unsure = _ask(gateway, "careful", "which card fee applies [[conf:0.2]]")
+    # An audited student answer that the teacher disagrees with.
+    disputed = _ask(gateway, "promoted", "refund for order 7 [[differ]]")
+    item = _queue_item(gateway, unsure)
+    assert item["source"] == "low_confidence" and item["score"] == 0.2
+    assert item["student_answer"] == "echo: which card fee applies"
+    assert item["teacher_answer"] == "echo: which card fee applies"
+    audit_item = _queue_item(gateway, disputed)
+    assert audit_item["source"] == "audit" and audit_item["score"] < 0.5
+    assert audit_item["student_answer"] == "student guess: refund for order 7"
+    assert audit_item["messages"][0]["content"].startswith("refund for order 7")
+
+    before = _examples(gateway, "careful")
+    assert before[unsure].answer == "echo: which card fee applies"
+    assert disputed not in _examples(gateway, "promoted"), "a student's answer never teaches"
+
+    fixed = "The foreign card fee is 2.5%."
+    assert _label(gateway, request_id=unsure, choice="correction", answer=fixed).status_code == 201
+    assert _label(gateway, request_id=disputed, choice="student").status_code == 201
+
+    after = _examples(gateway, "careful")
+    assert after[unsure].answer == fixed and after[unsure].answer_source == "review"
+    promoted = _examples(gateway, "promoted")
+    assert promoted[disputed].answer == "student guess: refund for order 7"
+
+    dataset = build_dataset(gateway.state.store, curate(gateway.state.store, "careful"))
+    rows = gateway.rows(
+        "SELECT answer_source, label_id FROM dataset_items"
+        " WHERE dataset_id = {d:String} AND request_id = {r:UUID}",
+        d=dataset.dataset_id,
+        r=unsure,
+    )
+    assert rows and rows[0]["answer_source"] == "review" and rows[0]["label_id"]
+    held = [e for e in dataset.train + dataset.eval if e.request_id == unsure]
+    assert not held or held[0].answer == fixed
+
+    queue = _get(gateway, "/admin/api/review", key=REVIEWER_KEY).json()
+    assert unsure not in {q["request_id"] for q in queue["queue"]}, "labelled items leave"
+    assert any(
+        lb["request_id"] == unsure and lb["choice"] == "correction" for lb in queue["labels"]
+    )
+
+    # Excluding takes the request out of training altogether.
+    assert _label(gateway, request_id=unsure, choice="exclude").status_code == 201
+    assert unsure not in _examples(gateway, "careful")
+
+
+def test_label_errors(gateway: RunningGateway) -> None:
+    r = _label(gateway, request_id=str(uuid.uuid4()), choice="teacher")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
+    r = _label(gateway, request_id=str(uuid.uuid4()), choice="correction")
+    assert r.status_code == 422 and "correction" in r.json()["error"]["message"]
+    r = _label(gateway, request_id="x", choice="maybe")
+    assert r.status_code == 422
+    r = httpx.post(
+        gateway.base_url.removesuffix("/v1") + "/admin/api/review/labels",
+        json={"request_id": str(uuid.uuid4()), "choice": "teacher"},
+        headers={"authorization": f"Bearer {FINANCE_KEY}"},
+    )
+    assert r.status_code == 403
+
+
+def test_admin_views(gateway: RunningGateway) -> None:
+    routes = _get(gateway, "/admin/api/routes").json()
+    assert "promoted" in {r["route"] for r in routes["routes"]}
+    cands = _get(gateway, "/admin/api/candidates").json()["candidates"]
+    assert {"route": "promoted", "candidate": "ok", "state": "promoted"}.items() <= {
+        k: v
+        for c in cands
+        if (c["route"], c["candidate"]) == ("promoted", "ok")
+        for k, v in c.items()
+    }.items()
+    r = _get(gateway, "/admin/api/lineage", route="promoted")
+    assert r.status_code == 400
+    lineage = _get(gateway, "/admin/api/lineage", route="promoted", candidate="ok").json()
+    assert set(lineage) >= {"runs", "datasets", "makeup", "items"}
+    history = _get(gateway, "/admin/api/history", format="csv", table="events")
+    assert history.status_code == 200 and history.text.startswith("")
+
+
+@pytest.mark.skipif(
+    chromium_path() is None and not os.environ.get("CI"),
+    reason="chromium not installed (CI installs it)",
+)
+def test_dashboard_page_in_headless_chromium(
+    gateway: RunningGateway, known: list[dict[str, Any]]
+) -> None:
+    for i in range(3):
+        _ask(gateway, "promoted", f"dashboard traffic {i}")
+        _ask(gateway, "gpt-4o", f"teacher traffic {i}")
+    _ask(gateway, "careful", "dashboard unsure [[conf:0.1]]")
+    gateway.state.writer.flush()
+    base = gateway.base_url.removesuffix("/v1")
+    shot = artifacts_dir() / "dashboard.png"
+
+    async def visit() -> tuple[list[str], dict[str, Any]]:
+        async with Browser() as browser:
+            await browser.goto(f"{base}/dashboard")
+            assert await browser.evaluate("!!document.querySelector('form input[name=key]')")
+            await browser.submit_form("form", {"key": ADMIN_KEY})
+            await browser.wait_for("document.body.dataset.ready === '1'")
+            drawn = await browser.evaluate(
+                """(() => {
+                  const out = {};
+                  for (const c of document.querySelectorAll('canvas')) {
+                    const chart = Chart.getChart(c);
+                    const ctx = c.getContext('2d');
+                    const px = ctx.getImageData(0, 0, c.width, c.height).data;
+                    let painted = 0;
+                    for (let i = 3; i < px.length; i += 4) if (px[i]) painted++;
+                    out[c.id] = {chart: !!chart, points: chart ? chart.data.datasets
+                      .reduce((n, d) => n + d.data.length, 0) : 0, painted};
+                  }
+                  out.kpis = document.querySelectorAll('.kpi').length;
+                  out.tables = document.querySelectorAll('#finance-tables table').length;
+                  out.tabs = [...document.querySelectorAll('nav a')].map(a => a.textContent);
+                  return out;
+                })()"""
+            )
+            await browser.screenshot(shot)
+            for tab in drawn["tabs"][1:]:
+                await browser.evaluate(
+                    f"[...document.querySelectorAll('nav a')].find(a => a.textContent === "
+                    f"{tab!r}).click()"
+                )
+                await browser.wait_for(
+                    "document.querySelector('.view.active') &&"
+                    " document.querySelector('.view.active').children.length > 0"
+                )
+                await asyncio.sleep(0.3)
+            await browser.screenshot(artifacts_dir() / "dashboard-last-tab.png")
+            errors = browser.console_errors + await browser.evaluate("window.__flywheelErrors")
+            return errors, drawn
+
+    errors, drawn = asyncio.run(visit())
+    assert errors == []
+    assert drawn["tabs"] == ["Savings", "Routes", "Candidates", "History", "Lineage", "Review"]
+    charts = {k: v for k, v in drawn.items() if k.startswith("chart-")}
+    assert len(charts) == 5
+    for name, chart in charts.items():
+        assert chart["chart"] and chart["points"] > 0 and chart["painted"] > 1000, (name, chart)
+    assert drawn["kpis"] == 7 and drawn["tables"] >= 5
+    assert shot.stat().st_size > 20_000
