@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flywheel.policy_cli import add_commands
 
     add_commands(sub)
+    from flywheel.report_cli import add_command
+
+    add_command(sub)
     return parser
 
 
