@@ -443,3 +443,60 @@ def test_flywheel_report_prints_the_same_figures(
     )
     assert direct.returncode == 0, direct.stderr
     assert orjson.loads(direct.stdout)["totals"] == api["totals"]
+
+
+def _grafana_sql(sql: str, start: str, end: str, app: str = "__all") -> str:
+    """The ClickHouse plugin's macros and variables as Grafana would expand them."""
+    return (
+        sql.replace(
+            "$__timeFilter(hour)", f"hour >= toDateTime('{start}') AND hour < toDateTime('{end}')"
+        )
+        .replace("$__timeInterval(hour)", "toStartOfDay(hour)")
+        .replace("${app:singlequote}", f"'{app}'")
+        .replace("${team:singlequote}", "'__all'")
+    )
+
+
+def test_grafana_panels_show_the_dashboard_figures(
+    gateway: RunningGateway, known: list[dict[str, Any]]
+) -> None:
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "deploy/grafana/dashboards/flywheel-finance.json"
+    dashboard = orjson.loads(path.read_bytes())
+    api = _get(gateway, "/admin/api/finance", **{"from": "2021-02-01", "to": "2021-02-28"}).json()
+    shop = _get(
+        gateway, "/admin/api/finance", app="shop", **{"from": "2021-02-01", "to": "2021-02-28"}
+    ).json()
+    results = {}
+    for panel in dashboard["panels"]:
+        sql = panel["targets"][0]["rawSql"]
+        assert panel["datasource"]["uid"] == "flywheel-clickhouse"
+        results[panel["title"]] = gateway.rows(
+            _grafana_sql(sql, "2021-02-01 00:00:00", "2021-03-01 00:00:00")
+        )
+        if "${app:singlequote}" in sql and panel["title"] == "Spend":
+            only_shop = gateway.rows(
+                _grafana_sql(sql, "2021-02-01 00:00:00", "2021-03-01 00:00:00", app="shop")
+            )
+            assert Decimal(only_shop[0]["spend_usd"]) == Decimal(shop["totals"]["spend_usd"])
+    totals = api["totals"]
+    assert Decimal(results["Spend"][0]["spend_usd"]) == Decimal(totals["spend_usd"])
+    assert Decimal(results["Teacher baseline"][0]["baseline_usd"]) == Decimal(
+        totals["baseline_usd"]
+    )
+    assert Decimal(results["Savings"][0]["savings_usd"]) == Decimal(totals["savings_usd"])
+    assert round(results["Served by students"][0]["student_share_pct"], 2) == float(
+        totals["student_share_pct"]
+    )
+    by_app = {r["app"]: Decimal(r["spend_usd"]) for r in results["By app"]}
+    assert by_app == {r["app"]: Decimal(r["spend_usd"]) for r in api["by_app"]}
+    by_model = {r["model"]: Decimal(r["savings_usd"]) for r in results["By served model"]}
+    assert by_model == {r["model"]: Decimal(r["savings_usd"]) for r in api["by_model"]}
+    series = {
+        r["time"].date().isoformat(): Decimal(r["spend_usd"])
+        for r in results["Spend vs teacher baseline"]
+    }
+    assert series == {
+        s["bucket"][:10]: Decimal(s["spend_usd"]) for s in api["series"] if Decimal(s["spend_usd"])
+    }
