@@ -250,7 +250,7 @@ def run_demo(
         requests_sent=sent,
         seconds=time.monotonic() - t0,
         promoted_after_s=promoted_at[0] if promoted_at else None,
-        dashboard=f"{base_url.removesuffix('/v1')}/admin/policies",
+        dashboard=f"{base_url.removesuffix('/v1')}/dashboard",
         clickhouse=config.clickhouse_dsn,
     )
     console.print(_table(sent, result, result["seconds"]))
@@ -271,8 +271,9 @@ def run_demo(
             f"{float(a['agreement']):.1%} over {a['n']} audits"
         )
     console.print(
-        f"Next: {result['dashboard']} (admin key {ADMIN_KEY}), ClickHouse at "
-        f"{config.clickhouse_dsn} (`flywheel query` once the demo has exited)"
+        f"Next: the dashboard at {result['dashboard']} (sign in with {ADMIN_KEY}; run with "
+        f"--keep-serving to keep it up), or after the demo: `flywheel report --dsn "
+        f"{config.clickhouse_dsn}` and `flywheel query`"
     )
     if report:
         report.write_text(json.dumps(result, indent=2, default=str))
