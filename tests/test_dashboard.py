@@ -295,6 +295,20 @@ def test_review_label_wins_over_the_teacher_in_the_next_dataset(gateway: Running
         lb["request_id"] == unsure and lb["choice"] == "correction" for lb in queue["labels"]
     )
 
+    # Lineage: a model trained on that dataset traces back to the request and its label.
+    gateway.state.store.insert_rows(
+        "training_runs",
+        [["run-review-test", "careful", "ok", dataset.dataset_id, "local:tiny", datetime.now(UTC)]],
+        ["run_id", "route", "candidate", "dataset_id", "base", "created_at"],
+    )
+    lineage = _get(gateway, "/admin/api/lineage", route="careful", candidate="ok").json()
+    assert lineage["runs"][0]["dataset_id"] == dataset.dataset_id
+    traced = [i for i in lineage["items"] if i["request_id"] == unsure]
+    assert traced and traced[0]["answer_source"] == "review" and traced[0]["app"] == "shop"
+    assert {"split": traced[0]["split"], "answer_source": "review"}.items() <= next(
+        m for m in lineage["makeup"] if m["answer_source"] == "review"
+    ).items()
+
     # Excluding takes the request out of training altogether.
     assert _label(gateway, request_id=unsure, choice="exclude").status_code == 201
     assert unsure not in _examples(gateway, "careful")
@@ -329,8 +343,22 @@ def test_admin_views(gateway: RunningGateway) -> None:
     assert r.status_code == 400
     lineage = _get(gateway, "/admin/api/lineage", route="promoted", candidate="ok").json()
     assert set(lineage) >= {"runs", "datasets", "makeup", "items"}
-    history = _get(gateway, "/admin/api/history", format="csv", table="events")
-    assert history.status_code == 200 and history.text.startswith("")
+    from distiller.events import record_event
+
+    record_event(
+        gateway.state.store,
+        "promoted",
+        "ok",
+        "rollback",
+        "audit agreement 0.71 < 0.90 over the last 200 audits",
+        {"agreement": 0.71},
+        from_state="promoted",
+        to_state="rolled_back",
+    )
+    history = _get(gateway, "/admin/api/history", route="promoted").json()["events"]
+    assert history[0]["to_state"] == "rolled_back" and "0.71" in history[0]["reason"]
+    as_csv = _get(gateway, "/admin/api/history", route="promoted", format="csv", table="events")
+    assert as_csv.status_code == 200 and "rolled_back" in as_csv.text
 
 
 @pytest.mark.skipif(
@@ -500,3 +528,40 @@ def test_grafana_panels_show_the_dashboard_figures(
     assert series == {
         s["bucket"][:10]: Decimal(s["spend_usd"]) for s in api["series"] if Decimal(s["spend_usd"])
     }
+
+
+def test_month_projection_at_the_current_rate(gateway: RunningGateway) -> None:
+    from gateway.dashboard.filters import Filters
+    from gateway.dashboard.finance import projection
+
+    rows = []
+    for day in range(1, 15):  # March 1st to 14th 2021, one request a day at noon
+        at = datetime(2021, 3, day, 12, tzinfo=UTC)
+        rows.append(
+            {
+                "request_id": str(uuid.uuid4()),
+                "started_at": at.strftime("%Y-%m-%d %H:%M:%S.000"),
+                "app": "proj-app",
+                "team": "proj",
+                "kind": "request",
+                "cost_usd": f"0.00{day:02d}",
+                "baseline_cost_usd": "0.01",
+                "_started": at,
+            }
+        )
+    _insert(gateway, rows, "projection-rows")
+    now = datetime(2021, 3, 15, tzinfo=UTC)
+    p = projection(
+        gateway.state.store,
+        Filters.last_days(now=now).model_copy(update={"apps": ("proj-app",)}),
+        now=now,
+    )
+    mtd = sum(Decimal(r["cost_usd"]) for r in rows)
+    window = sum(Decimal(r["cost_usd"]) for r in rows if r["_started"] >= now - timedelta(days=7))
+    hours_left = Decimal(17 * 24)  # March 15th 00:00 to April 1st
+    expected = (mtd + window / 168 * hours_left).quantize(Decimal("0.000001"))
+    assert p["month"] == "2021-03" and p["month_to_date_spend_usd"] == mtd
+    assert p["projected_spend_usd"] == expected
+    assert p["projected_baseline_usd"] == (
+        Decimal("0.14") + Decimal("0.07") / 168 * hours_left
+    ).quantize(Decimal("0.000001"))

@@ -118,17 +118,19 @@ def series(store: Store, f: Filters) -> list[dict[str, Any]]:
 
 def projection(store: Store, f: Filters, now: datetime | None = None) -> dict[str, Any]:
     """This calendar month (UTC) at the current rate: month-to-date plus the trailing
-    7 days' hourly rate (or the rate since the first row, if newer) times the hours left.
+    7 days' hourly rate (or the rate since the first row ever, if newer) times the hours
+    left.
     Apps and teams filter it; the date range does not."""
     now = now or datetime.now(UTC)
     month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     next_month = (month + timedelta(days=32)).replace(day=1)
     hour_now = now.replace(minute=0, second=0, microsecond=0)
     mtd = totals(store, f.model_copy(update={"start": month, "end": next_month}))
-    window_start = max(now - timedelta(days=7), month - timedelta(days=7))
+    window_start = now - timedelta(days=7)
+    # Traffic that began less than 7 days ago: its rate is over the time since it began.
     first = store.query_rows(
         f"SELECT min(hour), count() FROM spend_hourly AS t WHERE {f.sql()}",
-        {**f.params(), "start": window_start.replace(tzinfo=None), "end": now.replace(tzinfo=None)},
+        {**f.params(), "start": datetime(1970, 1, 2), "end": now.replace(tzinfo=None)},
     )
     if first and int(first[0][1]) and first[0][0] is not None:
         window_start = max(window_start, first[0][0].replace(tzinfo=UTC))
