@@ -257,6 +257,8 @@ def test_review_label_wins_over_the_teacher_in_the_next_dataset(gateway: Running
     # An audited student answer that the teacher disagrees with.
     disputed = _ask(gateway, "promoted", "refund for order 7 [[differ]]")
     item = _queue_item(gateway, unsure)
+    other_app = _get(gateway, "/admin/api/review", key=REVIEWER_KEY, app="intranet").json()
+    assert unsure not in {q["request_id"] for q in other_app["queue"]}, "the app filter"
     assert item["source"] == "low_confidence" and item["score"] == 0.2
     assert item["student_answer"] == "echo: which card fee applies"
     assert item["teacher_answer"] == "echo: which card fee applies"
@@ -371,8 +373,8 @@ def test_dashboard_page_in_headless_chromium(
     for i in range(3):
         _ask(gateway, "promoted", f"dashboard traffic {i}")
         _ask(gateway, "gpt-4o", f"teacher traffic {i}")
-    _ask(gateway, "careful", "dashboard unsure [[conf:0.1]]")
-    gateway.state.writer.flush()
+    unsure = _ask(gateway, "careful", "dashboard unsure [[conf:0.1]]")
+    _queue_item(gateway, unsure)
     base = gateway.base_url.removesuffix("/v1")
     shot = artifacts_dir() / "dashboard.png"
 
@@ -412,8 +414,25 @@ def test_dashboard_page_in_headless_chromium(
                 )
                 await asyncio.sleep(0.3)
             await browser.screenshot(artifacts_dir() / "dashboard-last-tab.png")
-            errors = browser.console_errors + await browser.evaluate("window.__flywheelErrors")
-            return errors, drawn
+            page_errors = await browser.evaluate("window.__flywheelErrors")
+
+            # A reviewer sees only the queue, and labels an item with a click.
+            await browser.goto(f"{base}/dashboard/logout")
+            await browser.submit_form("form", {"key": REVIEWER_KEY})
+            await browser.wait_for("document.body.dataset.ready === '1'")
+            drawn["reviewer_tabs"] = await browser.evaluate(
+                "[...document.querySelectorAll('nav a')].map(a => a.textContent)"
+            )
+            card = f".review-item[data-request-id={unsure!r}]"
+            await browser.wait_for(f"!!document.querySelector({card!r})")
+            await browser.screenshot(artifacts_dir() / "dashboard-review.png")
+            await browser.evaluate(
+                f"[...document.querySelector({card!r}).querySelectorAll('button')]"
+                ".find(b => b.textContent === 'Teacher is right').click()"
+            )
+            await browser.wait_for(f"!document.querySelector({card!r})")
+            page_errors += await browser.evaluate("window.__flywheelErrors")
+            return browser.console_errors + page_errors, drawn
 
     errors, drawn = asyncio.run(visit())
     assert errors == []
@@ -424,6 +443,13 @@ def test_dashboard_page_in_headless_chromium(
         assert chart["chart"] and chart["points"] > 0 and chart["painted"] > 1000, (name, chart)
     assert drawn["kpis"] == 7 and drawn["tables"] >= 5
     assert shot.stat().st_size > 20_000
+    assert drawn["reviewer_tabs"] == ["Review"]
+    labels = gateway.rows(
+        "SELECT reviewer, choice, answer FROM review_labels WHERE request_id = {r:UUID}", r=unsure
+    )
+    assert labels == [
+        {"reviewer": "reviewer", "choice": "teacher", "answer": "echo: dashboard unsure"}
+    ]
 
 
 def test_flywheel_report_prints_the_same_figures(

@@ -123,7 +123,11 @@ def review_queue(
         )
     items = store.query_dicts(audits_sql.replace("{only}", only_audit), params)
     items += store.query_dicts(escalated_sql.replace("{only}", only_esc), params)
-    return _attach_requests(store, items)
+    return [
+        item
+        for item in _attach_requests(store, items)
+        if (not f.apps or item["app"] in f.apps) and (not f.teams or item["team"] in f.teams)
+    ]
 
 
 def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, Any]:

@@ -226,7 +226,7 @@ function reviewCard(item) {
   const prompt = item.messages.map((m) => `${m.role}: ${typeof m.content === "string" ? m.content : JSON.stringify(m.content)}`).join("\n");
   const correction = el("textarea", { placeholder: "Or write the correct answer…" });
   const why = item.source === "audit" ? `audit agreement ${item.score}` : `student confidence ${item.score}`;
-  return el("div", { class: "review-item" },
+  return el("div", { class: "review-item", "data-request-id": item.request_id },
     el("div", {}, el("span", { class: "pill" }, item.source), ` ${item.route} / ${item.candidate} · ${item.app} · ${why} · ${item.at}`),
     el("pre", { class: "prompt" }, prompt),
     el("div", { class: "answers" },
