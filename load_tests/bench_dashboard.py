@@ -29,8 +29,10 @@ INSERT INTO requests (request_id, started_at, finished_at, app, team, route, ser
                       served_by, kind, status, input_tokens, output_tokens, cost_usd,
                       baseline_cost_usd)
 SELECT generateUUIDv4(number),
-       toDateTime64({start:DateTime}, 3) + toIntervalMillisecond((number * 7919) % {span_ms:UInt64}),
-       toDateTime64({start:DateTime}, 3) + toIntervalMillisecond((number * 7919) % {span_ms:UInt64}),
+       toDateTime64({start:DateTime}, 3)
+           + toIntervalMillisecond((number * 7919) % {span_ms:UInt64}),
+       toDateTime64({start:DateTime}, 3)
+           + toIntervalMillisecond((number * 7919) % {span_ms:UInt64}),
        concat('app-', toString(number % 20)),
        concat('team-', toString(number % 5)),
        concat('route-', toString(number % 10)),

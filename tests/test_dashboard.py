@@ -152,6 +152,13 @@ def test_finance_figures_are_exact_sums_of_known_rows(
 
     assert report["bucket"] == "day"
     by_day = _expected([{**x, "day": x["_started"].date().isoformat()} for x in known], "day")
+    by_day_app = _expected(
+        [{**x, "key": (x["_started"].date().isoformat(), x["app"])} for x in known], "key"
+    )
+    assert report["split"] == "app"
+    assert {
+        (s["bucket"][:10], s["app"]): Decimal(s["spend_usd"]) for s in report["series_split"]
+    } == {k: v["spend"] for k, v in by_day_app.items()}
     series = {s["bucket"][:10]: Decimal(s["spend_usd"]) for s in report["series"]}
     assert len(series) == 28, "every day of the range, empty days as zero"
     assert {d: v for d, v in series.items() if v} == {
@@ -183,6 +190,10 @@ def test_filters_and_csv_export(gateway: RunningGateway, known: list[dict[str, A
 
     bad = _get(gateway, "/admin/api/finance", format="csv", table="nope", **window)
     assert bad.status_code == 400 and "by_app" in bad.json()["error"]["message"]
+    routes = _get(gateway, "/admin/api/finance", split="route", **window).json()
+    assert {s["route"] for s in routes["series_split"]} == {"support", "promoted"}
+    bad = _get(gateway, "/admin/api/finance", split="colour", **window)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "split"
     bad = _get(gateway, "/admin/api/finance", **{"from": "last tuesday"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
 
@@ -438,7 +449,7 @@ def test_dashboard_page_in_headless_chromium(
     assert errors == []
     assert drawn["tabs"] == ["Savings", "Routes", "Candidates", "History", "Lineage", "Review"]
     charts = {k: v for k, v in drawn.items() if k.startswith("chart-")}
-    assert len(charts) == 5
+    assert len(charts) == 6
     for name, chart in charts.items():
         assert chart["chart"] and chart["points"] > 0 and chart["painted"] > 1000, (name, chart)
     assert drawn["kpis"] == 7 and drawn["tables"] >= 5

@@ -99,7 +99,16 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
 async def get_finance(request: Request) -> Response:
     state = _state(request, FINANCE_ROLES)
     f = Filters.from_query(request.query_params)
-    return _respond(request, await _run(finance.finance_report, state.store, f), "finance")
+    split = request.query_params.get("split", "app")
+    if split not in finance.DIMENSIONS:
+        raise ApiError(
+            400,
+            f"`split` must be one of: {', '.join(finance.DIMENSIONS)}.",
+            code="invalid_filter",
+            param="split",
+        )
+    report = await _run(finance.finance_report, state.store, f, None, split)
+    return _respond(request, report, "finance")
 
 
 async def get_routes(request: Request) -> Response:

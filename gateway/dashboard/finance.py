@@ -116,6 +116,23 @@ def series(store: Store, f: Filters) -> list[dict[str, Any]]:
     return out
 
 
+def series_split(store: Store, f: Filters, dimension: str) -> list[dict[str, Any]]:
+    """Spend, baseline and savings per bucket and per app, team, model or route (only the
+    buckets and keys that have rows)."""
+    column = DIMENSIONS[dimension]
+    expr = "hour" if bucket_of(f) == "hour" else "toStartOfDay(hour)"
+    rows = store.query_dicts(
+        f"SELECT {expr} AS bucket, {column} AS {dimension}, {_SUMS} FROM spend_hourly AS t "
+        f"WHERE {f.sql()} GROUP BY bucket, {column} ORDER BY bucket, {dimension}",
+        f.params(),
+    )
+    out = []
+    for r in rows:
+        r["bucket"] = r["bucket"].replace(tzinfo=UTC).isoformat()
+        out.append(_finish(r))
+    return out
+
+
 def projection(store: Store, f: Filters, now: datetime | None = None) -> dict[str, Any]:
     """This calendar month (UTC) at the current rate: month-to-date plus the trailing
     7 days' hourly rate (or the rate since the first row ever, if newer) times the hours
@@ -158,8 +175,11 @@ def projection(store: Store, f: Filters, now: datetime | None = None) -> dict[st
     }
 
 
-def finance_report(store: Store, f: Filters, now: datetime | None = None) -> dict[str, Any]:
-    """Everything the finance page shows, as tables (lists of rows) and two summaries."""
+def finance_report(
+    store: Store, f: Filters, now: datetime | None = None, split: str = "app"
+) -> dict[str, Any]:
+    """Everything the finance page shows, as tables (lists of rows) and two summaries;
+    `split` picks the dimension of the over-time breakdown."""
     from gateway.dashboard.quality import quality_by_candidate
 
     report: dict[str, Any] = {
@@ -169,6 +189,8 @@ def finance_report(store: Store, f: Filters, now: datetime | None = None) -> dic
         "totals": totals(store, f),
         "projection": projection(store, f, now),
         "series": series(store, f),
+        "split": split,
+        "series_split": series_split(store, f, split),
         "quality": quality_by_candidate(store, f),
     }
     for dim in DIMENSIONS:
@@ -176,4 +198,4 @@ def finance_report(store: Store, f: Filters, now: datetime | None = None) -> dic
     return report
 
 
-TABLES = ("series", "by_app", "by_team", "by_model", "by_route", "quality")
+TABLES = ("series", "series_split", "by_app", "by_team", "by_model", "by_route", "quality")

@@ -92,7 +92,8 @@ function draw(id, config) {
 }
 
 async function loadFinance() {
-  const q = filterQuery();
+  const split = document.getElementById("split").value;
+  const q = filterQuery({ split });
   const r = await api(`/admin/api/finance?${q}`);
   const t = r.totals, p = r.projection;
   const audited = r.quality.filter((x) => x.audits > 0);
@@ -121,7 +122,20 @@ async function loadFinance() {
     ] },
     options: { scales: { y: { ticks: { callback: (v) => usd(v) } } } },
   });
-  draw("chart-share", {
+  const keys = [...new Set(r.series_split.map((s) => s[split]))];
+  const bucketOf = (b) => r.bucket === "hour" ? b.slice(5, 16).replace("T", " ") : b.slice(0, 10);
+  draw("chart-split", {
+    type: "bar",
+    data: { labels, datasets: keys.map((k, i) => ({
+      label: k || "(none)",
+      backgroundColor: COLORS[i % COLORS.length],
+      data: labels.map((lb) => r.series_split
+        .filter((s) => s[split] === k && bucketOf(s.bucket) === lb)
+        .reduce((n, s) => n + Number(s.spend_usd), 0)),
+    })) },
+    options: { scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: (v) => usd(v) } } } },
+  });
+    draw("chart-share", {
     type: "line",
     data: { labels, datasets: [{ label: "Student share", data: r.series.map((s) => s.student_share_pct === null ? 0 : Number(s.student_share_pct)), borderColor: COLORS[4], backgroundColor: COLORS[4], fill: false }] },
     options: { scales: { y: { min: 0, max: 100 } } },
@@ -146,7 +160,7 @@ async function loadFinance() {
     options: { scales: { y: { min: 0, max: 100 } } },
   });
 
-  const csv = (name) => `/admin/api/finance?${filterQuery({ format: "csv", table: name })}`;
+  const csv = (name) => `/admin/api/finance?${filterQuery({ split, format: "csv", table: name })}`;
   const money = ["requests", "user_requests", "student_requests", "student_share_pct", "spend_usd", "baseline_usd", "savings_usd", "savings_pct", "overhead_usd", "input_tokens", "output_tokens"];
   document.getElementById("finance-tables").replaceChildren(
     table("Quality next to savings", r.quality, csv("quality")),
@@ -155,6 +169,7 @@ async function loadFinance() {
     table("By model", r.by_model, csv("by_model"), ["model", ...money]),
     table("By route", r.by_route, csv("by_route"), ["route", ...money]),
     table(`Over time (per ${r.bucket})`, r.series, csv("series"), ["bucket", ...money]),
+    table(`Over time by ${split} (per ${r.bucket})`, r.series_split, csv("series_split"), ["bucket", split, ...money]),
   );
   document.body.dataset.charts = String(Object.keys(charts).length);
 }
@@ -290,6 +305,7 @@ async function main() {
     nav.append(el("a", { "data-view": name, onclick: () => show(name) }, v.dataset.title));
   }
   form.addEventListener("submit", (e) => { e.preventDefault(); show(current); });
+  document.getElementById("split").addEventListener("change", () => show("finance"));
   await show(views[0].id.slice(5));
   document.body.dataset.ready = "1";
 }
