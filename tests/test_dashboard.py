@@ -318,6 +318,7 @@ def test_review_label_wins_over_the_teacher_in_the_next_dataset(gateway: Running
     assert lineage["runs"][0]["dataset_id"] == dataset.dataset_id
     traced = [i for i in lineage["items"] if i["request_id"] == unsure]
     assert traced and traced[0]["answer_source"] == "review" and traced[0]["app"] == "shop"
+    assert traced[0]["prompt"] == "which card fee applies [[conf:0.2]]"
     assert {"split": traced[0]["split"], "answer_source": "review"}.items() <= next(
         m for m in lineage["makeup"] if m["answer_source"] == "review"
     ).items()

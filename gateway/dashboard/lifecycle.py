@@ -149,7 +149,10 @@ def lineage(store: Store, route: str, candidate: str, limit: int = 200) -> dict[
         store.query_dicts(
             "SELECT toString(d.request_id) AS request_id, d.split AS split,"
             " d.answer_source AS answer_source, d.label_id AS label_id, r.app AS app,"
-            " r.started_at AS started_at, substring(r.messages, 1, 300) AS prompt"
+            " r.started_at AS started_at,"
+            # The last turn's text: what the request asked, without the shared system prompt.
+            " substring(JSONExtractString(arrayElement(JSONExtractArrayRaw(r.messages), -1),"
+            " 'content'), 1, 300) AS prompt"
             " FROM dataset_items AS d INNER JOIN"
             " (SELECT request_id, app, started_at, messages FROM requests"
             "  WHERE request_id IN (SELECT request_id FROM dataset_items"

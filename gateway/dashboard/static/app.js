@@ -168,7 +168,8 @@ async function loadFinance() {
     table("By team", r.by_team, csv("by_team"), ["team", ...money]),
     table("By model", r.by_model, csv("by_model"), ["model", ...money]),
     table("By route", r.by_route, csv("by_route"), ["route", ...money]),
-    table(`Over time (per ${r.bucket})`, r.series, csv("series"), ["bucket", ...money]),
+    // Empty buckets stay in the charts and the CSV; the table lists the ones with traffic.
+    table(`Over time (per ${r.bucket})`, r.series.filter((s) => s.requests > 0), csv("series"), ["bucket", ...money]),
     table(`Over time by ${split} (per ${r.bucket})`, r.series_split, csv("series_split"), ["bucket", split, ...money]),
   );
   document.body.dataset.charts = String(Object.keys(charts).length);
