@@ -53,6 +53,7 @@ async function api(path, options = {}) {
 
 // --- tables ---------------------------------------------------------------------------
 
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/;
 const NUMERIC = /(_usd|_pct|requests|tokens|audits|examples|steps|seconds|loss|agreement|lower|size|rows)$/;
 
 function table(title, rows, csvHref, columns) {
@@ -70,7 +71,9 @@ function table(title, rows, csvHref, columns) {
   for (const r of rows) {
     t.append(el("tr", {}, ...columns.map((c) => {
       const v = r[c];
-      const text = v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+      let text = v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+      // Timestamps read as "2026-11-21 12:13:59" (UTC, like the page); the CSV keeps them whole.
+      if (ISO.test(text)) text = text.slice(0, 19).replace("T", " ").replace(" 00:00:00", "");
       return el("td", { class: NUMERIC.test(c) ? "num" : "" }, text);
     })));
   }
