@@ -35,6 +35,11 @@ def test_clickhouse_outage_spools_and_replays_every_row(gateway: RunningGateway)
     store, metrics = gateway.state.store, gateway.state.metrics
     client = _client(gateway)
     before = metrics.rows_spooled.labels("requests")._value.get()
+    rollup_sql = (
+        "SELECT sum(t.requests) AS n, sum(t.cost_usd) AS cost FROM spend_hourly AS t"
+        " WHERE route = 'support' AND app = 'shop'"
+    )
+    rollup_before = gateway.rows(rollup_sql)[0]
     store.command("DETACH TABLE requests")  # ClickHouse stops accepting rows for it
     try:
         ids = [
@@ -69,6 +74,13 @@ def test_clickhouse_outage_spools_and_replays_every_row(gateway: RunningGateway)
         ids=ids,
     )
     assert rows[0]["n"] == rows[0]["u"] == len(ids)
+    # The finance rollups saw every replayed row once, to the nano-dollar.
+    rollup_after = gateway.rows(rollup_sql)[0]
+    cost = gateway.rows(
+        "SELECT sum(cost_usd) AS c FROM requests WHERE request_id IN {ids:Array(UUID)}", ids=ids
+    )[0]["c"]
+    assert rollup_after["n"] - rollup_before["n"] == len(ids)
+    assert rollup_after["cost"] - rollup_before["cost"] == cost > 0
 
 
 def test_client_disconnect_mid_stream_is_logged(gateway: RunningGateway) -> None:
