@@ -29,7 +29,6 @@ import orjson
 from distiller.metrics import answer_text
 from distiller.training import Example
 from flywheel.store import Store
-from gateway.dashboard.review import labels_of_route
 from gateway.escalation import prompt_text
 
 REASONS = (
@@ -126,6 +125,17 @@ def _exclusion(row: dict[str, Any], label: tuple[str, str, str] | None) -> str |
     if label is None and row["rated_down"]:
         return "negative_feedback"
     return None
+
+
+def labels_of_route(store: Store, route: str) -> dict[str, tuple[str, str, str]]:
+    """request id -> (label_id, choice, answer) of the latest review label of each
+    request (`gateway/dashboard/review.py` writes them)."""
+    rows = store.query_rows(
+        "SELECT toString(request_id), toString(argMax(label_id, at)), argMax(choice, at), "
+        "argMax(answer, at) FROM review_labels WHERE route = {r:String} GROUP BY request_id",
+        {"r": route},
+    )
+    return {str(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
 
 
 def curate(store: Store, route: str, near_duplicate_threshold: float = 0.9) -> Curated:

@@ -20,8 +20,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-MONEY = ("spend_usd", "baseline_usd", "savings_usd", "overhead_usd")
-
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}

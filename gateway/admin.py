@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -15,6 +14,7 @@ from starlette.responses import Response
 
 from gateway.auth import require_role
 from gateway.bodies import read_json, validate
+from gateway.dashboard.api import json_response
 from gateway.errors import ApiError
 from gateway.routing import RequestFacts, fingerprint_system_prompt
 from gateway.state import GatewayState
@@ -33,10 +33,6 @@ class ExplainRequest(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
 def _admin(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gw
     require_role(state.keys.authenticate(request.headers), "admin")
@@ -46,7 +42,7 @@ def _admin(request: Request) -> GatewayState:
 async def get_policies(request: Request) -> Response:
     state = _admin(request)
     router = state.router
-    return _json(
+    return json_response(
         {
             **state.policy_status,
             "serving_version": router.policy_version,
@@ -91,11 +87,11 @@ async def explain_route(request: Request) -> Response:
     req = validate(ExplainRequest, body)
     assert isinstance(req, ExplainRequest)
     try:
-        return _json(state.router.explain(facts_for(state, req)))
+        return json_response(state.router.explain(facts_for(state, req)))
     except ApiError as e:
         if e.code != "model_not_found":
             raise
-        return _json(
+        return json_response(
             {"route": None, "why": e.message, "policy_version": state.router.policy_version},
             status=404,
         )

@@ -25,6 +25,9 @@ from gateway.app import build_app, build_state
 from gateway.config import GatewayConfig
 from gateway.state import GatewayState
 
+# The dashboard tests' shared data and helpers.
+pytest_plugins = ["tests.dashboard_data"]
+
 APP_KEY = "sk-test-app"
 OTHER_KEY = "sk-test-other"
 ADMIN_KEY = "sk-test-admin"

@@ -21,6 +21,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth import Principal
 from gateway.bodies import read_json, validate
 from gateway.dashboard import finance, lifecycle, review
 from gateway.dashboard.filters import Filters
@@ -86,10 +87,9 @@ def _respond(request: Request, body: dict[str, Any], name: str) -> Response:
     return csv_response(body[table], f"{name}-{table}")
 
 
-def _state(request: Request, roles: tuple[str, ...]) -> GatewayState:
+def _auth(request: Request, *roles: str) -> tuple[GatewayState, Principal]:
     state: GatewayState = request.app.state.gw
-    principal(state.keys, request, *roles)
-    return state
+    return state, principal(state.keys, request, *roles)
 
 
 async def _run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -97,7 +97,7 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 async def get_finance(request: Request) -> Response:
-    state = _state(request, FINANCE_ROLES)
+    state, _ = _auth(request, *FINANCE_ROLES)
     f = Filters.from_query(request.query_params)
     split = request.query_params.get("split", "app")
     if split not in finance.DIMENSIONS:
@@ -112,24 +112,24 @@ async def get_finance(request: Request) -> Response:
 
 
 async def get_routes(request: Request) -> Response:
-    state = _state(request, ADMIN_ROLES)
+    state, _ = _auth(request, *ADMIN_ROLES)
     return _respond(request, lifecycle.routes(state), "routes")
 
 
 async def get_candidates(request: Request) -> Response:
-    state = _state(request, ADMIN_ROLES)
+    state, _ = _auth(request, *ADMIN_ROLES)
     return _respond(request, await _run(lifecycle.candidates, state.store), "candidates")
 
 
 async def get_history(request: Request) -> Response:
-    state = _state(request, ADMIN_ROLES)
+    state, _ = _auth(request, *ADMIN_ROLES)
     f = Filters.from_query(request.query_params)
     route = request.query_params.get("route", "")
     return _respond(request, await _run(lifecycle.history, state.store, f, route), "history")
 
 
 async def get_lineage(request: Request) -> Response:
-    state = _state(request, ADMIN_ROLES)
+    state, _ = _auth(request, *ADMIN_ROLES)
     route = request.query_params.get("route", "")
     candidate = request.query_params.get("candidate", "")
     if not route or not candidate:
@@ -142,7 +142,7 @@ async def get_lineage(request: Request) -> Response:
 
 
 async def get_review(request: Request) -> Response:
-    state = _state(request, REVIEW_ROLES)
+    state, _ = _auth(request, *REVIEW_ROLES)
     f = Filters.from_query(request.query_params)
     queue, labels = await asyncio.gather(
         _run(review.review_queue, state.store, f),
@@ -152,8 +152,7 @@ async def get_review(request: Request) -> Response:
 
 
 async def post_label(request: Request) -> Response:
-    state: GatewayState = request.app.state.gw
-    who = principal(state.keys, request, *REVIEW_ROLES)
+    state, who = _auth(request, *REVIEW_ROLES)
     body = validate(review.LabelRequest, await read_json(request, 256 * 1024))
     assert isinstance(body, review.LabelRequest)
     saved = await _run(review.save_label, state.store, body, who.key_id)
@@ -161,8 +160,7 @@ async def post_label(request: Request) -> Response:
 
 
 async def get_me(request: Request) -> Response:
-    state: GatewayState = request.app.state.gw
-    who = principal(state.keys, request, *FINANCE_ROLES, *REVIEW_ROLES)
+    state, who = _auth(request, *FINANCE_ROLES, *REVIEW_ROLES)
     apps = sorted(state.config.apps)
     teams = sorted({a.team for a in state.config.apps.values()})
     return json_response({"key_id": who.key_id, "role": who.role, "apps": apps, "teams": teams})

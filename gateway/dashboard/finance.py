@@ -191,10 +191,10 @@ def finance_report(
         "series": series(store, f),
         "split": split,
         "series_split": series_split(store, f, split),
-        "quality": quality_by_candidate(store, f),
     }
     for dim in DIMENSIONS:
         report[f"by_{dim}"] = breakdown(store, f, dim)
+    report["quality"] = quality_by_candidate(store, f, report["by_route"])
     return report
 
 

@@ -22,11 +22,13 @@ from gateway.errors import ApiError
 from gateway.state import GatewayState
 
 STATIC = Path(__file__).parent / "static"
+# Read once: the pages are templates shipped with the package, not user data.
+LOGIN_PAGE = (STATIC / "login.html").read_text()
+DASHBOARD_PAGE = (STATIC / "index.html").read_text()
 
 
 def _login(message: str, status: int) -> HTMLResponse:
-    page = (STATIC / "login.html").read_text()
-    return HTMLResponse(page.replace("{{message}}", html.escape(message)), status_code=status)
+    return HTMLResponse(LOGIN_PAGE.replace("{{message}}", html.escape(message)), status_code=status)
 
 
 async def dashboard(request: Request) -> Response:
@@ -36,7 +38,7 @@ async def dashboard(request: Request) -> Response:
     except ApiError as e:
         # Not signed in: the form, as a normal page; a key of the wrong role: refused.
         return _login(e.message, 403) if e.status == 403 else _login("", 200)
-    return HTMLResponse((STATIC / "index.html").read_text(), headers={"cache-control": "no-store"})
+    return HTMLResponse(DASHBOARD_PAGE, headers={"cache-control": "no-store"})
 
 
 async def login(request: Request) -> Response:

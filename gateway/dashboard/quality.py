@@ -35,17 +35,16 @@ SELECT route, candidate, argMax(state, updated_at) AS state,
 FROM candidate_states GROUP BY route, candidate
 """
 
-_SAVINGS = """
-SELECT route, sum(cost_usd) AS spend_usd, sum(baseline_cost_usd) AS baseline_usd
-FROM spend_hourly WHERE {where} GROUP BY route
-"""
-
 
 def _pct(x: float | None) -> Decimal | None:
     return None if x is None else Decimal(str(round(x * 100, 2)))
 
 
-def quality_by_candidate(store: Store, f: Filters) -> list[dict[str, Any]]:
+def quality_by_candidate(
+    store: Store, f: Filters, by_route: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`by_route`: the finance breakdown by route for the same filters (its savings are
+    shown beside each candidate)."""
     params = f.params()
     keyed: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -82,16 +81,11 @@ def quality_by_candidate(store: Store, f: Filters) -> list[dict[str, Any]]:
             audits=n,
             audit_agreement_pct=_pct(float(r["agreement_sum"]) / n) if n else None,
         )
-    savings = {
-        r["route"]: (r["baseline_usd"] - r["spend_usd"], r["baseline_usd"])
-        for r in store.query_dicts(_SAVINGS.format(where=f.sql()), params)
-    }
+    savings = {r["route"]: r for r in by_route}
     out = []
     for (route, _), r in sorted(keyed.items()):
-        saved, baseline = savings.get(route, (Decimal(0), Decimal(0)))
-        r["route_savings_usd"] = saved
-        r["route_savings_pct"] = (
-            (saved * 100 / baseline).quantize(Decimal("0.01")) if baseline else None
-        )
+        route_row = savings.get(route)
+        r["route_savings_usd"] = route_row["savings_usd"] if route_row else Decimal(0)
+        r["route_savings_pct"] = route_row["savings_pct"] if route_row else None
         out.append(r)
     return out

@@ -28,29 +28,35 @@ from gateway.errors import ApiError
 
 DISAGREE_BELOW = 0.5
 
+# `{which}` selects: the unlabelled items of a date range (the queue), or one request's.
 _AUDITS = """
 SELECT toString(a.request_id) AS request_id, 'audit' AS source, route, candidate, at,
        agreement AS score, student_answer, teacher_answer
 FROM audits AS a
-WHERE at >= {start:DateTime} AND at < {end:DateTime} AND agreement < {below:Float64}
-  AND a.request_id NOT IN (SELECT request_id FROM review_labels)
-  {only}
+WHERE agreement < {below:Float64} AND {which}
 ORDER BY score, at DESC
 LIMIT {limit:UInt32}
 """
 # (Columns are qualified where an alias shares their name: ClickHouse would read the alias.)
+_QUEUED_AUDITS = (
+    "at >= {start:DateTime} AND at < {end:DateTime}"
+    " AND a.request_id NOT IN (SELECT request_id FROM review_labels)"
+)
+_ONE_AUDIT = "a.request_id = toUUID({rid:String})"
 
 _ESCALATED = """
 SELECT parent_id AS request_id, 'low_confidence' AS source, route, candidate,
        started_at AS at, confidence AS score, response AS student_response
 FROM requests
-WHERE kind = 'escalated' AND status = 'ok'
-  AND started_at >= {start:DateTime} AND started_at < {end:DateTime}
-  AND toUUIDOrZero(parent_id) NOT IN (SELECT request_id FROM review_labels)
-  {only}
+WHERE kind = 'escalated' AND status = 'ok' AND {which}
 ORDER BY score, at DESC
 LIMIT {limit:UInt32}
 """
+_QUEUED_ESCALATED = (
+    "started_at >= {start:DateTime} AND started_at < {end:DateTime}"
+    " AND toUUIDOrZero(parent_id) NOT IN (SELECT request_id FROM review_labels)"
+)
+_ONE_ESCALATED = "parent_id = {rid:String}"
 
 _REQUESTS = """
 SELECT toString(r.request_id) AS request_id, app, team, messages, response, served_model
@@ -103,40 +109,36 @@ def _attach_requests(store: Store, items: list[dict[str, Any]]) -> list[dict[str
     return out
 
 
-def review_queue(
-    store: Store, f: Filters, limit: int = 50, request_id: str | None = None
+def _items(
+    store: Store, audits_which: str, escalated_which: str, params: dict[str, Any]
 ) -> list[dict[str, Any]]:
+    params = {"below": DISAGREE_BELOW, **params}
+    items = store.query_dicts(_AUDITS.replace("{which}", audits_which), params)
+    items += store.query_dicts(_ESCALATED.replace("{which}", escalated_which), params)
+    return _attach_requests(store, items)
+
+
+def review_queue(store: Store, f: Filters, limit: int = 50) -> list[dict[str, Any]]:
     """Unlabelled audit disagreements (least agreement first), then the least confident
-    escalated student answers. With `request_id`, that request's item, labelled or not."""
-    params: dict[str, Any] = {**f.params(), "below": DISAGREE_BELOW, "limit": limit}
-    only_audit = only_esc = ""
-    audits_sql, escalated_sql = _AUDITS, _ESCALATED
-    if request_id is not None:
-        params["rid"] = request_id
-        only_audit = "AND a.request_id = toUUID({rid:String})"
-        only_esc = "AND parent_id = {rid:String}"
-        audits_sql = audits_sql.replace(
-            "AND a.request_id NOT IN (SELECT request_id FROM review_labels)", ""
-        )
-        escalated_sql = escalated_sql.replace(
-            "AND toUUIDOrZero(parent_id) NOT IN (SELECT request_id FROM review_labels)", ""
-        )
-    items = store.query_dicts(audits_sql.replace("{only}", only_audit), params)
-    items += store.query_dicts(escalated_sql.replace("{only}", only_esc), params)
+    escalated student answers."""
+    items = _items(store, _QUEUED_AUDITS, _QUEUED_ESCALATED, {**f.params(), "limit": limit})
     return [
         item
-        for item in _attach_requests(store, items)
+        for item in items
         if (not f.apps or item["app"] in f.apps) and (not f.teams or item["team"] in f.teams)
     ]
 
 
+def queue_item(store: Store, request_id: str) -> dict[str, Any] | None:
+    """The request's review item, labelled or not; None when it never needed review."""
+    items = _items(store, _ONE_AUDIT, _ONE_ESCALATED, {"rid": request_id, "limit": 1})
+    return items[0] if items else None
+
+
 def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, Any]:
     """Store the reviewer's verdict; 404 when the request is not in the review queue."""
-    everything = Filters(
-        start=datetime(1970, 1, 2, tzinfo=UTC), end=datetime(2200, 1, 1, tzinfo=UTC)
-    )
-    items = review_queue(store, everything, limit=1, request_id=label.request_id)
-    if not items:
+    item = queue_item(store, label.request_id)
+    if item is None:
         raise ApiError(
             404,
             f"Request {label.request_id} is not in the review queue (no audit disagreement "
@@ -144,7 +146,6 @@ def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, An
             code="not_found",
             param="request_id",
         )
-    item = items[0]
     answer = {
         "student": item["student_answer"],
         "teacher": item["teacher_answer"],
@@ -164,16 +165,6 @@ def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, An
     }
     store.insert_rows("review_labels", [list(row.values())], list(row))
     return {**row, "at": row["at"].isoformat()}
-
-
-def labels_of_route(store: Store, route: str) -> dict[str, tuple[str, str, str]]:
-    """request id -> (label_id, choice, answer) of the latest label of each request."""
-    rows = store.query_rows(
-        "SELECT toString(request_id), toString(argMax(label_id, at)), argMax(choice, at), "
-        "argMax(answer, at) FROM review_labels WHERE route = {r:String} GROUP BY request_id",
-        {"r": route},
-    )
-    return {str(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
 
 
 def recent_labels(store: Store, limit: int = 100) -> list[dict[str, Any]]:

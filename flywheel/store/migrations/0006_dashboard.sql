@@ -35,8 +35,8 @@ FROM requests
 WHERE (SELECT count() FROM spend_hourly) = 0
 GROUP BY hour, app, team, route, served_model, served_by, kind;
 
--- A batch the source table drops as a duplicate (a replayed spool batch) never reaches the
--- view, so retries do not double-count.
+-- A replayed spool batch is dropped here as in `requests`: the writer's inserts set
+-- `deduplicate_blocks_in_dependent_materialized_views`, and this table keeps a dedup window.
 CREATE MATERIALIZED VIEW IF NOT EXISTS spend_hourly_mv TO spend_hourly AS
 SELECT toStartOfHour(started_at) AS hour, app, team, route, served_model, served_by, kind,
        count() AS requests, countIf(status = 'ok') AS ok_requests,
