@@ -84,9 +84,11 @@ def test_review_label_wins_over_the_teacher_in_the_next_dataset(gateway: Running
     traced = [i for i in lineage["items"] if i["request_id"] == unsure]
     assert traced and traced[0]["answer_source"] == "review" and traced[0]["app"] == "shop"
     assert traced[0]["prompt"] == "which card fee applies [[conf:0.2]]"
-    assert {"split": traced[0]["split"], "answer_source": "review"}.items() <= next(
-        m for m in lineage["makeup"] if m["answer_source"] == "review"
-    ).items()
+    # (Other tests label requests of this route too: find the make-up row of this one's split.)
+    assert any(
+        m["split"] == traced[0]["split"] and m["answer_source"] == "review" and m["examples"] >= 1
+        for m in lineage["makeup"]
+    )
 
     # Excluding takes the request out of training altogether.
     assert _label(gateway, request_id=unsure, choice="exclude").status_code == 201
