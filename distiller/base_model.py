@@ -6,7 +6,8 @@ text, a small Llama-style config, and a short domain-adaptive pretraining on tha
 saved with `save_pretrained` and every later step loads it with `from_pretrained`, the same
 path a user's Qwen or Llama takes.
 
-Invariant: `load(path_or_id)` is the only way a base reaches training or evaluation.
+Invariant: `students.loading.load(path_or_id)` is the only way a base reaches training,
+evaluation or serving.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from students.loading import CHAT_TEMPLATE, load
+
+__all__ = ["CHAT_TEMPLATE", "build_tiny_base", "is_local_tiny", "load"]
+
 log = logging.getLogger("flywheel.base_model")
 
-# A chat template with no model-specific markup: `<|role|>` headers and an end token.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 SPECIAL = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
 
 
@@ -135,16 +135,3 @@ def _pretrain(model: Any, tokenizer: Any, texts: list[str], steps: int) -> list[
 
 def is_local_tiny(path: str | Path) -> bool:
     return (Path(path) / "flywheel_base.json").exists()
-
-
-def load(path_or_id: str | Path) -> tuple[Any, Any]:
-    """The model and tokenizer, by hub id or local path, through `from_pretrained`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
-    model = AutoModelForCausalLM.from_pretrained(str(path_or_id))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return model, tokenizer

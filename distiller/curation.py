@@ -26,10 +26,10 @@ from typing import Any
 
 import orjson
 
-from distiller.metrics import answer_text
-from distiller.training import Example
-from flywheel.store import Store
-from gateway.escalation import prompt_text
+from contracts.agreement import answer_text
+from contracts.openai_shapes import content_text, prompt_text
+from distiller.examples import Example
+from store import Store
 
 REASONS = (
     "not_teacher",
@@ -71,12 +71,7 @@ _WS = re.compile(r"\s+")
 
 def normalise_prompt(messages: list[dict[str, Any]]) -> str:
     """Case- and whitespace-blind text of the whole prompt (system + user turns)."""
-    parts = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        parts.append(f"{m.get('role')}: {content or ''}")
+    parts = [f"{m.get('role')}: {content_text(m.get('content'))}" for m in messages]
     return _WS.sub(" ", "\n".join(parts)).strip().lower()
 
 
@@ -89,7 +84,7 @@ def _near_duplicates(texts: list[str], threshold: float = 0.9) -> list[bool]:
     least `threshold`. Blockwise sparse products: fine to ~10^5 prompts on one machine."""
     if not texts:
         return []
-    from gateway.escalation import PromptIndex
+    from contracts.prompt_index import PromptIndex
 
     matrix = PromptIndex.build(texts).matrix
     dropped = [False] * len(texts)

@@ -22,8 +22,8 @@ import orjson
 
 from distiller.curation import Curated
 from distiller.events import record_event
-from distiller.training import Example
-from flywheel.store import Store
+from distiller.examples import Example
+from store import Store
 
 
 def split_of(prompt_key: str, eval_fraction: float) -> str:

@@ -1,6 +1,6 @@
 """Evaluation: the candidate answers every eval prompt; agreement with the teacher decides.
 
-Scores use the route's gate metric (`distiller.metrics`); `llm_judge` asks the teacher
+Scores use the route's gate metric (`contracts.agreement`); `llm_judge` asks the teacher
 through the gateway's upstream client. The gate passes when the lower bound of the 95%
 Wilson interval of agreement reaches the threshold on at least `min_examples` examples.
 The student's confidence (geometric mean of its token probabilities) is kept per example,
@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from distiller.generation import Request, generate_batch, load_student
-from distiller.metrics import agreement, judge_messages, parse_judgement
-from distiller.training import Example
-from flywheel.store import Store
-from gateway.model_config import ModelConfig
+from contracts.agreement import agreement, judge_messages, parse_judgement
+from contracts.model_config import ModelConfig
+from distiller.examples import Example
+from store import Store
+from students.generation import Request, generate_batch, load_student
 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
 
@@ -55,6 +55,17 @@ class ExampleResult:
     teacher: str
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The answers a candidate keeps at a confidence threshold, and how good they are."""
+
+    min_confidence: float
+    coverage: float
+    agreement: float
+    wilson_lower: float
+    kept: int
+
+
 @dataclass
 class EvalReport:
     run_id: str
@@ -63,6 +74,7 @@ class EvalReport:
     threshold: float
     min_examples: int
     results: list[ExampleResult] = field(default_factory=list)
+    min_coverage: float | None = None  # set: the selective gate
 
     @property
     def n(self) -> int:
@@ -75,8 +87,36 @@ class EvalReport:
     def lower_bound(self, confidence: float = 0.95) -> float:
         return wilson_lower(sum(r.agree for r in self.results), self.n, confidence)
 
+    def selection(self, confidence: float = 0.95) -> Selection | None:
+        """The lowest confidence threshold (largest coverage) at which the Wilson lower
+        bound of agreement over the kept answers reaches `threshold`, or None. Answers with
+        equal confidence are kept or escalated together, as the router would."""
+        ranked = sorted(self.results, key=lambda r: -r.confidence)
+        best: Selection | None = None
+        agree = 0
+        for k, r in enumerate(ranked, start=1):
+            agree += r.agree
+            if k < len(ranked) and ranked[k].confidence == r.confidence:
+                continue  # a threshold cannot split a tie
+            lower = wilson_lower(agree, k, confidence)
+            if lower >= self.threshold:
+                best = Selection(r.confidence, k / len(ranked), agree / k, lower, k)
+        return best
+
     def passed(self, confidence: float = 0.95) -> bool:
-        return self.n >= self.min_examples and self.lower_bound(confidence) >= self.threshold
+        if self.n < self.min_examples:
+            return False
+        if self.min_coverage is None:
+            return self.lower_bound(confidence) >= self.threshold
+        chosen = self.selection(confidence)
+        return chosen is not None and chosen.coverage >= self.min_coverage
+
+    def serving_threshold(self, confidence: float = 0.95) -> float | None:
+        """The confidence below which the router escalates, when the gate is selective."""
+        if self.min_coverage is None:
+            return None
+        chosen = self.selection(confidence)
+        return chosen.min_confidence if chosen is not None else None
 
     def coverage_curve(self, points: int = 20) -> list[dict[str, float]]:
         """For confidence thresholds from high to low: the share of traffic the student
@@ -153,10 +193,11 @@ def evaluate(
     min_examples: int,
     fields: list[str] | None = None,
     judge: Judge | None = None,
+    min_coverage: float | None = None,
 ) -> EvalReport:
     if metric == "llm_judge" and judge is None:
         raise ValueError("metric llm_judge needs a judge: teacher_judge(<route's teacher>)")
-    report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples)
+    report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples, [], min_coverage)
     answers = generate(model_path, [e.prompt for e in examples])
     for ex, (answer, confidence) in zip(examples, answers, strict=True):
         if judge is not None and metric == "llm_judge":
@@ -172,6 +213,7 @@ def evaluate(
 def store_report(
     store: Store, report: EvalReport, route: str, candidate: str, confidence: float = 0.95
 ) -> None:
+    chosen = report.selection(confidence) if report.min_coverage is not None else None
     store.insert_rows(
         "eval_results",
         [
@@ -216,6 +258,9 @@ def store_report(
                 report.passed(confidence),
                 orjson.dumps(report.coverage_curve()).decode(),
                 datetime.now(UTC),
+                report.serving_threshold(confidence),
+                chosen.coverage if chosen is not None else 1.0,
+                report.min_coverage,
             ]
         ],
         [
@@ -231,5 +276,8 @@ def store_report(
             "passed",
             "coverage_curve",
             "created_at",
+            "min_confidence",
+            "coverage",
+            "min_coverage",
         ],
     )

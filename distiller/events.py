@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.store import Store
+from store import Store
 
 _COLUMNS = [
     "event_id",

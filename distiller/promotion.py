@@ -21,48 +21,80 @@ from typing import Any
 
 import orjson
 
+from contracts.agreement import agreement, answer_text
+from contracts.policy import Route
+from contracts.states import CandidateState, as_state, may_move
 from distiller.evaluation import AGREE_AT, wilson_lower
 from distiller.events import record_event
-from distiller.metrics import agreement, answer_text
-from flywheel.store import Store
-from gateway.policy import Route
+from store import Store
 
 
 @dataclass(frozen=True)
 class State:
-    state: str
+    state: CandidateState
     version: str
     dataset_id: str
+    min_confidence: float | None = None
 
 
 def current(store: Store, route: str, candidate: str) -> State | None:
     rows = store.query_rows(
         "SELECT argMax(state, updated_at), argMax(version, updated_at), "
-        "argMax(dataset_id, updated_at) FROM candidate_states "
+        "argMax(dataset_id, updated_at), argMax(min_confidence, updated_at) "
+        "FROM candidate_states "
         "WHERE route = {r:String} AND candidate = {c:String} GROUP BY route, candidate",
         {"r": route, "c": candidate},
     )
-    return State(str(rows[0][0]), str(rows[0][1]), str(rows[0][2])) if rows else None
+    if not rows:
+        return None
+    threshold = rows[0][3]
+    return State(
+        as_state(str(rows[0][0])),
+        str(rows[0][1]),
+        str(rows[0][2]),
+        None if threshold is None else float(threshold),
+    )
 
 
 def transition(
     store: Store,
     route: str,
     candidate: str,
-    to_state: str,
+    to_state: CandidateState,
     reason: str,
     evidence: dict[str, Any],
     version: str = "",
     dataset_id: str = "",
+    min_confidence: float | None = None,
 ) -> None:
+    """Write the candidate's new state (what the router reads) and the event that says why.
+    A new run sets its own version, dataset and escalation threshold; a move along the
+    rollout keeps those of the run it promotes."""
     before = current(store, route, candidate)
+    if not may_move(before.state if before else "untrained", to_state):
+        raise ValueError(
+            f"{route}/{candidate}: {before.state if before else 'untrained'} → "
+            f"{to_state} is not a legal move (contracts/states.py)"
+        )
+    fresh_run = bool(version)
     version = version or (before.version if before else "")
     dataset_id = dataset_id or (before.dataset_id if before else "")
+    if not fresh_run and before is not None:
+        min_confidence = before.min_confidence
     now = datetime.now(UTC)
     store.insert_rows(
         "candidate_states",
-        [[route, candidate, version, to_state, now, reason, dataset_id]],
-        ["route", "candidate", "version", "state", "updated_at", "reason", "dataset_id"],
+        [[route, candidate, version, to_state, now, reason, dataset_id, min_confidence]],
+        [
+            "route",
+            "candidate",
+            "version",
+            "state",
+            "updated_at",
+            "reason",
+            "dataset_id",
+            "min_confidence",
+        ],
     )
     record_event(
         store,
@@ -85,8 +117,10 @@ def after_evaluation(
     dataset_id: str,
     passed: bool,
     evidence: dict[str, Any],
-) -> str:
+    min_confidence: float | None = None,
+) -> CandidateState:
     """Enter the rollout (or fail) after a gate; returns the new state."""
+    state: CandidateState
     if "publish_error" in evidence:
         state, reason = "trained", f"gate passed but not published: {evidence['publish_error']}"
     elif not passed:
@@ -97,7 +131,9 @@ def after_evaluation(
         state, reason = "canary", "gate passed; no shadow stage"
     else:
         state, reason = "promoted", "gate passed; no shadow or canary stage"
-    transition(store, route.name, candidate, state, reason, evidence, run_id, dataset_id)
+    transition(
+        store, route.name, candidate, state, reason, evidence, run_id, dataset_id, min_confidence
+    )
     return state
 
 
@@ -144,7 +180,7 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
             if n >= route.rollout.shadow_min_examples:
                 lower = wilson_lower(agree, n, route.gate.confidence)
                 ok = lower >= route.gate.threshold
-                to = (
+                to: CandidateState = (
                     ("canary" if route.rollout.canary_share > 0 else "promoted") if ok else "failed"
                 )
                 why = (

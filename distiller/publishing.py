@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.model_config import ModelConfig
+from contracts.model_config import ModelConfig
 
 
 class PublishError(RuntimeError):
@@ -41,7 +41,7 @@ def publish(model: ModelConfig, run_dir: Path, timeout_s: float = 300) -> str:
         adapter = run_dir / "adapter"
         if not adapter.exists():
             raise PublishError("vLLM serves LoRA runs at run time; deploy a merged run as a model")
-        from distiller.vllm_client import VllmAdapters
+        from students.vllm_client import VllmAdapters
 
         client = VllmAdapters(model.api_base, model.api_key())
         try:

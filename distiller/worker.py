@@ -24,17 +24,23 @@ from typing import Any
 import httpx
 import orjson
 
+from contracts.bases import CandidateKind
+from contracts.model_config import ModelConfig
+from contracts.openai_shapes import role_text
+from contracts.policy import Gate, PolicySet, Route, Training
+from contracts.pricing import price_table
 from distiller.base_model import build_tiny_base
+from distiller.bases import BaseUnavailable
+from distiller.bases import resolve as resolve_base
+from distiller.classifier import NotAClosedSet, split_calibration, train_classifier
 from distiller.curation import curate
 from distiller.datasets import build_dataset
 from distiller.evaluation import EvalReport, evaluate, store_report, teacher_judge
+from distiller.examples import Example
 from distiller.promotion import advance, after_evaluation
 from distiller.publishing import PublishError, publish
-from distiller.training import Example, TrainConfig, TrainResult, train
-from flywheel.store import Store
-from gateway.model_config import ModelConfig
-from gateway.policy import Gate, PolicySet, Route
-from gateway.pricing import price_table
+from distiller.training import TrainResult, train
+from store import Store
 
 log = logging.getLogger("flywheel.distiller")
 
@@ -49,23 +55,33 @@ def _in_last_dataset(store: Store, route: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def _base_for(base: str, texts: list[str], dirs: Path, settings: dict[str, Any]) -> str:
-    if base in ("", "local:tiny") or base.startswith("local:"):
-        return str(
-            build_tiny_base(
-                texts, dirs / "base", pretrain_steps=int(settings.get("pretrain_steps", 200))
-            )
-        )
-    return base
+def _base_for(base: str, texts: list[str], dirs: Path, settings: Training) -> str:
+    """A loadable base: `local:tiny` built for this run, named bases from the model store
+    (`dirs` is `<store>/<route>/<candidate>/<run>`), anything else as given."""
+    if base in ("", "local:tiny"):
+        return str(build_tiny_base(texts, dirs / "base", pretrain_steps=settings.pretrain_steps))
+    return resolve_base(base, dirs.parents[2], lambda line: log.info("%s", line))
+
+
+def _dev_split(
+    train_set: list[Example], settings: Training
+) -> tuple[list[Example], list[Example] | None]:
+    """Examples held out of a generator's training for early stopping: only when there are
+    enough to spare (200+) and patience is on."""
+    if settings.early_stopping_patience == 0 or len(train_set) < 200:
+        return train_set, None
+    fit, dev = split_calibration(train_set, settings.calibration_fraction)
+    return (fit, dev) if dev else (train_set, None)
 
 
 def train_and_evaluate(
+    kind: CandidateKind,
     base_spec: str,
     texts: list[str],
     train_set: list[Example],
     eval_set: list[Example],
     dirs: Path,
-    settings: dict[str, Any],
+    settings: Training,
     run_id: str,
     eval_set_id: str,
     gate: Gate,
@@ -73,7 +89,11 @@ def train_and_evaluate(
 ) -> tuple[TrainResult, EvalReport]:
     """The heavy half of a run, with no store access: safe to run in a subprocess."""
     base = _base_for(base_spec, texts, dirs, settings)
-    result = train(base, train_set, dirs, TrainConfig.model_validate(settings))
+    if kind == "classifier":
+        result = train_classifier(base, train_set, dirs, settings)
+    else:
+        fit, dev = _dev_split(train_set, settings)
+        result = train(base, fit, dirs, settings, dev)
     judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
     report = evaluate(
         result.merged,
@@ -85,6 +105,7 @@ def train_and_evaluate(
         gate.min_examples,
         gate.fields,
         judge,
+        gate.min_coverage,
     )
     return result, report
 
@@ -108,12 +129,12 @@ def distill_route(
 ) -> dict[str, Any]:
     """One pass for one workload. `runner` runs `train_and_evaluate` (inline, or in a
     subprocess when the caller shares its process with the gateway)."""
-    settings = dict(route.training)
+    settings = route.training
     curated = curate(store, route.name)
     # New = curated examples the last dataset did not hold (erasures cannot make it negative).
     known = _in_last_dataset(store, route.name)
     new = sum(1 for ex in curated.examples if ex.request_id not in known)
-    needed = int(settings.get("min_new_examples", 200))
+    needed = settings.min_new_examples
     summary: dict[str, Any] = {
         "route": route.name,
         "curated": len(curated.examples),
@@ -128,7 +149,7 @@ def distill_route(
         summary["skipped"] = f"{new} new examples < {needed}"
         summary["changes"] = advance(store, route, prices)
         return summary
-    ds = build_dataset(store, curated, float(settings.get("eval_fraction", 0.2)))
+    ds = build_dataset(store, curated, settings.eval_fraction)
     summary.update(
         dataset_id=ds.dataset_id,
         train=len(ds.train),
@@ -136,29 +157,38 @@ def distill_route(
         eval_set=ds.eval_set_id,
         runs=[],
     )
-    texts = [
-        m.get("content") or ""
-        for ex in ds.train
-        for m in ex.prompt
-        if isinstance(m.get("content"), str)
-    ] + [ex.answer for ex in ds.train]
-    cfg = TrainConfig.model_validate(settings)
+    # A tiny base pretrains on the users' turns and the answers, and on each distinct system
+    # prompt once (its tokenizer must cover it), not once per example.
+    systems = {t for ex in ds.train for t in role_text(ex.prompt, ("system", "developer"))}
+    texts = sorted(systems) + [
+        t for ex in ds.train for t in (*role_text(ex.prompt, ("user",)), ex.answer)
+    ]
     for cand in route.candidates:
         run_id = f"{route.name}-{cand.name}-{uuid.uuid4().hex[:8]}"
         dirs = model_dir / route.name / cand.name / run_id
-        result, report = runner(
-            train_and_evaluate,
-            cand.base,
-            texts,
-            ds.train,
-            ds.eval,
-            dirs,
-            settings,
-            run_id,
-            ds.eval_set_id,
-            route.gate,
-            policies.models[route.teacher],
-        )
+        try:
+            result, report = runner(
+                train_and_evaluate,
+                cand.kind,
+                cand.resolved_base,
+                texts,
+                ds.train,
+                ds.eval,
+                dirs,
+                settings,
+                run_id,
+                ds.eval_set_id,
+                route.gate,
+                policies.models[route.teacher],
+            )
+        except (NotAClosedSet, BaseUnavailable) as e:
+            # Not a training failure to retry: the candidate cannot serve this route as set.
+            reason = f"cannot train: {e}"
+            state = after_evaluation(
+                store, route, cand.name, run_id, ds.dataset_id, False, {"error": str(e)}
+            )
+            summary["runs"].append({"candidate": cand.name, "state": state, "error": reason})
+            continue
         store.insert_rows(
             "training_runs",
             [
@@ -167,8 +197,8 @@ def distill_route(
                     route.name,
                     cand.name,
                     ds.dataset_id,
-                    cand.base or "local:tiny",
-                    cfg.model_dump_json(),
+                    cand.resolved_base,
+                    settings.model_dump_json(),
                     result.losses,
                     result.steps,
                     result.seconds,
@@ -206,6 +236,15 @@ def distill_route(
             "threshold": route.gate.threshold,
             "min_examples": route.gate.min_examples,
         }
+        serving_threshold = report.serving_threshold(route.gate.confidence)
+        if route.gate.min_coverage is not None:
+            chosen = report.selection(route.gate.confidence)
+            evidence.update(
+                min_coverage=route.gate.min_coverage,
+                coverage=chosen.coverage if chosen else 0.0,
+                kept_agreement=chosen.agreement if chosen else 0.0,
+                min_confidence=serving_threshold,
+            )
         passed = report.passed(route.gate.confidence)
         if passed:
             # A student may serve only once its endpoint has it loaded.
@@ -213,7 +252,9 @@ def distill_route(
                 evidence["published"] = publish(policies.models[cand.model], dirs)
             except (PublishError, httpx.HTTPError) as e:
                 evidence["publish_error"] = str(e)
-        state = after_evaluation(store, route, cand.name, run_id, ds.dataset_id, passed, evidence)
+        state = after_evaluation(
+            store, route, cand.name, run_id, ds.dataset_id, passed, evidence, serving_threshold
+        )
         summary["runs"].append(
             {
                 **evidence,

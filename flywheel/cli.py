@@ -7,21 +7,14 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.config import ConfigError, GatewayConfig, load_config
-
-
-def _load(path: str) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        print(f"config error:\n{e}", file=sys.stderr)
-        raise SystemExit(2) from e
+from flywheel.config_file import load_or_exit as _load
+from gateway.config import ConfigError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import build_app, build_state
+    from flywheel.serve import build_gateway
 
     config = _load(args.config)
     if args.host:
@@ -29,11 +22,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port:
         config.server.port = args.port
     try:
-        state = build_state(config)
+        state, app = build_gateway(config)
     except ConfigError as e:
         print(f"config error:\n{e}", file=sys.stderr)
         return 2
-    app = build_app(state)
     # The log writer thread does pure-Python batch work; with the default 5 ms GIL switch
     # interval the event loop can wait that long for it (measured: p99 overhead 4.5 ms).
     sys.setswitchinterval(0.0001)
@@ -58,7 +50,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.store import open_store
+    from store import open_store
 
     config = _load(args.config)
     store = open_store(config.clickhouse_dsn)
@@ -79,8 +71,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     import json
 
     from distiller.worker import run
-    from flywheel.store import open_store
     from gateway.config import load_policy_set
+    from store import open_store
 
     config = _load(args.config)
     policies = load_policy_set(config)
@@ -107,8 +99,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_students_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from distiller.generation import load_student
-    from distiller.student_server import StudentServer, build_student_app
+    from students.generation import load_student
+    from students.server import StudentServer, build_student_app
 
     server = StudentServer(max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000)
     for spec in args.model:

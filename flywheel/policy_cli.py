@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from contracts.policy import PolicyFile, PolicySet, load_policies
+from contracts.yaml_source import ConfigError
 from gateway.config import GatewayConfig, load_config, load_policy_set
-from gateway.policy import PolicyFile, PolicySet, load_policies
-from gateway.yaml_source import ConfigError
 
 # Keys only a gateway config has: a file with any of them is checked as one.
 _GATEWAY_KEYS = set(GatewayConfig.model_fields) - set(PolicyFile.model_fields)
@@ -90,9 +90,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
         print(json.dumps(r.json(), indent=2))
         return 0 if r.status_code == 200 else 1
+    from contracts.errors import ApiError
     from gateway.admin import ExplainRequest, facts_for
     from gateway.app import build_state
-    from gateway.errors import ApiError
 
     try:
         state = build_state(load_config(args.config))
@@ -112,7 +112,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from gateway.routing import fingerprint_system_prompt
+    from contracts.openai_shapes import fingerprint_system_prompt
 
     print(fingerprint_system_prompt([{"role": "system", "content": args.text}]))
     return 0

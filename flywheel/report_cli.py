@@ -20,6 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from flywheel.config_file import load_or_exit
+
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -52,10 +54,10 @@ def fetch(url: str, key: str, params: dict[str, Any]) -> dict[str, Any]:
 def compute(dsn: str, params: dict[str, Any]) -> dict[str, Any]:
     from starlette.datastructures import QueryParams
 
-    from flywheel.store import StoreUnavailable, open_store
     from gateway.dashboard.api import json_response
     from gateway.dashboard.filters import Filters
     from gateway.dashboard.finance import finance_report
+    from store import StoreUnavailable, open_store
 
     try:
         store = open_store(dsn)
@@ -155,9 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if not args.config:
                 print("give --config, --dsn or --url", file=sys.stderr)
                 return 2
-            from flywheel.cli import _load
-
-            dsn = _load(args.config).clickhouse_dsn
+            dsn = load_or_exit(args.config).clickhouse_dsn
         report = compute(dsn, params)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -12,11 +12,12 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
+from contracts.errors import ApiError
+from contracts.openai_shapes import fingerprint_system_prompt
 from gateway.auth import require_role
 from gateway.bodies import read_json, validate
 from gateway.dashboard.api import json_response
-from gateway.errors import ApiError
-from gateway.routing import RequestFacts, fingerprint_system_prompt
+from gateway.routing import RequestFacts
 from gateway.state import GatewayState
 
 

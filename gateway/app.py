@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import subprocess
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,13 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flywheel.store import Store, StoreUnavailable, server_store
+from contracts.errors import ApiError
 from gateway import admin, openai_api
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
-from gateway.errors import ApiError
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
 from gateway.log_writer import LogWriter
@@ -35,24 +33,18 @@ from gateway.policy_reload import PolicyReloader, build_router
 from gateway.spool import Spool
 from gateway.state import GatewayState
 from gateway.upstream import Upstreams
+from store import Store, StoreUnavailable, server_store
 
 log = logging.getLogger("flywheel.gateway")
 
 
-def start_students(config: GatewayConfig) -> subprocess.Popen[bytes]:
-    """The student server as a child process: generation never shares the gateway's GIL."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "flywheel.cli",
-        "students",
-        "serve",
-        "--port",
-        str(config.students.port),
-    ]
-    for name, path in config.students.models.items():
-        cmd += ["--model", f"{name}={path}"]
-    return subprocess.Popen(cmd)
+class Companion(Protocol):
+    """Something that runs beside the gateway for its lifetime (the composition root adds
+    the student server and the distiller); the gateway never imports what it starts."""
+
+    def start(self, state: GatewayState) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
@@ -94,7 +86,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return ApiError(500, "The gateway hit an internal error.", code="internal_error").response()
 
 
-def build_app(state: GatewayState) -> Starlette:
+def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
@@ -107,19 +99,10 @@ def build_app(state: GatewayState) -> Starlette:
         reloader.mark_loaded(state.router)
         await reloader.refresh_states()
         watcher = asyncio.create_task(reloader.run())
-        students = start_students(state.config) if state.config.students.enabled else None
-        distiller = None
-        if state.config.distiller.enabled:
-            from distiller.worker import EmbeddedDistiller
-
-            cfg = state.config.distiller
-            distiller = EmbeddedDistiller(
-                state.store,
-                lambda: state.router.policies,
-                cfg.model_dir or state.config.data_dir / "models",
-                cfg.interval_s,
-            )
-            distiller.start()
+        started: list[Companion] = []
+        for companion in companions:
+            companion.start(state)
+            started.append(companion)
         # Long-lived start-up objects leave the collector's view, and young collections run
         # less often: full collections over them showed as multi-ms latency tails.
         gc.freeze()
@@ -128,10 +111,8 @@ def build_app(state: GatewayState) -> Starlette:
             yield
         finally:
             watcher.cancel()
-            if students is not None:
-                students.terminate()
-            if distiller is not None:
-                distiller.stop()
+            for companion in reversed(started):
+                companion.stop()
             if state.background:
                 await asyncio.wait(state.background, timeout=10)
             await asyncio.to_thread(state.writer.close)

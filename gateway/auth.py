@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 
+from contracts.errors import ApiError
 from gateway.config import GatewayConfig
-from gateway.errors import ApiError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
 from starlette.requests import Request
 
-from gateway.errors import ApiError
+from contracts.errors import ApiError
 
 
 class _Open(BaseModel):
@@ -35,6 +35,8 @@ class ChatRequest(_Open):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
+    # Output checks read it before the answer is sent: it must be an object.
+    response_format: dict[str, Any] | None = None
     metadata: dict[str, StrictStr] | None = None
     tags: list[StrictStr] | None = None
 

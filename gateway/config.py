@@ -1,7 +1,7 @@
 """The gateway's YAML configuration, typed with pydantic.
 
 Infrastructure (data dir, server, ClickHouse, log writer), apps and keys live here; routes
-may be written inline or in policy files (`policies:`), see `gateway/policy.py`.
+may be written inline or in policy files (`policies:`), see `contracts/policy.py`.
 
 Invariant: a `GatewayConfig` that loaded without error has keys that point at known apps;
 whether its routes are servable is checked when the policies load (`load_policy_set`).
@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
-from gateway.model_config import ModelConfig, PriceOverride, Strict
-from gateway.policy import PolicySet, Route, load_policies
-from gateway.yaml_source import (
+from contracts.model_config import ModelConfig, PriceOverride, Strict
+from contracts.policy import PolicySet, Route, load_policies
+from contracts.yaml_source import (
     ConfigError,
     format_validation_error,
     load_yaml_with_lines,

@@ -18,12 +18,15 @@ from typing import Any, TypeVar
 import orjson
 from uuid_utils import uuid7
 
-from distiller.metrics import agreement, answer_text, judge_messages, parse_judgement
+from contracts.agreement import agreement, answer_text, judge_messages, parse_judgement
+from contracts.openai_shapes import without_stream
+from contracts.states import RowKind
+from gateway.context import RequestContext
 from gateway.escalation import confidence_of, confidence_reason
 from gateway.request_log import RequestRecord, utc_timestamp
-from gateway.routing import Decision, Target
+from gateway.routing import Target
 from gateway.state import GatewayState
-from gateway.streaming import replay, without_stream
+from gateway.streaming import replay
 from gateway.upstream import UpstreamError, UpstreamStream
 
 log = logging.getLogger("flywheel.dispatch")
@@ -42,12 +45,9 @@ def _upstream_body(body: dict[str, Any], target: Target) -> dict[str, Any]:
     return out
 
 
-async def _attempts(
-    decision: Decision,
-    rec: RequestRecord,
-    call: Callable[[Target], Awaitable[T]],
-) -> T:
+async def _attempts(ctx: RequestContext, call: Callable[[Target], Awaitable[T]]) -> T:
     """Try the primary target, then each fallback; record who finally served and why."""
+    decision, rec = ctx.chosen, ctx.record
     errors: list[str] = []
     first_error: UpstreamError | None = None
     for target in (decision.primary, *decision.fallbacks):
@@ -81,12 +81,11 @@ class Escalated(Exception):
         self.reason = reason
 
 
-def _checks_confidence(decision: Decision, endpoint: str) -> bool:
-    return (
-        decision.primary.served_by == "student"
-        and decision.route.escalation.min_confidence is not None
-        and endpoint == "chat.completions"
-    )
+def _min_confidence(ctx: RequestContext) -> float | None:
+    """The escalation threshold for this request's student, if its answer is checked."""
+    if ctx.endpoint != "chat.completions":
+        return None
+    return ctx.chosen.min_confidence(ctx.router.states)
 
 
 def _drop_logprobs(answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -96,81 +95,63 @@ def _drop_logprobs(answer: dict[str, Any], body: dict[str, Any]) -> dict[str, An
     return answer
 
 
-async def call(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-) -> bytes:
-    decision, answer = await _student_first(state, decision, rec, endpoint, body)
+async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
+    """The whole answer from the decided target (or its fallbacks)."""
+    answer = await _student_first(ctx, body)
     if answer is not None:
         return orjson.dumps(answer)
+    upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> bytes:
-        return await state.upstreams.call(
-            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        return await upstreams.call(
+            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
         )
 
-    return await _attempts(decision, rec, one)
+    return await _attempts(ctx, one)
 
 
-async def stream(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-) -> UpstreamStream:
+async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
     """Fallbacks apply until the first byte; after that the stream is committed. A student
     whose confidence is checked answers whole first (students are local and fast), and its
     answer is then replayed as a stream."""
-    decision, answer = await _student_first(state, decision, rec, endpoint, body)
+    answer = await _student_first(ctx, body)
     if answer is not None:
         return replay(answer)
+    upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> UpstreamStream:
-        return await state.upstreams.stream(
-            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        return await upstreams.stream(
+            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
         )
 
-    return await _attempts(decision, rec, one)
+    return await _attempts(ctx, one)
 
 
-async def _student_first(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-) -> tuple[Decision, dict[str, Any] | None]:
+async def _student_first(ctx: RequestContext, body: dict[str, Any]) -> dict[str, Any] | None:
     """On a route that escalates on confidence, the student answers whole first: its answer
-    if it stands, else the decision sent past the student."""
-    if not _checks_confidence(decision, endpoint):
-        return decision, None
+    if it stands; else the context's decision is escalated past the student."""
+    threshold = _min_confidence(ctx)
+    if threshold is None:
+        return None
     try:
-        answer = await _confident_student(state, decision, rec, endpoint, without_stream(body))
+        answer = await _confident_student(ctx, without_stream(body), threshold)
     except Escalated as e:
-        return decision.escalate(e.reason), None
-    return decision, _drop_logprobs(answer, body)
+        ctx.decide(ctx.chosen.escalate(e.reason))
+        return None
+    return _drop_logprobs(answer, body)
 
 
 async def _confident_student(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
+    ctx: RequestContext, body: dict[str, Any], threshold: float
 ) -> dict[str, Any]:
     """The student's answer if it is sure enough; raises Escalated otherwise (a student that
     fails escalates too: that is its fallback)."""
-    target = decision.primary
-    threshold = decision.route.escalation.min_confidence
-    assert threshold is not None
+    rec = ctx.record
+    target = ctx.chosen.primary
     try:
-        raw = await state.upstreams.call(
+        raw = await ctx.state.upstreams.call(
             target.model,
-            endpoint,
+            ctx.endpoint,
             {**_upstream_body(body, target), "logprobs": True},
             timeout_s=target.timeout_s,
         )
@@ -187,7 +168,7 @@ async def _confident_student(
         child = _child(rec, "escalated", target, reason)
         child.response = answer
         child.finish("ok", 200)
-        state.writer.submit(child)
+        ctx.state.writer.submit(child)
         raise Escalated(reason)
     rec.served_model, rec.served_by = target.model_name, target.served_by
     rec.candidate, rec.route_reason = target.candidate, target.reason
@@ -204,7 +185,7 @@ def spawn(state: GatewayState, coro: Awaitable[None]) -> None:
     task.add_done_callback(state.background.discard)
 
 
-def _child(parent: RequestRecord, kind: str, target: Target, reason: str) -> RequestRecord:
+def _child(parent: RequestRecord, kind: RowKind, target: Target, reason: str) -> RequestRecord:
     return replace(
         parent,
         request_id=str(uuid7()),
@@ -238,53 +219,45 @@ def reject_student_answer(
 
 
 async def _background_call(
-    state: GatewayState, rec: RequestRecord, target: Target, endpoint: str, body: dict[str, Any]
+    ctx: RequestContext, rec: RequestRecord, target: Target, body: dict[str, Any]
 ) -> dict[str, Any] | None:
     body = without_stream(body)
     try:
-        raw = await state.upstreams.call(
-            target.model, endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+        raw = await ctx.state.upstreams.call(
+            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
         )
         rec.response = orjson.loads(raw)
         rec.finish("ok", 200)
     except (UpstreamError, orjson.JSONDecodeError) as e:
         rec.error = getattr(e, "message", str(e))
         rec.finish("timeout" if getattr(e, "kind", "") == "timeout" else "upstream_error", 502)
-    state.writer.submit(rec)
+    ctx.state.writer.submit(rec)
     return rec.response
 
 
-async def shadow(
-    state: GatewayState,
-    decision: Decision,
-    parent: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-) -> None:
-    assert decision.shadow is not None
-    rec = _child(parent, "shadow", decision.shadow, decision.shadow.reason)
-    await _background_call(state, rec, decision.shadow, endpoint, body)
+async def shadow(ctx: RequestContext) -> None:
+    """The shadow candidate answers a copy; its row is all that comes of it."""
+    target = ctx.chosen.shadow
+    assert target is not None
+    rec = _child(ctx.record, "shadow", target, target.reason)
+    await _background_call(ctx, rec, target, ctx.upstream_body)
 
 
 async def audit(
-    state: GatewayState,
-    decision: Decision,
-    parent: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-    student_answer: dict[str, Any] | None,
+    ctx: RequestContext, body: dict[str, Any], student_answer: dict[str, Any] | None
 ) -> None:
     """Re-ask the teacher what the student answered and record whether they agree."""
+    decision, parent = ctx.chosen, ctx.record
     teacher = decision.fallbacks[0]
     rec = _child(parent, "audit", teacher, f"audit of {parent.candidate}")
-    teacher_answer = await _background_call(state, rec, teacher, endpoint, body)
+    teacher_answer = await _background_call(ctx, rec, teacher, body)
     if teacher_answer is None or student_answer is None:
         return
     gate = decision.route.gate
     student_text, teacher_text = answer_text(student_answer), answer_text(teacher_answer)
     if gate.metric == "llm_judge":
         prompt = orjson.dumps(body.get("messages") or body.get("prompt")).decode()
-        verdict = await state.upstreams.call(
+        verdict = await ctx.state.upstreams.call(
             teacher.model,
             "chat.completions",
             {
@@ -297,7 +270,7 @@ async def audit(
         score = parse_judgement(answer_text(orjson.loads(verdict)))
     else:
         score = agreement(gate.metric, student_text, teacher_text, gate.fields)
-    state.writer.submit_row(
+    ctx.state.writer.submit_row(
         "audits",
         {
             "request_id": parent.request_id,

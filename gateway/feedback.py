@@ -14,11 +14,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flywheel.store import StoreUnavailable
+from contracts.errors import ApiError
 from gateway.bodies import FeedbackRequest, read_json, validate
-from gateway.errors import ApiError
 from gateway.request_log import utc_timestamp
 from gateway.state import GatewayState
+from store import StoreUnavailable
 
 
 def _normalise_id(raw: str) -> str | None:

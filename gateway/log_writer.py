@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 
-from flywheel.store import Store
+from contracts.pricing import Price
 from gateway.config import LogConfig
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import Price
 from gateway.request_log import RequestRecord
 from gateway.spool import Spool
+from store import Store
 
 log = logging.getLogger("flywheel.log_writer")
 

@@ -1,33 +1,37 @@
 """The OpenAI-compatible endpoints: chat completions, completions, embeddings, models.
 
-Request path: auth → body (size, JSON, types) → route → upstream → response, then one
-`RequestRecord` handed to the log writer. Every authenticated request is logged, whatever
-its outcome: success, rejection, upstream error, timeout, or a client gone mid-stream.
+Request path, each step taking the request's `RequestContext`: auth → body (size, JSON,
+types) → route (one router snapshot) → rate limit → input rails → upstream (dispatch) →
+output checks → response. Every authenticated request leaves exactly one row, whatever its
+outcome: `handle` wraps the whole path, so a rejection, an upstream failure, a client that
+hangs up, or an exception nobody planned for all finish the context once.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from uuid_utils import uuid7
 
+from contracts.errors import ApiError
+from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
 from gateway import dispatch
-from gateway.auth import Principal
 from gateway.bodies import SCHEMAS, read_json, validate
-from gateway.errors import ApiError
-from gateway.escalation import prompt_text
+from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
-from gateway.outcome import failed_upstream, log_rejected, log_request
+from gateway.outcome import fail, failed_upstream, internal_error, reject
 from gateway.output_checks import checked, maybe_audit
-from gateway.request_log import RequestRecord
-from gateway.routing import Decision, RequestFacts, fingerprint_system_prompt
+from gateway.request_log import Endpoint
+from gateway.routing import RequestFacts
 from gateway.state import GatewayState
 from gateway.stream_relay import checked_stream, relay_stream
 from gateway.upstream import UpstreamError
+
+log = logging.getLogger("flywheel.gateway")
 
 # Gateway-only fields never sent upstream.
 _GATEWAY_FIELDS = ("metadata", "tags")
@@ -39,15 +43,15 @@ def _state(request: Request) -> GatewayState:
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "chat.completions")
+    return await handle(request, "chat.completions")
 
 
 async def completions(request: Request) -> Response:
-    return await _proxy(request, "completions")
+    return await handle(request, "completions")
 
 
 async def embeddings(request: Request) -> Response:
-    return await _proxy(request, "embeddings")
+    return await handle(request, "embeddings")
 
 
 async def list_models(request: Request) -> Response:
@@ -60,132 +64,120 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
-def _new_record(principal: Principal, endpoint: str) -> RequestRecord:
-    return RequestRecord(
-        request_id=str(uuid7()),
-        endpoint=endpoint,
-        app=principal.app,
-        team=principal.team,
-        key_id=principal.key_id,
-        consent=principal.train_on_traffic,
+async def handle(request: Request, endpoint: Endpoint) -> Response:
+    """The one exit: whatever happens below, the request's row is written once."""
+    state = _state(request)
+    principal = state.keys.authenticate(request.headers)  # 401: no app to log against
+    ctx = RequestContext.begin(state, principal, endpoint)
+    try:
+        return await _proxy(ctx, request)
+    except ApiError as e:
+        if ctx.finished:
+            return e.response(ctx.headers)
+        return reject(ctx, e)
+    except Exception:
+        log.exception("unhandled error on %s (request %s)", endpoint, ctx.record.request_id)
+        return internal_error(ctx)
+    finally:
+        if not ctx.finished and not ctx.streaming:
+            # Cancelled before an answer: the client hung up while the model was working.
+            ctx.record.error = "client disconnected before the answer"
+            ctx.finish("client_disconnect", 499)
+
+
+async def _proxy(ctx: RequestContext, request: Request) -> Response:
+    state, rec = ctx.state, ctx.record
+    body = await read_json(request, state.config.server.max_body_bytes)
+    ctx.body = rec.request = body
+    rec.requested_model = str(body.get("model", ""))
+    validate(SCHEMAS[ctx.endpoint], body)
+    rec.metadata = body.get("metadata") or {}
+    rec.tags = body.get("tags") or []
+    rec.prompt_fingerprint = fingerprint_system_prompt(body.get("messages"))
+    decision = ctx.router.decide(
+        RequestFacts(
+            app=ctx.principal.app,
+            team=ctx.principal.team,
+            model=body["model"],
+            headers=request.headers,
+            metadata=rec.metadata,
+            tags=tuple(rec.tags),
+            system_fingerprint=rec.prompt_fingerprint,
+        )
+    )
+    ctx.decide(decision)
+    state.limiter.admit(ctx.principal.key_id, decision.route.name, decision.route.rate_limit)
+    novelty = _novelty_escalation(ctx)
+    if novelty is not None:
+        ctx.decide(decision.escalate(novelty))
+    rec.is_stream = bool(body.get("stream"))
+    ctx.upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
+    if ctx.endpoint != "embeddings":
+        ctx.rails = ctx.router.rails.get(decision.route.name)
+    if ctx.rails is not None:
+        rec.mask_entities = ctx.rails.log_mask
+        verdict = await guard_input(ctx)
+        if verdict is not None:
+            return blocked(ctx, verdict)
+    if ctx.chosen.shadow is not None:
+        dispatch.spawn(state, dispatch.shadow(ctx))
+    if rec.is_stream and ctx.endpoint == "chat.completions" and _checks_before_sending(ctx):
+        return await checked_stream(ctx)
+    if rec.is_stream:
+        return await relay_stream(ctx)
+    return await _answer_whole(ctx)
+
+
+def _checks_before_sending(ctx: RequestContext) -> bool:
+    """Output checks must read the whole answer before the user does: output rails that
+    block or mask, or a student answer the teacher may have to replace."""
+    return (ctx.rails is not None and ctx.rails.buffers_output) or (
+        ctx.chosen.primary.served_by == "student"
     )
 
 
-def _apply_decision(rec: RequestRecord, decision: Decision) -> None:
-    rec.route = decision.route.name
-    rec.teacher_model = decision.route.teacher
-    rec.policy_version = decision.policy_version
-    rec.served_model = decision.primary.model_name
-    rec.served_by = decision.primary.served_by
-    rec.route_reason = decision.primary.reason
-
-
-async def _proxy(request: Request, endpoint: str) -> Response:
-    state = _state(request)
-    principal = state.keys.authenticate(request.headers)
-    router = state.router  # one snapshot for the whole request
-    rec = _new_record(principal, endpoint)
-    headers = {"x-request-id": rec.request_id}
-    try:
-        body = await read_json(request, state.config.server.max_body_bytes)
-        rec.request = body
-        rec.requested_model = str(body.get("model", ""))
-        validate(SCHEMAS[endpoint], body)
-        rec.metadata = body.get("metadata") or {}
-        rec.tags = body.get("tags") or []
-        rec.prompt_fingerprint = fingerprint_system_prompt(body.get("messages"))
-        decision = router.decide(
-            RequestFacts(
-                app=principal.app,
-                team=principal.team,
-                model=body["model"],
-                headers=request.headers,
-                metadata=rec.metadata,
-                tags=tuple(rec.tags),
-                system_fingerprint=rec.prompt_fingerprint,
-            )
-        )
-        rec.route = decision.route.name
-        state.limiter.admit(principal.key_id, decision.route.name, decision.route.rate_limit)
-    except ApiError as e:
-        log_rejected(state, rec, e)
-        return e.response(headers)
-    novelty = _novelty_escalation(state, decision, body)
-    if novelty is not None:
-        decision = decision.escalate(novelty)
-    _apply_decision(rec, decision)
-    rec.is_stream = bool(body.get("stream"))
-    upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
-    rails = router.rails.get(decision.route.name) if endpoint != "embeddings" else None
-    if rails is not None:
-        rec.mask_entities = rails.log_mask
-        verdict = await guard_input(rails, rec, body, upstream_body)
-        if verdict is not None:
-            response, status = blocked(rails, rec, verdict, headers)
-            log_request(state, rec, "guardrail_blocked", status)
-            return response
-    if decision.shadow is not None:
-        dispatch.spawn(state, dispatch.shadow(state, decision, rec, endpoint, upstream_body))
-    if (
-        rec.is_stream
-        and endpoint == "chat.completions"
-        and (
-            (rails is not None and rails.buffers_output) or decision.primary.served_by == "student"
-        )
-    ):
-        # Output checks must read the whole answer before the user does (output rails that
-        # block or mask; a student answer the teacher may have to replace): answer in full,
-        # check, then replay it as a stream.
-        return await checked_stream(
-            state, rec, decision, endpoint, body, upstream_body, headers, rails
-        )
-    if rec.is_stream:
-        return await relay_stream(state, rec, decision, endpoint, body, upstream_body, headers)
-
+async def _answer_whole(ctx: RequestContext) -> Response:
+    rec = ctx.record
     t_call = time.perf_counter()
     try:
-        raw = await dispatch.call(state, decision, rec, endpoint, upstream_body)
+        raw = await dispatch.call(ctx, ctx.upstream_body)
     except UpstreamError as e:
-        return failed_upstream(state, rec, e, headers, t_call)
+        return failed_upstream(ctx, e, t_call)
     rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         err = ApiError(502, "Upstream returned a body that is not JSON.", code="upstream_error")
-        rec.error = err.message
-        log_request(state, rec, "upstream_error", 502)
-        return err.response(headers)
-    if isinstance(data, dict) and endpoint != "embeddings":
+        return fail(ctx, err, "upstream_error")
+    if isinstance(data, dict) and ctx.endpoint != "embeddings":
         data["id"] = rec.request_id
     rec.response = data if isinstance(data, dict) else None
-    if rec.response is not None and endpoint == "chat.completions":
+    if rec.response is not None and ctx.endpoint == "chat.completions":
         try:
-            data, verdict = await checked(state, decision, rec, body, upstream_body, data, rails)
+            data, verdict = await checked(ctx, data)
         except UpstreamError as e:
-            return failed_upstream(state, rec, e, headers)
+            return failed_upstream(ctx, e)
         rec.response = data
-        if verdict is not None and rails is not None:
-            response, status = blocked(rails, rec, verdict, headers)
-            log_request(state, rec, "guardrail_blocked", status)
-            return response
+        if verdict is not None:
+            return blocked(ctx, verdict)
     out = orjson.dumps(data)
-    log_request(state, rec, "ok", 200)
-    maybe_audit(state, decision, rec, endpoint, upstream_body, rec.response)
-    return Response(out, media_type="application/json", headers=headers)
+    ctx.finish("ok", 200)
+    maybe_audit(ctx, ctx.upstream_body, rec.response)
+    return Response(out, media_type="application/json", headers=ctx.headers)
 
 
-def _novelty_escalation(
-    state: GatewayState, decision: Decision, body: dict[str, Any]
-) -> str | None:
+def _novelty_escalation(ctx: RequestContext) -> str | None:
     """A prompt unlike anything the student learned from goes to the teacher."""
+    decision = ctx.chosen
     limit = decision.route.escalation.max_prompt_distance
     if limit is None or decision.primary.served_by != "student":
         return None
-    _, index = state.prompt_indexes.get(
+    _, index = ctx.state.prompt_indexes.get(
         (decision.route.name, decision.primary.candidate), ("", None)
     )
     if index is None:
         return f"escalated: no training prompts indexed for {decision.primary.candidate}"
+    body: dict[str, Any] = ctx.body
     distance = index.distance(prompt_text(body.get("messages", body.get("prompt", ""))))
     if distance > limit:
         return f"escalated: prompt distance {distance:.2f} > {limit:.2f}"

@@ -1,8 +1,8 @@
-"""How a request ends: upstream failures mapped to client errors, and the record that is
-logged with its metrics.
+"""How a request ends when it does not end in an answer: upstream failures mapped to the
+client's error, rejections, and internal errors, each finishing the request's row.
 
-Invariant: every authenticated request passes through `log_request` or `log_rejected`
-exactly once, so every one of them becomes a row.
+Invariant: every function here finishes the context (`ctx.finish`) before it returns the
+response, so an error the client sees always has its row.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import time
 
 from starlette.responses import Response
 
-from gateway.errors import ApiError
-from gateway.request_log import RequestRecord
-from gateway.state import GatewayState
-from gateway.streaming import event_json
+from contracts.errors import ApiError
+from contracts.states import RowStatus
+from gateway.context import RequestContext
 from gateway.upstream import UpstreamError
 
 
@@ -35,56 +34,38 @@ def upstream_error(e: UpstreamError) -> ApiError:
     return ApiError(502, f"Upstream error ({e.status}): {e.message}", code="upstream_error")
 
 
-def status_of(e: UpstreamError) -> str:
+def status_of(e: UpstreamError) -> RowStatus:
     return "timeout" if e.kind == "timeout" else "upstream_error"
 
 
-def _usage_tokens(rec: RequestRecord) -> int:
-    if rec.response is not None:
-        usage = rec.response.get("usage") or {}
-        return int(usage.get("total_tokens") or 0)
-    for event in reversed(rec.events or []):
-        if b'"usage"' in event:
-            usage = (event_json(event) or {}).get("usage") or {}
-            return int(usage.get("total_tokens") or 0)
-    return 0
+def fail(ctx: RequestContext, err: ApiError, status: RowStatus) -> Response:
+    """Finish the row with `status` and answer with `err`."""
+    ctx.record.error = err.message
+    ctx.finish(status, err.status)
+    return err.response(ctx.headers)
 
 
-def log_request(state: GatewayState, rec: RequestRecord, status: str, http_status: int) -> None:
-    rec.finish(status, http_status)
-    route = state.router.route_named(rec.route)
-    limit = route.rate_limit if route else None
-    if limit is not None and limit.tokens_per_minute:
-        state.limiter.charge_tokens(rec.key_id, rec.route, _usage_tokens(rec))
-    m = state.metrics
-    m.requests.labels(rec.route, rec.served_model, status).inc()
-    m.latency.labels(rec.route).observe(rec.latency_us / 1e6)
-    if status == "ok" and not rec.is_stream:
-        m.overhead.observe(max(0, rec.latency_us - rec.upstream_us) / 1e6)
-    if status != "ok":
-        m.errors.labels(status).inc()
-    state.writer.submit(rec)
+def reject(ctx: RequestContext, err: ApiError) -> Response:
+    """A request the gateway refused (bad body, unknown model, rate limit, ...)."""
+    ctx.record.route_reason = (
+        "rejected before routing"
+        if ctx.decision is None
+        else f"rejected after routing: {err.code or err.status}"
+    )
+    return fail(ctx, err, "rejected")
 
 
-def log_rejected(state: GatewayState, rec: RequestRecord, e: ApiError) -> None:
-    rec.error = e.message
-    rec.route_reason = "rejected before routing"
-    rec.finish("rejected", e.status)
-    state.metrics.errors.labels("rejected").inc()
-    state.writer.submit(rec)
+def internal_error(ctx: RequestContext) -> Response:
+    """A failure nobody planned for: still one row, still an OpenAI-shaped error."""
+    err = ApiError(500, "The gateway hit an internal error.", code="internal_error")
+    return fail(ctx, err, "internal_error")
 
 
-def failed_upstream(
-    state: GatewayState,
-    rec: RequestRecord,
-    e: UpstreamError,
-    headers: dict[str, str],
-    t_call: float | None = None,
-) -> Response:
-    """Log a request the upstream failed and answer the client with the mapped error."""
+def failed_upstream(ctx: RequestContext, e: UpstreamError, t_call: float | None = None) -> Response:
+    """Finish a request the upstream failed and answer the client with the mapped error."""
     if t_call is not None:
-        rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
+        ctx.record.upstream_us = int((time.perf_counter() - t_call) * 1e6)
     err = upstream_error(e)
-    rec.error = e.message
-    log_request(state, rec, status_of(e), err.status)
-    return err.response(headers)
+    ctx.record.error = e.message
+    ctx.finish(status_of(e), err.status)
+    return err.response(ctx.headers)

@@ -9,18 +9,17 @@ from typing import Any
 
 import orjson
 
+from contracts.openai_shapes import without_stream
 from gateway import dispatch
+from gateway.context import RequestContext
 from gateway.guardrails.apply import guard_output
-from gateway.guardrails.engine import RouteRails, Verdict
-from gateway.request_log import RequestRecord
-from gateway.routing import Decision
-from gateway.state import GatewayState
-from gateway.streaming import without_stream
+from gateway.guardrails.engine import Verdict
 
 
 def format_failure(body: dict[str, Any], answer: dict[str, Any]) -> str | None:
     """The request's own output contract: JSON when `response_format` asks for it."""
-    kind = (body.get("response_format") or {}).get("type")
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind not in ("json_object", "json_schema"):
         return None
     for choice in answer.get("choices") or []:
@@ -35,39 +34,28 @@ def format_failure(body: dict[str, Any], answer: dict[str, Any]) -> str | None:
 
 
 async def checked(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    body: dict[str, Any],
-    upstream_body: dict[str, Any],
-    answer: dict[str, Any],
-    rails: RouteRails | None,
+    ctx: RequestContext, answer: dict[str, Any]
 ) -> tuple[dict[str, Any], Verdict | None]:
     """Output checks (the request's format, the route's output rails). A student answer that
     fails them is kept as an `output_rejected` row and the teacher answers instead."""
-    failure = format_failure(body, answer)
-    verdict = await guard_output(rails, rec, answer) if rails is not None else None
+    rec = ctx.record
+    failure = format_failure(ctx.body, answer)
+    verdict = await guard_output(ctx, answer)
     if rec.served_by != "student" or (failure is None and verdict is None):
         return answer, verdict
     what = failure or f"guardrail {verdict.rail if verdict else ''}"
     reason = f"fallback: student output failed {what}"
-    rejected = dispatch.reject_student_answer(rec, decision.primary, answer, reason)
-    state.writer.submit(rejected)
-    plain = without_stream(upstream_body)
-    raw = await dispatch.call(state, decision.escalate(reason), rec, rec.endpoint, plain)
+    student = ctx.chosen.primary
+    ctx.state.writer.submit(dispatch.reject_student_answer(rec, student, answer, reason))
+    ctx.decide(ctx.chosen.escalate(reason))
+    raw = await dispatch.call(ctx, without_stream(ctx.upstream_body))
     answer = orjson.loads(raw)
     answer["id"] = rec.request_id
-    verdict = await guard_output(rails, rec, answer) if rails is not None else None
+    verdict = await guard_output(ctx, answer)
     return answer, verdict
 
 
-def maybe_audit(
-    state: GatewayState,
-    decision: Decision,
-    rec: RequestRecord,
-    endpoint: str,
-    body: dict[str, Any],
-    answer: dict[str, Any] | None,
-) -> None:
-    if decision.audit and rec.served_by == "student" and endpoint != "embeddings":
-        dispatch.spawn(state, dispatch.audit(state, decision, rec, endpoint, body, answer))
+def maybe_audit(ctx: RequestContext, body: dict[str, Any], answer: dict[str, Any] | None) -> None:
+    """Sampled student answers are re-asked to the teacher in the background."""
+    if ctx.chosen.audit and ctx.record.served_by == "student" and ctx.endpoint != "embeddings":
+        dispatch.spawn(ctx.state, dispatch.audit(ctx, without_stream(body), answer))

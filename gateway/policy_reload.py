@@ -15,22 +15,24 @@ from pathlib import Path
 
 import orjson
 
-from flywheel.store import StoreUnavailable
+from contracts.openai_shapes import prompt_text
+from contracts.policy import PolicyError
+from contracts.pricing import price_table
+from contracts.prompt_index import PromptIndex
+from contracts.states import as_state
+from contracts.yaml_source import ConfigError
 from gateway.config import GatewayConfig, load_policy_set
-from gateway.escalation import PromptIndex, prompt_text
 from gateway.guardrails.engine import compile_guardrails
 from gateway.guardrails.nemo import NemoRails
-from gateway.policy import PolicyError
-from gateway.pricing import price_table
 from gateway.routing import CandidateStates, Router
 from gateway.state import GatewayState
-from gateway.yaml_source import ConfigError
+from store import StoreUnavailable
 
 log = logging.getLogger("flywheel.policy")
 
 STATES_SQL = (
-    "SELECT route, candidate, argMax(state, updated_at), argMax(dataset_id, updated_at) "
-    "FROM candidate_states GROUP BY route, candidate"
+    "SELECT route, candidate, argMax(state, updated_at), argMax(dataset_id, updated_at), "
+    "argMax(min_confidence, updated_at) FROM candidate_states GROUP BY route, candidate"
 )
 TRAIN_PROMPTS_SQL = (
     "SELECT messages FROM requests WHERE request_id IN "
@@ -99,6 +101,7 @@ class PolicyReloader:
             self.state.metrics.policy_reload_errors.inc()
             log.error("policy reload rejected, previous policy keeps serving:\n%s", e)
             return False
+        await self.state.upstreams.prepare(router.policies.models)
         self.state.writer.prices = router.prices
         old, self.state.router = self.state.router, router
         if old.nemo is not None:
@@ -116,8 +119,9 @@ class PolicyReloader:
             log.debug("candidate states not refreshed: %s", e)
             return
         states = CandidateStates(
-            {(str(r[0]), str(r[1])): str(r[2]) for r in rows},
+            {(str(r[0]), str(r[1])): as_state(str(r[2])) for r in rows},
             {(str(r[0]), str(r[1])): str(r[3]) for r in rows if r[3]},
+            {(str(r[0]), str(r[1])): float(r[4]) for r in rows if r[4] is not None},
         )
         if states != self.state.router.states:
             self.state.router = self.state.router.with_states(states)

@@ -14,8 +14,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from gateway.errors import ApiError
-from gateway.policy import RateLimit
+from contracts.errors import ApiError
+from contracts.policy import RateLimit
 
 
 @dataclass(slots=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from gateway.pricing import Price
-from gateway.streaming import assemble_chat
+from contracts.openai_shapes import assemble_chat
+from contracts.pricing import Price
+from contracts.states import RowKind, RowStatus, ServedBy
+
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
 
 # Request fields that are the prompt itself rather than parameters.
 _PROMPT_FIELDS = ("messages", "prompt", "input")
@@ -25,7 +28,7 @@ _NOT_PARAMS = {"model", "stream", "metadata", "tags", *_PROMPT_FIELDS}
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
-    endpoint: str
+    endpoint: Endpoint
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     app: str = ""
@@ -37,10 +40,10 @@ class RequestRecord:
     policy_version: str = ""
     requested_model: str = ""
     served_model: str = ""
-    served_by: str = "teacher"
+    served_by: ServedBy = "teacher"
     teacher_model: str = ""
     is_stream: bool = False
-    status: str = "ok"
+    status: RowStatus = "ok"
     http_status: int = 200
     error: str = ""
     latency_us: int = 0
@@ -54,14 +57,14 @@ class RequestRecord:
     guardrails: list[dict[str, Any]] = field(default_factory=list)
     prompt_fingerprint: str = ""
     finished_at: float = 0.0
-    kind: str = "request"  # request | shadow | audit | escalated
+    kind: RowKind = "request"
     confidence: float = -1.0  # the student's, when it was measured
     guardrail_flagged: bool = False
     mask_entities: tuple[str, ...] = ()  # masked out of the logged messages and answer
     parent_id: str = ""
     candidate: str = ""
 
-    def finish(self, status: str | None = None, http_status: int | None = None) -> None:
+    def finish(self, status: RowStatus | None = None, http_status: int | None = None) -> None:
         if status is not None:
             self.status = status
         if http_status is not None:

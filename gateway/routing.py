@@ -11,22 +11,18 @@ background task refreshes from ClickHouse and swaps in whole.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import ApiError
+from contracts.errors import ApiError
+from contracts.model_config import ModelConfig
+from contracts.policy import Candidate, PolicySet, Route
+from contracts.pricing import Price
+from contracts.states import SERVING_STATES, CandidateState, ServedBy
 from gateway.guardrails.engine import RouteRails
 from gateway.guardrails.nemo import NemoRails
-from gateway.model_config import ModelConfig
-from gateway.policy import Candidate, PolicySet, Route
-from gateway.pricing import Price
-
-# States in which a candidate may answer users.
-SERVING_STATES = ("canary", "promoted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +42,7 @@ class RequestFacts:
 class Target:
     model_name: str
     model: ModelConfig
-    served_by: str  # teacher | student | fallback
+    served_by: ServedBy
     reason: str
     candidate: str = ""
     timeout_s: float | None = None
@@ -65,6 +61,15 @@ class Decision:
     def teacher(self) -> str:
         return self.route.teacher
 
+    def min_confidence(self, states: CandidateStates) -> float | None:
+        """The confidence below which the primary student's answer escalates: the route's
+        `escalation.min_confidence` when set, else the threshold its selective gate fitted."""
+        if self.primary.served_by != "student":
+            return None
+        if self.route.escalation.min_confidence is not None:
+            return self.route.escalation.min_confidence
+        return states.thresholds.get((self.route.name, self.primary.candidate))
+
     def escalate(self, reason: str) -> Decision:
         """The same request sent past the student: the teacher (then backups) answers."""
         teacher, *rest = self.fallbacks
@@ -74,36 +79,26 @@ class Decision:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A candidate's share of a route's requests under the current states."""
+
+    candidate: Candidate
+    share: float
+    state: CandidateState
+
+
 @dataclass
 class CandidateStates:
     """(route, candidate) → state, as last read from ClickHouse."""
 
-    states: dict[tuple[str, str], str] = field(default_factory=dict)
+    states: dict[tuple[str, str], CandidateState] = field(default_factory=dict)
     datasets: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The confidence a selective gate chose for the candidate's run: below it, escalate.
+    thresholds: dict[tuple[str, str], float] = field(default_factory=dict)
 
-    def get(self, route: str, candidate: str) -> str:
+    def get(self, route: str, candidate: str) -> CandidateState:
         return self.states.get((route, candidate), "untrained")
-
-
-_WS = re.compile(r"\s+")
-
-
-def fingerprint_system_prompt(messages: Any) -> str:
-    """A stable id for a workload's instructions: the system/developer text, lower-cased with
-    whitespace collapsed, hashed. Unchanged apps are recognised by it."""
-    if not isinstance(messages, list):
-        return ""
-    parts = []
-    for msg in messages:
-        if isinstance(msg, dict) and msg.get("role") in ("system", "developer"):
-            content = msg.get("content")
-            if isinstance(content, list):
-                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            parts.append(str(content or ""))
-    if not parts:
-        return ""
-    text = _WS.sub(" ", " ".join(parts)).strip().lower()
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _usd(value: Any) -> str:
@@ -214,31 +209,43 @@ class Router:
 
     # --- deciding --------------------------------------------------------------------------
 
-    def _target(self, name: str, served_by: str, reason: str, **kw: Any) -> Target:
+    def _target(self, name: str, served_by: ServedBy, reason: str, **kw: Any) -> Target:
         return Target(name, self.policies.models[name], served_by, reason, **kw)
 
-    def _cheapest(self, route: Route, states: tuple[str, ...]) -> Candidate | None:
+    def _cheapest(self, route: Route, states: tuple[CandidateState, ...]) -> Candidate | None:
         for cand in self._by_price[route.name]:
             if self.states.get(route.name, cand.name) in states:
                 return cand
         return None
 
-    def _pick_student(self, route: Route, draw: float) -> tuple[Candidate | None, str]:
-        """The cheapest promoted candidate takes everything; otherwise canary candidates,
-        cheapest first, each take their share of the draw."""
+    def serving_plan(self, route: Route) -> tuple[Share, ...]:
+        """Who may answer the route's users, and with what share of requests: the cheapest
+        promoted candidate takes everything; otherwise canary candidates, cheapest first,
+        each take their canary share; the rest goes to the teacher. `decide` draws from this
+        plan and `explain` reports it, so they cannot disagree."""
         promoted = self._cheapest(route, ("promoted",))
         if promoted is not None:
-            return promoted, f"promoted: {promoted.name}"
-        canaries = [
-            c for c in self._by_price[route.name] if self.states.get(route.name, c.name) == "canary"
-        ]
+            return (Share(promoted, 1.0, "promoted"),)
+        return tuple(
+            Share(
+                c,
+                route.rollout.canary_share if c.canary_share is None else c.canary_share,
+                "canary",
+            )
+            for c in self._by_price[route.name]
+            if self.states.get(route.name, c.name) == "canary"
+        )
+
+    def _pick_student(self, route: Route, draw: float) -> tuple[Candidate | None, str]:
+        plan = self.serving_plan(route)
         upto = 0.0
-        for cand in canaries:
-            share = route.rollout.canary_share if cand.canary_share is None else cand.canary_share
-            upto += share
+        for s in plan:
+            upto += s.share
             if draw < upto:
-                return cand, f"canary {share:.0%}: {cand.name}"
-        if canaries:
+                if s.state == "promoted":
+                    return s.candidate, f"promoted: {s.candidate.name}"
+                return s.candidate, f"canary {s.share:.0%}: {s.candidate.name}"
+        if plan:
             return None, f"teacher: canary {upto:.0%} not drawn"
         if route.candidates:
             return None, "teacher: no candidate has passed its gate"
@@ -307,14 +314,16 @@ class Router:
                     },
                 }
             )
-        best = self._cheapest(route, SERVING_STATES)
-        if best is None:
+        plan = self.serving_plan(route)
+        would: dict[str, Any]
+        if not plan:
             would = {
                 "model": route.teacher,
                 "served_by": "teacher",
                 "why": "no candidate is in canary or promoted",
             }
-        elif self.states.get(route.name, best.name) == "promoted":
+        elif plan[0].state == "promoted":
+            best = plan[0].candidate
             would = {
                 "model": best.model,
                 "served_by": "student",
@@ -322,12 +331,17 @@ class Router:
                 f"{route.audit.share:.0%} audited by the teacher",
             }
         else:
+            rest = max(0.0, 1.0 - sum(s.share for s in plan))
+            shares = ", ".join(f"{s.candidate.name} {s.share:.0%}" for s in plan)
             would = {
-                "model": best.model,
+                "model": plan[0].candidate.model,
                 "served_by": "student or teacher",
-                "why": f"{best.name} is in canary: {route.rollout.canary_share:.0%} of "
-                f"requests go to it, the rest to {route.teacher}",
+                "why": f"in canary: {shares} of requests; the rest ({rest:.0%}) to {route.teacher}",
             }
+        would["shares"] = [
+            {"candidate": s.candidate.name, "model": s.candidate.model, "share": s.share}
+            for s in plan
+        ]
         return {
             "policy_version": self.policies.version,
             "route": route.name,

@@ -10,16 +10,16 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from flywheel.store import Store
+from contracts.prompt_index import PromptIndex
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
-from gateway.escalation import PromptIndex
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
 from gateway.spool import Spool
 from gateway.upstream import Upstreams
+from store import Store
 
 
 @dataclass

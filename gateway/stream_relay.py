@@ -2,7 +2,9 @@
 see the whole answer first) answered in full, checked, and replayed as a stream.
 
 Invariant: the relay never raises into Starlette; an upstream failure mid-stream becomes an
-SSE error event, a client that hangs up is logged as `client_disconnect`.
+SSE error event, a client that hangs up is logged as `client_disconnect`. Once a streamed
+response is handed to Starlette it owns finishing the row (`_LoggedStream`), also when its
+body never ran.
 """
 
 from __future__ import annotations
@@ -14,115 +16,99 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from contracts.openai_shapes import DONE, assemble_chat, event_json, is_usage_only, without_stream
 from gateway import dispatch
+from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_output
-from gateway.guardrails.engine import RouteRails
-from gateway.outcome import failed_upstream, log_request, status_of, upstream_error
+from gateway.outcome import failed_upstream, status_of, upstream_error
 from gateway.output_checks import checked, maybe_audit
-from gateway.request_log import RequestRecord
-from gateway.routing import Decision
-from gateway.state import GatewayState
-from gateway.streaming import (
-    DONE,
-    assemble_chat,
-    event_json,
-    is_usage_only,
-    replay,
-    sse_events,
-    without_stream,
-)
+from gateway.streaming import replay, sse_events
 from gateway.upstream import UpstreamError, UpstreamStream
 
 
-async def relay_stream(
-    state: GatewayState,
-    rec: RequestRecord,
-    decision: Decision,
-    endpoint: str,
-    body: dict[str, Any],
-    upstream_body: dict[str, Any],
-    headers: dict[str, str],
-) -> Response:
+class _LoggedStream(StreamingResponse):
+    """A stream whose row is written however it ends: the relay finishes it normally; this
+    is the backstop for a body that never started (the client left before the first byte)."""
+
+    def __init__(self, ctx: RequestContext, content: AsyncIterator[bytes]) -> None:
+        ctx.headers["cache-control"] = "no-cache"
+        super().__init__(content, media_type="text/event-stream", headers=ctx.headers)
+        ctx.streaming = True
+        self._ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._ctx.finished:
+                self._ctx.record.error = self._ctx.record.error or "client disconnected"
+                self._ctx.finish("client_disconnect", 499)
+
+
+async def relay_stream(ctx: RequestContext) -> Response:
+    body, upstream_body = ctx.body, ctx.upstream_body
     wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     # Always ask for usage so the row is priced from real token counts; the extra chunk is
     # dropped again for clients that did not ask for it.
     upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     t_call = time.perf_counter()
     try:
-        upstream = await dispatch.stream(state, decision, rec, endpoint, upstream_body)
+        upstream = await dispatch.stream(ctx, upstream_body)
     except UpstreamError as e:
-        return failed_upstream(state, rec, e, headers, t_call)
-    headers["cache-control"] = "no-cache"
+        return failed_upstream(ctx, e, t_call)
 
     def after(answer: dict[str, Any]) -> None:
-        plain = without_stream(upstream_body)
-        maybe_audit(state, decision, rec, endpoint, plain, answer)
+        maybe_audit(ctx, upstream_body, answer)
 
-    rails = state.router.rails.get(decision.route.name)
-    return StreamingResponse(
+    flag_rails = ctx.rails is not None and bool(ctx.rails.spec.output)
+    return _LoggedStream(
+        ctx,
         _relay(
-            state,
-            rec,
+            ctx,
             upstream,
             t_call,
             wants_usage,
-            after if decision.audit else None,
-            rails if rails is not None and rails.spec.output else None,
+            after if ctx.chosen.audit else None,
+            check_output=flag_rails,
         ),
-        media_type="text/event-stream",
-        headers=headers,
     )
 
 
-async def checked_stream(
-    state: GatewayState,
-    rec: RequestRecord,
-    decision: Decision,
-    endpoint: str,
-    body: dict[str, Any],
-    upstream_body: dict[str, Any],
-    headers: dict[str, str],
-    rails: RouteRails | None,
-) -> Response:
-    plain = without_stream(upstream_body)
+async def checked_stream(ctx: RequestContext) -> Response:
+    rec = ctx.record
+    plain = without_stream(ctx.upstream_body)
     t_call = time.perf_counter()
     try:
-        answer = orjson.loads(await dispatch.call(state, decision, rec, endpoint, plain))
+        answer = orjson.loads(await dispatch.call(ctx, plain))
     except (UpstreamError, orjson.JSONDecodeError) as e:
         uerr = e if isinstance(e, UpstreamError) else UpstreamError("http", "not JSON", 502)
-        return failed_upstream(state, rec, uerr, headers, t_call)
+        return failed_upstream(ctx, uerr, t_call)
     answer["id"] = rec.request_id
     try:
-        answer, verdict = await checked(state, decision, rec, body, plain, answer, rails)
+        answer, verdict = await checked(ctx, answer)
     except UpstreamError as e:
-        return failed_upstream(state, rec, e, headers)
-    if verdict is not None and rails is not None:
-        response, status = blocked(rails, rec, verdict, headers)
-        log_request(state, rec, "guardrail_blocked", status)
-        return response
-    if not (body.get("stream_options") or {}).get("include_usage"):
+        return failed_upstream(ctx, e)
+    if verdict is not None:
+        return blocked(ctx, verdict)
+    if not (ctx.body.get("stream_options") or {}).get("include_usage"):
         answer.pop("usage", None)
     rec.is_stream = True
-    headers["cache-control"] = "no-cache"
-    return StreamingResponse(
-        _relay(state, rec, replay(answer), t_call, wants_usage=True),
-        media_type="text/event-stream",
-        headers=headers,
-    )
+    return _LoggedStream(ctx, _relay(ctx, replay(answer), t_call, wants_usage=True))
 
 
 async def _relay(
-    state: GatewayState,
-    rec: RequestRecord,
+    ctx: RequestContext,
     upstream: UpstreamStream,
     t_call: float,
     wants_usage: bool,
     after: Callable[[dict[str, Any]], None] | None = None,
-    flag_rails: RouteRails | None = None,
+    check_output: bool = False,
 ) -> AsyncIterator[bytes]:
     """Pass events through as they come; rewrite the upstream id to ours; never raise into
     Starlette (an upstream failure mid-stream becomes an SSE error event)."""
+    rec = ctx.record
     events: list[bytes] = []
     rec.events = events
     our_id = b'"' + rec.request_id.encode() + b'"'
@@ -156,9 +142,9 @@ async def _relay(
         raise
     finally:
         rec.upstream_us = int((time.perf_counter() - t_call) * 1e6)
-        if flag_rails is not None and status == "ok":
+        if check_output and status == "ok":
             # Flag-only output rails on a stream: checked once the answer is complete.
-            await guard_output(flag_rails, rec, assemble_chat(events)[0])
-        log_request(state, rec, status, http_status)
+            await guard_output(ctx, assemble_chat(events)[0])
+        ctx.finish(status, http_status)  # type: ignore[arg-type]
     if after is not None and status == "ok":
         after(assemble_chat(events)[0])

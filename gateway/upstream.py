@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from contracts.errors import redact
 from gateway.config import ModelConfig
-from gateway.errors import redact
 
 ENDPOINT_PATHS = {
     "chat.completions": "/chat/completions",
@@ -88,16 +88,26 @@ class Upstreams:
             json_serialize=lambda o: orjson.dumps(o).decode(),
             skip_auto_headers=("User-Agent",),
         )
-        if any(not m.openai_compatible for m in models.values()):
+        await self.prepare(models)
+
+    async def prepare(self, models: dict[str, ModelConfig]) -> None:
+        """Ready the client libraries these models need (at start, and before a reloaded
+        policy is swapped in: a provider new to this process must not fail its first call)."""
+        if self._litellm is None and any(not m.openai_compatible for m in models.values()):
             await asyncio.to_thread(self._import_litellm)
 
-    def _import_litellm(self) -> None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
+    def _import_litellm(self) -> Any:
+        if self._litellm is None:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
 
-        litellm.telemetry = False
-        litellm.drop_params = False
-        self._litellm = litellm
+            litellm.telemetry = False
+            litellm.drop_params = False
+            self._litellm = litellm
+        return self._litellm
+
+    async def _litellm_module(self) -> Any:
+        return self._litellm or await asyncio.to_thread(self._import_litellm)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -228,10 +238,11 @@ class Upstreams:
     async def _litellm_call(
         self, model: ModelConfig, endpoint: str, body: dict[str, Any], timeout_s: float
     ) -> bytes:
+        litellm = await self._litellm_module()
         fn = {
-            "chat.completions": self._litellm.acompletion,
-            "completions": self._litellm.atext_completion,
-            "embeddings": self._litellm.aembedding,
+            "chat.completions": litellm.acompletion,
+            "completions": litellm.atext_completion,
+            "embeddings": litellm.aembedding,
         }[endpoint]
         try:
             result = await fn(**self._litellm_kwargs(model, body, timeout_s))
@@ -242,11 +253,8 @@ class Upstreams:
     async def _litellm_stream(
         self, model: ModelConfig, endpoint: str, body: dict[str, Any], timeout_s: float
     ) -> UpstreamStream:
-        fn = (
-            self._litellm.acompletion
-            if endpoint == "chat.completions"
-            else (self._litellm.atext_completion)
-        )
+        litellm = await self._litellm_module()
+        fn = litellm.acompletion if endpoint == "chat.completions" else litellm.atext_completion
         try:
             result = await fn(**self._litellm_kwargs(model, body, timeout_s))
         except Exception as e:

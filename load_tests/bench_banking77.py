@@ -134,14 +134,14 @@ def baseline(train: list[tuple[str, str]], evals: list[tuple[str, str]]) -> dict
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from contracts.policy import Training
     from distiller.base_model import build_tiny_base
     from distiller.curation import curate
     from distiller.datasets import build_dataset
     from distiller.evaluation import evaluate
-    from distiller.training import TrainConfig, train
-    from flywheel.testing.fake_upstream import FakeUpstreamThread  # noqa: F401 (thread helper)
+    from distiller.training import train
+    from flywheel.serve import GatewayThread
     from gateway.config import GatewayConfig
-    from tests.conftest import start_gateway
 
     if not DATA.exists():
         raise SystemExit(f"Banking77 not found at {DATA} (see shared/datasets/banking77)")
@@ -177,7 +177,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             ],
         }
     )
-    gw = start_gateway(config)
+    gw = GatewayThread(config).start()
     report: dict[str, Any] = {}
     try:
         t0 = time.perf_counter()
@@ -202,7 +202,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             base,
             ds.train,
             tmp / "run",
-            TrainConfig(epochs=args.epochs, batch_size=32, max_length=128),
+            Training(epochs=args.epochs, batch_size=32, max_length=128),
         )
         report["training"] = {
             "seconds": result.seconds,

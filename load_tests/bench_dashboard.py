@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flywheel.store import open_store
 from gateway.dashboard.filters import Filters
 from gateway.dashboard.finance import finance_report
+from store import open_store
 
 GENERATE = """
 INSERT INTO requests (request_id, started_at, finished_at, app, team, route, served_model,

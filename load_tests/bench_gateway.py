@@ -207,7 +207,7 @@ def litellm_config(tmp: Path, upstream: str) -> Path:
 
 def logged_rows(config: Path) -> int:
     code = (
-        "from gateway.config import load_config; from flywheel.store import open_store;"
+        "from gateway.config import load_config; from store import open_store;"
         f"s = open_store(load_config({str(config)!r}).clickhouse_dsn);"
         "print(s.query_rows('SELECT count() FROM requests')[0][0])"
     )
@@ -220,7 +220,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     up_port = free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
     upstream = spawn(
-        [sys.executable, "-m", "flywheel.testing.fake_upstream", "--port", str(up_port)], core=1
+        [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(up_port)], core=1
     )
     report: dict[str, Any] = {
         "machine": {"cores": os.cpu_count()},

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from contracts.model_config import ModelConfig
+from contracts.policy import Guardrails
 from gateway.guardrails.engine import RouteRails
 from gateway.guardrails.nemo import NemoRails, flywheel_detect_pii
-from gateway.model_config import ModelConfig
-from gateway.policy import Guardrails
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77" / "test.csv"
 SAMPLE = [

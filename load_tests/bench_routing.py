@@ -15,9 +15,10 @@ import statistics
 import time
 from pathlib import Path
 
+from contracts.openai_shapes import fingerprint_system_prompt
+from contracts.pricing import price_table
 from gateway.config import load_config, load_policy_set
-from gateway.pricing import price_table
-from gateway.routing import CandidateStates, RequestFacts, Router, fingerprint_system_prompt
+from gateway.routing import CandidateStates, RequestFacts, Router
 
 MESSAGES = [
     {"role": "system", "content": "You turn support tickets into JSON"},
@@ -54,7 +55,7 @@ def main() -> dict[str, object]:
         system_fingerprint=fingerprint_system_prompt(MESSAGES),
     )
     many = load_policy_set(config)
-    from gateway.policy import Match, Route
+    from contracts.policy import Match, Route
 
     # Worst case: 200 routes for the same model that differ by app (the model index cannot
     # skip them), and the request matches after all of them.

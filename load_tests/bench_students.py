@@ -1,7 +1,7 @@
 """Student server latency and throughput on CPU: batch 1 (one client) and batched (many).
 
 The model is a locally built ~1M-parameter base (the size the demo trains), served by
-`distiller.student_server` over HTTP on 127.0.0.1; requests go through the `openai` SDK.
+`students.server` over HTTP on 127.0.0.1; requests go through the `openai` SDK.
 
     python load_tests/bench_students.py
 """
@@ -20,8 +20,8 @@ import openai
 import uvicorn
 
 from distiller.base_model import build_tiny_base
-from distiller.generation import load_student
-from distiller.student_server import StudentServer, build_student_app
+from students.generation import load_student
+from students.server import StudentServer, build_student_app
 
 TEXTS = [
     f"ticket {i}: customer {i * 13} reports the parcel is {w}"

@@ -1,249 +1,24 @@
-"""Shared fixtures: a fake provider and the real gateway on 127.0.0.1.
+"""Fixtures: a fake provider and one real gateway on 127.0.0.1 for the session.
 
-The gateway runs in this process (uvicorn on a real socket, in a thread) because the
-embedded ClickHouse is owned by one process: the test reads the same store the gateway
-writes, through the gateway's own `Store`.
+The session gateway is shared by the tests that only read what it logs; a test that changes
+a gateway (its policy files, its store, its process) starts its own (`own_gateway`) or works
+on a route nobody else uses. Helpers live in `tests/support/`, never in a test module.
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import uvicorn
 
-from flywheel.testing.fake_upstream import FakeUpstreamThread
-from gateway.app import build_app, build_state
-from gateway.config import GatewayConfig
-from gateway.state import GatewayState
+from tests.support.fake_upstream import FakeUpstreamThread
+from tests.support.gateway import ROUTING_STATES, RunningGateway, gateway_config, start_gateway
+from tests.support.wait import eventually
 
-# The dashboard tests' shared data and helpers.
-pytest_plugins = ["tests.dashboard_data"]
-
-APP_KEY = "sk-test-app"
-OTHER_KEY = "sk-test-other"
-ADMIN_KEY = "sk-test-admin"
-FINANCE_KEY = "sk-test-finance"
-REVIEWER_KEY = "sk-test-reviewer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# Routes the routing tests exercise, in a policy file the gateway hot-reloads.
-ROUTING_POLICY = """
-models:
-  student-ok: {model: openai/student-ok, api_base: "%(up)s",
-               price: {input_per_million: "0.01", output_per_million: "0.02"}}
-  student-dear: {model: openai/student-dear, api_base: "%(up)s",
-                 price: {input_per_million: "0.50", output_per_million: "1.00"}}
-  student-broken: {model: openai/broken-student, api_base: "%(up)s",
-                   price: {input_per_million: "0.01", output_per_million: "0.02"}}
-  student-slow: {model: openai/slow-student, api_base: "%(up)s",
-                 price: {input_per_million: "0.01", output_per_million: "0.02"}}
-routes:
-  - name: promoted
-    match: {models: [promoted]}
-    teacher: teacher
-    candidates: [{name: dear, model: student-dear}, {name: ok, model: student-ok}]
-    audit: {share: 1.0}
-  - name: student-crash
-    match: {models: [student-crash]}
-    teacher: teacher
-    candidates: [{name: broken, model: student-broken}]
-  - name: student-hang
-    match: {models: [student-hang]}
-    teacher: teacher
-    candidates: [{name: slow, model: student-slow}]
-    retries: {student_timeout_s: 0.5}
-  - name: shadowed
-    match: {models: [shadowed]}
-    teacher: teacher
-    candidates: [{name: ok, model: student-ok}]
-    rollout: {shadow_share: 1.0}
-  - name: teacher-down
-    match: {models: [teacher-down]}
-    teacher: dead
-    fallbacks: [teacher]
-  - name: limited
-    match: {models: [limited]}
-    teacher: teacher
-    rate_limit: {requests_per_minute: 3}
-  - name: careful
-    match: {models: [careful]}
-    teacher: teacher
-    candidates: [{name: ok, model: student-ok}]
-    escalation: {min_confidence: 0.6}
-  - name: novel
-    match: {models: [novel]}
-    teacher: teacher
-    candidates: [{name: ok, model: student-ok}]
-    escalation: {max_prompt_distance: 0.6}
-  - name: guarded-mask
-    match: {models: [guarded-mask]}
-    teacher: teacher
-    guardrails:
-      input: [{rail: pii, action: mask}]
-      output: [{rail: pii, action: mask}]
-  - name: guarded-logmask
-    match: {models: [guarded-logmask]}
-    teacher: teacher
-    guardrails:
-      input: [{rail: pii, action: mask, mask_upstream: false}]
-  - name: guarded-block
-    match: {models: [guarded-block]}
-    teacher: teacher
-    guardrails:
-      input: [{rail: jailbreak, action: block}]
-  - name: guarded-refuse
-    match: {models: [guarded-refuse]}
-    teacher: teacher
-    guardrails:
-      block_with: refusal
-      refusal_message: "Sorry, I can't discuss that."
-      input: [{rail: deny_topics, topics: {politics: [election, senator]}}]
-  - name: guarded-flag
-    match: {models: [guarded-flag]}
-    teacher: teacher
-    guardrails:
-      input: [{rail: pii, action: flag}]
-      output: [{rail: deny_topics, action: flag, topics: {weather: [rain]}}]
-  - name: guarded-selfcheck
-    match: {models: [guarded-selfcheck]}
-    teacher: teacher
-    guardrails:
-      input: [{rail: self_check, action: block}]
-  - name: hot
-    match: {models: [hot]}
-    teacher: teacher
-"""
-
-# (route, candidate) -> state for the routes above, written where the distiller writes them.
-ROUTING_STATES = {
-    ("promoted", "dear"): "promoted",
-    ("promoted", "ok"): "promoted",
-    ("student-crash", "broken"): "promoted",
-    ("student-hang", "slow"): "promoted",
-    ("shadowed", "ok"): "shadow",
-    ("careful", "ok"): "promoted",
-    ("novel", "ok"): "promoted",
-}
-
-
-def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> GatewayConfig:
-    policy = data_dir / "routing.policy.yaml"
-    policy.write_text(ROUTING_POLICY % {"up": upstream_url})
-    raw: dict[str, Any] = {
-        "data_dir": str(data_dir),
-        "server": {"port": free_port()},
-        "log": {"flush_interval_s": 0.05, "replay_interval_s": 0.2},
-        "router": {"policy_reload_s": 0.1, "state_refresh_s": 0.1},
-        "policies": [str(policy)],
-        "models": {
-            "teacher": {
-                "model": "openai/gpt-4o",
-                "api_base": upstream_url,
-                "api_key_env": "FAKE_UPSTREAM_KEY",
-                "timeout_s": 2,
-            },
-            "cheap": {
-                "model": "openai/local-cheap",
-                "api_base": upstream_url,
-                "price": {"input_per_million": "0.10", "output_per_million": "0.20"},
-            },
-            "embedder": {"model": "openai/text-embedding-3-small", "api_base": upstream_url},
-            # Nothing listens on port 9: an upstream that is down.
-            "dead": {"model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:9/v1"},
-        },
-        "apps": {
-            "shop": {"team": "retail", "train_on_traffic": True},
-            "intranet": {"team": "it", "train_on_traffic": False},
-        },
-        "keys": [
-            {"id": "shop-key", "key": APP_KEY, "app": "shop"},
-            {"id": "intranet-key", "key": OTHER_KEY, "app": "intranet"},
-            {"id": "admin", "key": ADMIN_KEY, "role": "admin"},
-            {"id": "finance", "key": FINANCE_KEY, "role": "finance"},
-            {"id": "reviewer", "key": REVIEWER_KEY, "role": "reviewer"},
-        ],
-        "routes": [
-            {"name": "support", "match": {"models": ["gpt-4o", "support"]}, "teacher": "teacher"},
-            {"name": "cheap", "match": {"models": ["cheap"]}, "teacher": "cheap"},
-            {
-                "name": "embed",
-                "match": {"models": ["text-embedding-3-small"]},
-                "teacher": "embedder",
-            },
-            {"name": "dead", "match": {"models": ["dead"]}, "teacher": "dead"},
-        ],
-    }
-    raw.update(overrides)
-    return GatewayConfig.model_validate(raw)
-
-
-@dataclass
-class RunningGateway:
-    state: GatewayState
-    base_url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        self.state.writer.flush()
-        return self.state.store.query_dicts(sql, params)
-
-    def row(self, request_id: str, within_s: float = 10.0) -> dict[str, Any]:
-        """The request's row. A stream's row is written just after its last chunk reaches
-        the client, so it may trail the client by a moment: wait for it."""
-        deadline = time.monotonic() + within_s
-        while True:
-            rows = self.rows("SELECT * FROM requests WHERE request_id = {id:UUID}", id=request_id)
-            if rows or time.monotonic() > deadline:
-                assert len(rows) == 1, f"expected one row for {request_id}, got {len(rows)}"
-                return rows[0]
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-def start_gateway(config: GatewayConfig) -> RunningGateway:
-    state = build_state(config)
-    app = build_app(state)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=config.server.port,
-            loop="asyncio",
-            log_level="warning",
-            lifespan="on",
-        )
-    )
-
-    def run() -> None:
-        asyncio.run(server.serve())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("gateway did not start")
-        time.sleep(0.02)
-    return RunningGateway(state, f"http://127.0.0.1:{config.server.port}/v1", server, thread)
+# The dashboard tests' shared data.
+pytest_plugins = ["tests.support.dashboard_data"]
 
 
 @pytest.fixture(scope="session")
@@ -268,9 +43,20 @@ def gateway(
         ],
         ["route", "candidate", "version", "state", "updated_at", "reason"],
     )
-    deadline = time.monotonic() + 10
-    while gw.state.router.states.states != ROUTING_STATES and time.monotonic() < deadline:
-        time.sleep(0.05)
+    states = eventually(lambda: gw.state.router.states.states, 10, lambda s: s == ROUTING_STATES)
+    assert states == ROUTING_STATES
     yield gw
     gw.stop()
     gw.state.store.close()
+
+
+@pytest.fixture
+def hot_policy(gateway: RunningGateway) -> Iterator[Path]:
+    """The session gateway's hot-reloaded policy file that only reload tests edit; restored
+    (and reloaded) after the test."""
+    path = next(p for p in gateway.state.config.policy_paths() if p.name == "hot.policy.yaml")
+    original = path.read_text()
+    version = gateway.state.router.policy_version
+    yield path
+    path.write_text(original)
+    eventually(lambda: gateway.state.router.policy_version, 10, lambda v: v == version)

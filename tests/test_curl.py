@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import APP_KEY, RunningGateway
+from tests.support.gateway import APP_KEY, RunningGateway
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

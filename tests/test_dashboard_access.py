@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 
 from distiller.events import record_event
-from tests.conftest import APP_KEY, FINANCE_KEY, OTHER_KEY, REVIEWER_KEY, RunningGateway
-from tests.dashboard_data import api_get
+from tests.support.dashboard_data import api_get
+from tests.support.gateway import APP_KEY, FINANCE_KEY, OTHER_KEY, REVIEWER_KEY, RunningGateway
 
 
 def test_roles_guard_the_dashboard_and_its_json(gateway: RunningGateway) -> None:

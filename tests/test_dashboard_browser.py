@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.browser import Browser, artifacts_dir, chromium_path
-from tests.conftest import ADMIN_KEY, REVIEWER_KEY, RunningGateway
-from tests.dashboard_data import ask, queue_item
+from tests.support.browser import Browser, artifacts_dir, chromium_path
+from tests.support.dashboard_data import ask, queue_item
+from tests.support.gateway import ADMIN_KEY, REVIEWER_KEY, RunningGateway
+
+pytestmark = pytest.mark.slow  # trains, runs children or a browser: -m 'not slow' skips
 
 
 @pytest.mark.skipif(

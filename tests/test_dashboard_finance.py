@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 
 from flywheel.report_cli import usd
-from flywheel.store import open_store
 from gateway.dashboard.filters import Filters
 from gateway.dashboard.finance import projection
-from tests.conftest import APP_KEY, FINANCE_KEY, RunningGateway
-from tests.dashboard_data import api_get, expected_sums, insert_rows
+from store import open_store
+from tests.support.dashboard_data import api_get, expected_sums, insert_rows
+from tests.support.gateway import APP_KEY, FINANCE_KEY, RunningGateway
 
 
 def test_finance_figures_are_exact_sums_ofknown_rows(

@@ -9,14 +9,18 @@ import textwrap
 from decimal import Decimal
 from pathlib import Path
 
-from tests.conftest import free_port
+import pytest
+
+from tests.support.net import free_port
+
+pytestmark = pytest.mark.slow  # trains, runs children or a browser: -m 'not slow' skips
 
 
 def _query(dsn: str, sql: str) -> list[list]:
     """Read the demo's embedded store from another process (this one may own a chdb path)."""
     code = textwrap.dedent(f"""
         import json
-        from flywheel.store import open_store
+        from store import open_store
         s = open_store({dsn!r})
         print(json.dumps([[str(v) for v in r] for r in s.query_rows({sql!r})]))
     """)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts.policy import PolicySet, Route
 from distiller.base_model import build_tiny_base
 from distiller.curation import curate
 from distiller.datasets import (
@@ -27,9 +28,9 @@ from distiller.datasets import (
 from distiller.evaluation import EvalReport, ExampleResult, evaluate, wilson_lower
 from distiller.promotion import advance, current, transition
 from distiller.worker import distill_route
-from gateway.policy import PolicySet, Route
 from gateway.request_log import RequestRecord
-from tests.conftest import RunningGateway
+from tests.support.gateway import RunningGateway
+from tests.support.wait import eventually
 
 ROUTE = "distill-intents"
 SYSTEM = "Classify the customer's banking request. Answer with JSON."
@@ -191,6 +192,7 @@ def test_gate_passes_and_fails() -> None:
     assert _report(90, 100, 0.9, 50).threshold_for(0.97)["coverage"] == pytest.approx(0.92)
 
 
+@pytest.mark.slow
 def test_training_run_beats_untrained_base_and_gates(
     gateway: RunningGateway, workload: dict, tmp_path: Path
 ) -> None:
@@ -307,15 +309,13 @@ def test_rollback_when_audits_drop(gateway: RunningGateway) -> None:
     assert changes and "rolled_back" in changes[0]
     assert current(store, route.name, "c1").state == "rolled_back"
     # The router stops sending it traffic at its next refresh.
-    deadline = time.monotonic() + 10
-    while (
-        gateway.state.router.states.get(route.name, "c1") != "rolled_back"
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-    assert gateway.state.router.states.get(route.name, "c1") == "rolled_back"
+    state = eventually(
+        lambda: gateway.state.router.states.get(route.name, "c1"), 10, lambda s: s == "rolled_back"
+    )
+    assert state == "rolled_back"
 
 
+@pytest.mark.slow
 def test_embedded_worker_trains_in_a_subprocess(
     gateway: RunningGateway, workload: dict, tmp_path: Path
 ) -> None:
@@ -327,7 +327,7 @@ def test_embedded_worker_trains_in_a_subprocess(
     import openai
 
     from distiller.worker import EmbeddedDistiller
-    from tests.conftest import APP_KEY
+    from tests.support.gateway import APP_KEY
 
     policies: PolicySet = gateway.state.router.policies
     route = Route.model_validate(
@@ -361,8 +361,8 @@ def test_embedded_worker_trains_in_a_subprocess(
 
 def test_llm_judge_metric_asks_the_teacher(upstream) -> None:
     """The judge prompt goes to the teacher (the fake one answers YES for equal answers)."""
+    from contracts.model_config import ModelConfig
     from distiller.evaluation import teacher_judge
-    from gateway.model_config import ModelConfig
 
     judge = teacher_judge(ModelConfig(model="openai/gpt-4o", api_base=upstream.base_url))
     prompt = [{"role": "user", "content": "q"}]

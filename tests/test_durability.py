@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import openai
 import pytest
 import yaml
 
-from tests.conftest import APP_KEY, RunningGateway, free_port
+from tests.support.gateway import APP_KEY, RunningGateway
+from tests.support.net import free_port, wait_up
+from tests.support.wait import eventually
 
 
 def _client(gw: RunningGateway) -> openai.OpenAI:
@@ -62,10 +63,7 @@ def test_clickhouse_outage_spools_and_replays_every_row(gateway: RunningGateway)
         assert health["clickhouse"]["spooled_rows_pending"] >= len(ids)
     finally:
         store.command("ATTACH TABLE requests")
-    deadline = time.monotonic() + 20
-    while _count(gateway, ids) < len(ids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _count(gateway, ids) == len(ids)
+    assert eventually(lambda: _count(gateway, ids), 20, lambda n: n >= len(ids)) == len(ids)
     assert not gateway.state.spool.has_pending()
     # Replays carry their dedup token: a second replay of the same batch adds nothing.
     rows = gateway.rows(
@@ -97,16 +95,12 @@ def test_client_disconnect_mid_stream_is_logged(gateway: RunningGateway) -> None
     ) as r:
         request_id = r.headers["x-request-id"]
         next(r.iter_bytes())
-    deadline = time.monotonic() + 10
-    rows: list[dict] = []
-    while time.monotonic() < deadline:
-        rows = gateway.rows(
+    rows = eventually(
+        lambda: gateway.rows(
             "SELECT status, http_status, response FROM requests WHERE request_id = {id:UUID}",
             id=request_id,
         )
-        if rows:
-            break
-        time.sleep(0.1)
+    )
     assert rows and rows[0]["status"] == "client_disconnect"
     assert rows[0]["http_status"] == 499
     assert "echo" in rows[0]["response"], "the part streamed before the hang-up is kept"
@@ -171,24 +165,12 @@ def _serve_config(tmp: Path, upstream_url: str, **log: object) -> tuple[Path, in
     return path, port
 
 
-def _wait_up(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code < 600:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("gateway did not come up")
-
-
 def _ids_in_store(config: Path) -> set[str]:
     """Read the embedded store from another process (this one already owns a chdb path)."""
     code = textwrap.dedent(f"""
         import json
         from gateway.config import load_config
-        from flywheel.store import open_store
+        from store import open_store
         store = open_store(load_config({str(config)!r}).clickhouse_dsn)
         print(json.dumps([str(r[0]) for r in store.query_rows("SELECT request_id FROM requests")]))
     """)
@@ -198,6 +180,7 @@ def _ids_in_store(config: Path) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("log", "spilled"),
     [
@@ -219,7 +202,7 @@ def test_sigterm_flushes_every_answered_request(tmp_path: Path, upstream, log, s
         env=env,
     )
     try:
-        _wait_up(port, proc)
+        wait_up(port, proc)
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=APP_KEY, max_retries=0
         )

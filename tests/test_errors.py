@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import APP_KEY, RunningGateway
+from tests.support.gateway import APP_KEY, RunningGateway
 
 
 def _post(
@@ -157,7 +157,7 @@ def test_stream_error_before_first_byte_is_a_status(gateway: RunningGateway) -> 
 
 
 def test_feedback_for_unknown_or_foreign_request_is_404(gateway: RunningGateway) -> None:
-    from tests.conftest import OTHER_KEY
+    from tests.support.gateway import OTHER_KEY
 
     r = _post(
         gateway, "/feedback", '{"request_id": "0190b2a4-0000-7000-8000-000000000000", "score": 1}'
@@ -170,3 +170,31 @@ def test_feedback_for_unknown_or_foreign_request_is_404(gateway: RunningGateway)
     _assert_error(
         _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": "good"}'), 422
     )
+
+
+def test_an_unplanned_exception_still_leaves_one_row(gateway: RunningGateway, monkeypatch) -> None:
+    """Whatever breaks inside the request path, the client gets an OpenAI-shaped 500 and the
+    request has exactly one row."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug nobody planned for")
+
+    monkeypatch.setattr(gateway.state.limiter, "admit", broken)
+    r = _post(gateway, "/chat/completions", CHAT)
+    monkeypatch.undo()
+    _assert_error(r, 500, "internal_error")
+    assert "a bug nobody planned for" not in r.text
+    row = gateway.row(r.headers["x-request-id"])
+    assert (row["status"], row["http_status"], row["route"]) == ("internal_error", 500, "support")
+
+
+def test_invalid_response_format_is_a_client_error_with_a_row(gateway: RunningGateway) -> None:
+    for bad in ('"json"', "7"):
+        r = _post(
+            gateway,
+            "/chat/completions",
+            '{"model": "gpt-4o", "response_format": ' + bad + ", "
+            '"messages": [{"role": "user", "content": "hi"}]}',
+        )
+        assert r.status_code < 500, r.text
+        assert gateway.row(r.headers["x-request-id"])["http_status"] == r.status_code

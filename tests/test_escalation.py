@@ -3,12 +3,12 @@ the request to the teacher; the user always gets one answer."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import openai
 
-from tests.conftest import APP_KEY, RunningGateway
+from tests.support.gateway import APP_KEY, RunningGateway
+from tests.support.wait import eventually
 
 
 def _ask(gw: RunningGateway, model: str, text: str, **kw):
@@ -74,9 +74,7 @@ def test_prompt_far_from_training_data_goes_to_teacher(gateway: RunningGateway) 
         [["novel", "ok", "v1", "promoted", datetime.now(UTC), "test", "ds-novel"]],
         ["route", "candidate", "version", "state", "updated_at", "reason", "dataset_id"],
     )
-    deadline = time.monotonic() + 10
-    while ("novel", "ok") not in gateway.state.prompt_indexes and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: ("novel", "ok") in gateway.state.prompt_indexes)
     assert gateway.state.prompt_indexes[("novel", "ok")][1].size == 5
 
     near = _ask(gateway, "novel", "I want a refund for order 77, it never arrived")

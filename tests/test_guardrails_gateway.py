@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from tests.conftest import APP_KEY, RunningGateway
+from tests.support.gateway import APP_KEY, RunningGateway
 
 # PII used only on masking routes: the final scan looks for these anywhere in ClickHouse.
 MASKED_EMAIL = "alice.w@example.org"
@@ -124,3 +124,33 @@ def test_no_raw_pii_in_clickhouse_after_masked_runs(gateway: RunningGateway) -> 
     )
     assert masked[0]["n"] >= 3, "the masked tests ran first"
     assert rows[0]["n"] == 0
+
+
+def test_a_request_keeps_its_router_snapshot_when_the_policy_changes(
+    gateway: RunningGateway,
+) -> None:
+    """The router is read once per request: a stream whose upstream answers after a policy
+    swap still runs the rails of the policy it was decided under."""
+    import threading
+    import time
+
+    from gateway.routing import Router
+
+    before = gateway.state.router
+    without_rails = Router(before.policies, before.prices, before.states)
+
+    def swap() -> None:
+        time.sleep(0.3)  # while the upstream holds the first byte back ([[sleep:1]])
+        gateway.state.router = without_rails
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        chunks = list(_ask(gateway, "guarded-flag", "rain again? [[sleep:1]]", stream=True))
+    finally:
+        swapper.join()
+        gateway.state.router = before
+    verdicts = json.loads(_row(gateway, chunks[0].id)["guardrails"])
+    assert [
+        (v["rail"], v["direction"], v["hit"]) for v in verdicts if v["direction"] == "output"
+    ] == [("deny_topics", "output", True)]

@@ -11,17 +11,21 @@ from decimal import Decimal
 from pathlib import Path
 
 import openai
+import pytest
 import yaml
 
-from gateway.pricing import litellm_price_table
-from tests.conftest import APP_KEY, free_port
-from tests.test_durability import _wait_up
+from contracts.pricing import litellm_price_table
+from tests.support.gateway import APP_KEY
+from tests.support.net import free_port
+from tests.support.net import wait_up as _wait_up
+
+pytestmark = pytest.mark.slow  # trains, runs children or a browser: -m 'not slow' skips
 
 
 def _store_rows(config: Path) -> list[list]:
     code = (
         "import json; from gateway.config import load_config;"
-        "from flywheel.store import open_store;"
+        "from store import open_store;"
         f"s = open_store(load_config({str(config)!r}).clickhouse_dsn);"
         "print(json.dumps([[str(v) for v in r] for r in s.query_rows("
         "'SELECT request_id, served_model, input_tokens, output_tokens, cost_usd, status, response"

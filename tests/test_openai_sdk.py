@@ -8,8 +8,8 @@ from decimal import Decimal
 import openai
 import pytest
 
-from gateway.pricing import litellm_price_table
-from tests.conftest import APP_KEY, RunningGateway
+from contracts.pricing import litellm_price_table
+from tests.support.gateway import APP_KEY, RunningGateway
 
 
 def _client(gw: RunningGateway, key: str = APP_KEY) -> openai.OpenAI:
@@ -176,7 +176,7 @@ def test_models_lists_callable_aliases(gateway: RunningGateway) -> None:
 
 
 def test_consent_flag_follows_the_app(gateway: RunningGateway) -> None:
-    from tests.conftest import OTHER_KEY
+    from tests.support.gateway import OTHER_KEY
 
     resp = _client(gateway, OTHER_KEY).chat.completions.create(
         model="cheap", messages=[{"role": "user", "content": "no consent"}]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ApiError
-from gateway.model_config import ModelConfig
-from gateway.policy import PolicyError, load_policies
-from gateway.pricing import price_table
-from gateway.routing import CandidateStates, RequestFacts, Router, fingerprint_system_prompt
+from contracts.errors import ApiError
+from contracts.model_config import ModelConfig
+from contracts.openai_shapes import fingerprint_system_prompt
+from contracts.policy import PolicyError, load_policies
+from contracts.pricing import price_table
+from gateway.routing import CandidateStates, RequestFacts, Router
 
 MODELS = {
     "teacher": ModelConfig(model="openai/gpt-4o"),
@@ -240,6 +241,7 @@ def test_explain_says_why(tmp_path: Path) -> None:
         "model": "backup",
         "served_by": "teacher",
         "why": "no candidate is in canary or promoted",
+        "shares": [],
     }
 
 
@@ -320,3 +322,54 @@ def test_shares_are_within_statistical_bounds(tmp_path: Path) -> None:
     audits = sum(1 for d in students if d.audit)
     assert _within(audits, len(students), 0.2)
     assert not any(d.audit for d in decisions if d.primary.served_by == "teacher")
+
+
+# --- the typed training section and explain = decide -----------------------------------------
+
+
+def test_training_section_rejects_unknown_keys_with_line(tmp_path: Path) -> None:
+    text = """
+routes:
+  - name: r
+    teacher: teacher
+    training:
+      min_new_examples: 50
+      epoch: 3
+"""
+    path = _write(tmp_path, text)
+    with pytest.raises(PolicyError) as info:
+        load_policies([path], MODELS)
+    assert f"{path}:6: routes.0.training.epoch" in str(info.value)
+    good = load_policies(
+        [_write(tmp_path, text.replace("epoch:", "epochs:"), "ok.policy.yaml")], MODELS
+    )
+    assert good.routes[0].training.epochs == 3 and good.routes[0].training.min_new_examples == 50
+
+
+PROMOTED_AND_CANARY = """
+routes:
+  - name: r
+    teacher: teacher
+    candidates:
+      - {name: dear, model: small}
+      - {name: cheap, model: tiny, canary_share: 0.3}
+"""
+
+
+def test_explain_names_who_decide_sends_to(tmp_path: Path) -> None:
+    """A promoted candidate takes every request even when a cheaper one is in canary:
+    explain must say so, because it reads the same plan decide draws from."""
+    router = _router(
+        tmp_path, PROMOTED_AND_CANARY, {("r", "dear"): "promoted", ("r", "cheap"): "canary"}
+    )
+    served = {router.decide(_facts()).primary.reason for _ in range(200)}
+    assert served == {"promoted: dear"}
+    would = router.explain(_facts())["would_serve"]
+    assert would["model"] == "small" and would["served_by"] == "student"
+    assert would["shares"] == [{"candidate": "dear", "model": "small", "share": 1.0}]
+    # With only the canary left, explain reports its real share and the teacher's rest.
+    router = _router(tmp_path, PROMOTED_AND_CANARY, {("r", "cheap"): "canary"})
+    would = router.explain(_facts())["would_serve"]
+    assert "cheap 30%" in would["why"] and "the rest (70%) to teacher" in would["why"]
+    draws = [router.decide(_facts()).primary.served_by for _ in range(2000)]
+    assert _within(draws.count("student"), 2000, 0.3)

@@ -11,8 +11,8 @@ import httpx
 
 from distiller.curation import curate
 from distiller.datasets import build_dataset
-from tests.conftest import FINANCE_KEY, REVIEWER_KEY, RunningGateway
-from tests.dashboard_data import api_get, ask, queue_item
+from tests.support.dashboard_data import api_get, ask, queue_item
+from tests.support.gateway import FINANCE_KEY, REVIEWER_KEY, RunningGateway
 
 
 def _label(gateway: RunningGateway, **body: Any) -> httpx.Response:

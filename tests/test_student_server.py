@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +15,13 @@ import uvicorn
 from aiohttp import web
 
 from distiller.base_model import build_tiny_base
-from distiller.generation import Request, generate_batch, load_student
-from distiller.student_server import StudentServer, build_student_app
-from distiller.vllm_client import VllmAdapterError, VllmAdapters
-from tests.conftest import free_port
+from students.generation import Request, generate_batch, load_student
+from students.server import StudentServer, build_student_app
+from students.vllm_client import VllmAdapterError, VllmAdapters
+from tests.support.net import free_port
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.slow  # trains, runs children or a browser: -m 'not slow' skips
 
 TEXTS = [
     f"order {i} for customer {i * 7} is {w}"
@@ -45,8 +47,7 @@ def student_url(bases: tuple[Path, Path]) -> Iterator[tuple[str, StudentServer]]
     )
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
     thread.start()
-    while not uv.started:
-        time.sleep(0.02)
+    assert eventually(lambda: uv.started, 60)
     yield f"http://127.0.0.1:{port}/v1", server
     uv.should_exit = True
     thread.join(10)
@@ -115,7 +116,7 @@ def test_concurrent_requests_are_batched_and_hot_swap_fails_none(
     workers = [threading.Thread(target=traffic) for _ in range(6)]
     for w in workers:
         w.start()
-    time.sleep(1.0)
+    eventually(lambda: versions, 30, lambda v: len(v) >= 6)  # traffic is flowing
     old = server.models["student"].version
     r = httpx.post(
         url.removesuffix("/v1") + "/admin/models",
@@ -124,7 +125,8 @@ def test_concurrent_requests_are_batched_and_hot_swap_fails_none(
     )
     assert r.status_code == 200, r.text
     new = r.json()["version"]
-    time.sleep(1.0)
+    served = len(versions)
+    eventually(lambda: versions, 30, lambda v: len(v) >= served + 6)  # and goes on after
     stop.set()
     for w in workers:
         w.join()
@@ -184,8 +186,8 @@ def test_vllm_adapter_client_speaks_vllms_shapes() -> None:
 
 
 def test_distiller_publishes_to_the_student_server(student_url, bases, tmp_path: Path) -> None:
+    from contracts.model_config import ModelConfig
     from distiller.publishing import publish
-    from gateway.model_config import ModelConfig
 
     url, _ = student_url
     (tmp_path / "merged").symlink_to(bases[1])
@@ -215,8 +217,8 @@ def test_serve_starts_the_student_server_and_routes_to_it(bases, tmp_path: Path)
     import httpx
     import yaml
 
-    from tests.conftest import APP_KEY
-    from tests.test_durability import _wait_up
+    from tests.support.gateway import APP_KEY
+    from tests.support.net import wait_up as _wait_up
 
     port, student_port = free_port(), free_port()
     config = tmp_path / "gw.yaml"
@@ -254,13 +256,7 @@ def test_serve_starts_the_student_server_and_routes_to_it(bases, tmp_path: Path)
     )
     try:
         _wait_up(port, proc)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{student_port}/v1/models").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        _wait_up(student_port, proc, "/v1/models", 120)
         resp = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=APP_KEY, max_retries=0
         ).chat.completions.create(
@@ -273,6 +269,12 @@ def test_serve_starts_the_student_server_and_routes_to_it(bases, tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    time.sleep(1)
-    with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://127.0.0.1:{student_port}/v1/models", timeout=2)
+
+    def student_gone() -> bool:
+        try:
+            httpx.get(f"http://127.0.0.1:{student_port}/v1/models", timeout=2)
+        except httpx.TransportError:
+            return True
+        return False
+
+    assert eventually(student_gone, 10)

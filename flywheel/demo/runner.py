@@ -14,21 +14,19 @@ import json
 import logging
 import shutil
 import socket
-import threading
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import openai
-import uvicorn
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from flywheel.demo.teacher import LocalTeacher
 from flywheel.demo.workloads import Traffic
-from gateway.app import build_app, build_state
+from flywheel.serve import GatewayThread
 from gateway.config import GatewayConfig
 from gateway.state import GatewayState
 
@@ -103,24 +101,6 @@ def demo_config(data_dir: Path, teacher_url: str, quick: bool, port: int) -> Gat
             ],
         }
     )
-
-
-class _Server:
-    def __init__(self, state: GatewayState, port: int) -> None:
-        self.state = state
-        self.server = uvicorn.Server(
-            uvicorn.Config(build_app(state), host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
 
 
 SUMMARY_SQL = """
@@ -224,8 +204,8 @@ def run_demo(
     traffic = Traffic(seed=7)
     teacher = LocalTeacher(traffic.truth, (0.02, 0.06) if quick else (0.2, 0.6))
     config = demo_config(data_dir, teacher.start(), quick, port)
-    state = build_state(config)
-    server = _Server(state, port)
+    server = GatewayThread(config, port)
+    state = server.state
     server.start()
     base_url = f"http://127.0.0.1:{port}/v1"
     limit_s = 270 if quick else 1150

@@ -21,12 +21,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from contracts.errors import ApiError
 from gateway.auth import Principal
 from gateway.bodies import read_json, validate
 from gateway.dashboard import finance, lifecycle, review
 from gateway.dashboard.filters import Filters
 from gateway.dashboard.session import principal
-from gateway.errors import ApiError
 from gateway.state import GatewayState
 
 FINANCE_ROLES = ("admin", "finance")

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import ApiError
+from contracts.errors import ApiError
 
 DEFAULT_DAYS = 30
 

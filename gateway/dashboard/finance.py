@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flywheel.store import Store
 from gateway.dashboard.filters import Filters
+from store import Store
 
 DIMENSIONS = {"app": "app", "team": "team", "model": "served_model", "route": "route"}
 PCT = Decimal("0.01")

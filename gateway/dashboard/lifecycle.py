@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from flywheel.store import Store
 from gateway.dashboard.filters import Filters
 from gateway.state import GatewayState
+from store import Store
 
 
 def _iso(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:

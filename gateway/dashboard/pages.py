@@ -17,8 +17,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from contracts.errors import ApiError
 from gateway.dashboard import session
-from gateway.errors import ApiError
 from gateway.state import GatewayState
 
 STATIC = Path(__file__).parent / "static"

@@ -10,8 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from flywheel.store import Store
 from gateway.dashboard.filters import Filters
+from store import Store
 
 _AUDITS = """
 SELECT route, candidate, sum(audits) AS audits, sum(agreement_sum) AS agreement_sum,

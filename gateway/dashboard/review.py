@@ -21,10 +21,10 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distiller.metrics import answer_text
-from flywheel.store import Store
+from contracts.agreement import answer_text
+from contracts.errors import ApiError
 from gateway.dashboard.filters import Filters
-from gateway.errors import ApiError
+from store import Store
 
 DISAGREE_BELOW = 0.5
 

@@ -17,8 +17,8 @@ import time
 
 from starlette.requests import Request
 
+from contracts.errors import ApiError
 from gateway.auth import KeyRing, Principal, require_role
-from gateway.errors import ApiError
 
 COOKIE = "flywheel_session"
 SESSION_S = 12 * 3600

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import ApiError
-from gateway.guardrails.engine import Outcome, RouteRails, Verdict
+from contracts.errors import ApiError
+from gateway.context import RequestContext
+from gateway.guardrails.engine import Outcome, Verdict
 from gateway.request_log import RequestRecord
 
 
@@ -34,16 +35,15 @@ def _prompt_messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     return None
 
 
-async def guard_input(
-    rails: RouteRails, rec: RequestRecord, body: dict[str, Any], upstream_body: dict[str, Any]
-) -> Verdict | None:
+async def guard_input(ctx: RequestContext) -> Verdict | None:
     """Run input rails; rewrite what the upstream sees and what is logged. Returns the
     blocking verdict, if any."""
+    rails, body, upstream_body = ctx.rails, ctx.body, ctx.upstream_body
     messages = _prompt_messages(body)
-    if messages is None or not rails.spec.input:
+    if rails is None or messages is None or not rails.spec.input:
         return None
     outcome = await rails.check_input(messages)
-    _record(rec, outcome)
+    _record(ctx.record, outcome)
     if "messages" in body:
         upstream_body["messages"] = outcome.for_peer
     else:
@@ -51,11 +51,10 @@ async def guard_input(
     return outcome.blocked
 
 
-async def guard_output(
-    rails: RouteRails, rec: RequestRecord, answer: dict[str, Any]
-) -> Verdict | None:
+async def guard_output(ctx: RequestContext, answer: dict[str, Any]) -> Verdict | None:
     """Run output rails on every choice; mask in place. Returns the blocking verdict."""
-    if not rails.spec.output:
+    rails, rec = ctx.rails, ctx.record
+    if rails is None or not rails.spec.output:
         return None
     for choice in answer.get("choices") or []:
         message = choice.get("message")
@@ -74,16 +73,17 @@ async def guard_output(
     return None
 
 
-def blocked(
-    rails: RouteRails, rec: RequestRecord, verdict: Verdict, headers: dict[str, str]
-) -> tuple[Response, int]:
-    """The response a blocked request gets, and its HTTP status."""
+def blocked(ctx: RequestContext, verdict: Verdict) -> Response:
+    """Finish a blocked request's row and answer it: an error or a refusal."""
+    rails, rec, headers = ctx.rails, ctx.record, ctx.headers
+    assert rails is not None, "only a route with rails blocks"
     what = "Request" if verdict.direction == "input" else "Response"
     detail = f" ({verdict.detail})" if verdict.detail else ""
     rec.error = f"{what} blocked by guardrail `{verdict.rail}`{detail}"
     if rails.spec.block_with == "error":
         err = ApiError(400, f"{rec.error}.", code="guardrail_blocked", param=verdict.rail)
-        return err.response(headers), 400
+        ctx.finish("guardrail_blocked", 400)
+        return err.response(headers)
     answer = {
         "id": rec.request_id,
         "object": "chat.completion" if rec.endpoint == "chat.completions" else "text_completion",
@@ -103,4 +103,5 @@ def blocked(
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
     rec.response = answer
-    return Response(orjson.dumps(answer), media_type="application/json", headers=headers), 200
+    ctx.finish("guardrail_blocked", 200)
+    return Response(orjson.dumps(answer), media_type="application/json", headers=headers)

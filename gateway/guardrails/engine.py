@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from contracts.model_config import ModelConfig
+from contracts.policy import Guardrails, PolicySet, Rail
 from gateway.guardrails.detectors import JAILBREAK_PATTERNS, Span, find_pii, mask, topic_patterns
 from gateway.guardrails.nemo import NemoRails
-from gateway.model_config import ModelConfig
-from gateway.policy import Guardrails, PolicySet, Rail
 
 
 @dataclass(slots=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from contracts.model_config import ModelConfig
 from gateway.guardrails.detectors import find_pii
-from gateway.model_config import ModelConfig
 
 log = logging.getLogger("flywheel.guardrails")
 

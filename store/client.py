@@ -18,6 +18,8 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from store.migrations import apply_migrations
+
 
 class StoreUnavailable(Exception):
     """ClickHouse could not be reached or refused the operation."""
@@ -73,8 +75,6 @@ class Store:
         """Apply migrations once per process; a server that was down at start gets its
         schema on the first call that reaches it."""
         if not self._schema_ready:
-            from flywheel.store.migrations import apply_migrations
-
             apply_migrations(self)
             self._schema_ready = True
 

@@ -7,9 +7,24 @@ statement is idempotent (`IF NOT EXISTS`), so a run interrupted half-way is safe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any, Protocol
 
-from flywheel.store.client import Store
+
+class _Executor(Protocol):
+    """What migrations need of a store (the client module imports this one, not back)."""
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any: ...
+
+    def query_rows(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]: ...
+
+    def insert_rows(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]
+    ) -> None: ...
+
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -17,7 +32,7 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 def available() -> list[tuple[int, str, str]]:
     """(version, name, sql) for every migration file, in order."""
     out = []
-    for entry in resources.files("flywheel.store").joinpath("migrations").iterdir():
+    for entry in resources.files("store").joinpath("migrations").iterdir():
         m = _FILE.match(entry.name)
         if m:
             out.append((int(m.group(1)), m.group(2), entry.read_text()))
@@ -29,7 +44,7 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in body.split(";") if s.strip()]
 
 
-def apply_migrations(store: Store) -> list[int]:
+def apply_migrations(store: _Executor) -> list[int]:
     """Apply what is missing; return the versions applied now."""
     store.command(
         "CREATE TABLE IF NOT EXISTS schema_migrations "

@@ -20,7 +20,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import ADMIN_KEY, APP_KEY, REVIEWER_KEY, RunningGateway
+from tests.support.gateway import ADMIN_KEY, APP_KEY, REVIEWER_KEY, RunningGateway
 
 APPS = {"shop": "retail", "intranet": "it"}
 MODELS = ["teacher", "student-ok", "cheap"]

@@ -12,25 +12,11 @@ from typing import Any
 
 import orjson
 
+from contracts.openai_shapes import answer_text
+
+__all__ = ["agreement", "answer_text", "judge_messages", "parse_judgement"]
+
 _WS = re.compile(r"\s+")
-
-
-def answer_text(response: dict[str, Any]) -> str:
-    """The first choice's answer: its content, or its tool calls as JSON."""
-    choices = response.get("choices") or []
-    if not choices:
-        return ""
-    first = choices[0]
-    if "text" in first:
-        return str(first.get("text") or "")
-    message = first.get("message") or {}
-    if message.get("tool_calls"):
-        calls = [
-            {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
-            for c in message["tool_calls"]
-        ]
-        return orjson.dumps(calls).decode()
-    return str(message.get("content") or "")
 
 
 def normalise(text: str) -> str:

@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from distiller.generation import Loaded, generate_batch, load_student
-from gateway.errors import ApiError
+from contracts.errors import ApiError
+from students.generation import Loaded, generate_batch, load_student
 
 log = logging.getLogger("flywheel.students")
 
@@ -205,7 +205,7 @@ def build_student_app(server: StudentServer) -> Starlette:
 
 
 async def _as_stream(answer: dict[str, Any], body: dict[str, Any]) -> Any:
-    from gateway.streaming import answer_as_events
+    from contracts.openai_shapes import answer_as_events
 
     if not (body.get("stream_options") or {}).get("include_usage"):
         answer = {k: v for k, v in answer.items() if k != "usage"}

@@ -1,6 +1,6 @@
 """The ClickHouse store: one client factory, the migrations, the schema in one place."""
 
-from flywheel.store.client import Store, StoreProcess, StoreUnavailable, open_store
+from store.client import Store, StoreProcess, StoreUnavailable, open_store
 
 __all__ = ["Store", "StoreProcess", "StoreUnavailable", "open_store", "server_store"]
 

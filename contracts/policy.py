@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.model_config import ModelConfig
-from gateway.yaml_source import (
+from contracts.bases import CandidateKind, base_problem, default_base
+from contracts.model_config import ModelConfig
+from contracts.yaml_source import (
     ConfigError,
     format_validation_error,
     line_of,
@@ -84,22 +85,50 @@ class Match(_Strict):
 
 
 class Candidate(_Strict):
-    """A student slot: the distiller trains it from `base`, `model` serves it."""
+    """A student slot: the distiller trains it from `base`, `model` serves it.
+
+    `kind: lm` generates answers (SFT: LoRA on a pretrained base, full fine-tuning on a tiny
+    one); `kind: classifier` answers with one of the labels the teacher's answers form (a
+    classification head on an encoder or LM backbone), for routes whose answers are a
+    closed set."""
 
     name: str
     model: str
-    base: str = ""
+    kind: CandidateKind = "lm"
+    base: str = Field(
+        default="", description="a named base (`flywheel bases`), a hub id or a local path"
+    )
     canary_share: Share | None = Field(
         default=None, ge=0, le=1, description="this candidate's canary share (default: route's)"
     )
 
+    @model_validator(mode="after")
+    def _known_base(self) -> Candidate:
+        problem = base_problem(self.base, self.kind)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    @property
+    def resolved_base(self) -> str:
+        return self.base or default_base(self.kind)
+
 
 class Gate(_Strict):
+    """Plain gate: the Wilson lower bound of agreement over the whole eval set reaches
+    `threshold`. Selective gate (`min_coverage` set): at the confidence threshold the eval
+    set picks for `threshold`, the lower bound over the answers the candidate keeps reaches
+    `threshold` and it keeps at least `min_coverage` of them; the router then escalates
+    below that confidence (no hand-set `escalation.min_confidence` needed)."""
+
     metric: Literal["exact_match", "json_field_match", "chrf", "llm_judge"] = "exact_match"
     fields: list[str] = Field(default_factory=list)
     threshold: float = Field(default=0.9, ge=0, le=1)
     min_examples: int = Field(default=100, ge=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
+    min_coverage: float | None = Field(
+        default=None, gt=0, le=1, description="selective gate: least share of traffic kept"
+    )
 
 
 class Rollout(_Strict):
@@ -172,6 +201,47 @@ class Guardrails(_Strict):
     refusal_message: str = "I can't help with that request."
 
 
+class Training(_Strict):
+    """The distiller's settings for a route: when to train, how to split, and the
+    hyperparameters. Unknown keys are errors (`epoch: 3` is caught with its line)."""
+
+    min_new_examples: int = Field(
+        default=200, ge=0, description="curated examples the last dataset lacks before a run"
+    )
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1, description="share held out to eval")
+    pretrain_steps: int = Field(
+        default=200, ge=0, description="domain pretraining steps of a `local:tiny` base"
+    )
+    # Left unset, epochs, learning rate and LoRA rank are chosen from the base and the data
+    # size (`distiller.training.recipe_for`, documented there); set them to override.
+    epochs: float | None = Field(default=None, gt=0)
+    learning_rate: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=256, ge=8, description="tokens per example, prompt included")
+    lora: bool | None = Field(default=None, description="default: LoRA unless the base is tiny")
+    lora_rank: int | None = Field(default=None, ge=1)
+    lora_alpha: int | None = Field(default=None, ge=1, description="default: twice the rank")
+    seed: int = 0
+    max_steps: int = Field(default=-1, description="stop after this many steps (-1: epochs)")
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="stop training (keeping the best so far) after this"
+    )
+    early_stopping_patience: int = Field(
+        default=2, ge=0, description="evaluations without improvement before stopping (0: off)"
+    )
+    calibration_fraction: float = Field(
+        default=0.15, ge=0, lt=1, description="share of training data held out to calibrate"
+    )
+    finetune_encoder: bool | None = Field(
+        default=None,
+        description="classifier: train the backbone too (default: on CUDA only; a head on "
+        "frozen features on CPU)",
+    )
+    max_labels: int = Field(
+        default=500, ge=2, description="classifier: most distinct answers that count as labels"
+    )
+
+
 class Route(_Strict):
     name: str
     match: Match = Field(default_factory=Match)
@@ -185,9 +255,7 @@ class Route(_Strict):
     retries: Retries = Field(default_factory=Retries)
     rate_limit: RateLimit | None = None
     guardrails: Guardrails = Field(default_factory=Guardrails)
-    training: dict[str, Any] = Field(
-        default_factory=dict, description="distiller settings (issue: distiller)"
-    )
+    training: Training = Field(default_factory=Training, description="read by the distiller")
 
 
 class PolicyFile(_Strict):

@@ -38,14 +38,22 @@ class Request:
 class Loaded:
     name: str
     path: str
-    model: Any
-    tokenizer: Any
+    model: Any  # a causal LM, or a `students.classifier.Classifier`
+    tokenizer: Any  # None for a classifier
     version: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.tokenizer is None
 
 
 def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loaded:
-    from distiller.base_model import load
+    """A generating student (merged, or a base plus a LoRA adapter) or a classifier."""
+    from students.classifier import Classifier, is_classifier
+    from students.loading import load
 
+    if is_classifier(path):
+        return Loaded(name, str(path), Classifier.load(path), None)
     model, tokenizer = load(path)
     if adapter:
         from peft import PeftModel
@@ -60,6 +68,8 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
     """One generate call for the batch; each answer with its tokens' logprobs."""
     import torch
 
+    if student.is_classifier:
+        return _classify(student, jobs)
     tok, model = student.tokenizer, student.model
     texts = [
         tok.apply_chat_template(j.messages, add_generation_prompt=True, tokenize=False)
@@ -104,6 +114,29 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
                 "confidence": math.exp(sum(lps) / len(lps)) if lps else 0.0,
                 "prompt_tokens": int(enc["attention_mask"][i].sum()),
                 "completion_tokens": len(ids),
+            }
+        )
+    return out
+
+
+def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
+    """A classifier's answers in the generation shape: the label is the whole answer, one
+    "token" whose probability is the calibrated class probability."""
+    from students.classifier import input_text
+
+    out = []
+    for job, (label, prob) in zip(
+        jobs, student.model.predict([input_text(j.messages) for j in jobs]), strict=True
+    ):
+        out.append(
+            {
+                "text": label,
+                "finish_reason": "stop",
+                "tokens": [label],
+                "logprobs": [math.log(max(prob, 1e-12))],
+                "confidence": prob,
+                "prompt_tokens": max(1, len(input_text(job.messages)) // 4),
+                "completion_tokens": 1,
             }
         )
     return out

@@ -13,7 +13,7 @@ It answers deterministically so tests can check what the gateway logged:
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
   NO.") is answered YES when candidate and reference are equal, case and spacing aside.
-Run alone: `python -m flywheel.testing.fake_upstream --port 9001`.
+Run alone: `python -m tests.support.fake_upstream --port 9001`.
 """
 
 from __future__ import annotations
@@ -29,24 +29,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from contracts.openai_shapes import last_user_text
+
 _MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
 _JUDGE = re.compile(
     r"Reference answer:\n(?P<ref>.*)\n\nCandidate answer:\n(?P<cand>.*)\n\nSame\? YES or NO\.",
     re.S,
 )
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    if "messages" in body:
-        for msg in reversed(body["messages"]):
-            if msg.get("role") == "user":
-                content = msg.get("content")
-                if isinstance(content, list):
-                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-                return str(content or "")
-        return ""
-    prompt = body.get("prompt", "")
-    return prompt if isinstance(prompt, str) else str(prompt)
 
 
 def _words(value: Any) -> int:
@@ -81,7 +70,7 @@ class FakeUpstream:
 
     async def _marks(self, body: dict[str, Any]) -> tuple[dict[str, str], web.Response | None]:
         self.requests.append(body)
-        marks = {m.group(1): m.group(2) or "" for m in _MARK.finditer(_last_user_text(body))}
+        marks = {m.group(1): m.group(2) or "" for m in _MARK.finditer(last_user_text(body))}
         model = str(body.get("model", ""))
         if model.startswith("broken-"):
             marks["status"] = "500"
@@ -105,14 +94,14 @@ class FakeUpstream:
         marks, failure = await self._marks(body)
         if failure is not None:
             return failure
-        text = _MARK.sub("", _last_user_text(body)).strip()
+        text = _MARK.sub("", last_user_text(body)).strip()
         answer = f"echo: {text}"
         if "differ" in marks and str(body.get("model", "")).startswith("student"):
             answer = f"student guess: {text}"  # a student that disagrees with its teacher
-        if "be blocked (Yes or No)" in _last_user_text(body):
+        if "be blocked (Yes or No)" in last_user_text(body):
             # A guardrail self-check: judge by the [[unsafe]] marker in the checked text.
-            answer = "Yes" if "[[unsafe]]" in _last_user_text(body) else "No"
-        judged = _JUDGE.search(_last_user_text(body))
+            answer = "Yes" if "[[unsafe]]" in last_user_text(body) else "No"
+        judged = _JUDGE.search(last_user_text(body))
         if judged:
             # An agreement judge: the same answer, case and spacing aside.
             same = " ".join(judged["ref"].lower().split()) == " ".join(
@@ -210,7 +199,7 @@ class FakeUpstream:
         _, failure = await self._marks(body)
         if failure is not None:
             return failure
-        answer = f"echo: {_MARK.sub('', _last_user_text(body)).strip()}"
+        answer = f"echo: {_MARK.sub('', last_user_text(body)).strip()}"
         return web.json_response(
             {
                 "id": "cmpl-fake",
@@ -247,7 +236,7 @@ class FakeUpstream:
         _, failure = await self._marks(body)
         if failure is not None:
             return failure
-        answer = f"echo: {_MARK.sub('', _last_user_text(body)).strip()}"
+        answer = f"echo: {_MARK.sub('', last_user_text(body)).strip()}"
         usage = {"input_tokens": _words(body.get("messages")), "output_tokens": len(answer.split())}
         message = {
             "id": "msg_fake",

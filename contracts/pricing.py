@@ -15,7 +15,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, ModelConfig
+from contracts.model_config import ModelConfig
+from contracts.yaml_source import ConfigError
 
 NANO = Decimal("0.000000001")
 _MILLION = Decimal(1_000_000)

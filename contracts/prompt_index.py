@@ -1,0 +1,49 @@
+"""Prompts as L2-normalised hashed character n-gram vectors, and the distance of a new
+prompt to the nearest one.
+
+Used by curation (near-duplicate removal) and by the gateway's novelty escalation (is this
+prompt unlike everything the candidate learned from?), so both measure alike.
+
+Invariant: the vectorizer is stateless (hashing), so an index built by one process is
+comparable with a vector made by another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class PromptIndex:
+    """Training prompts as L2-normalised hashed character n-gram vectors."""
+
+    matrix: Any  # scipy.sparse.csr_matrix, rows = training prompts
+    size: int
+
+    @staticmethod
+    def _vectorizer() -> Any:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        return HashingVectorizer(
+            analyzer="char_wb",
+            ngram_range=(3, 4),
+            n_features=2**18,
+            alternate_sign=False,
+            norm="l2",
+            lowercase=True,
+        )
+
+    @classmethod
+    def build(cls, prompts: list[str]) -> PromptIndex:
+        return cls(cls._vectorizer().transform(prompts), len(prompts))
+
+    def distance(self, prompt: str) -> float:
+        """1 - cosine similarity to the nearest training prompt (1.0 for an empty index)."""
+        if self.size == 0:
+            return 1.0
+        vec = self._vectorizer().transform([prompt])
+        sims = (self.matrix @ vec.T).toarray().ravel()
+        return float(1.0 - np.max(sims))
