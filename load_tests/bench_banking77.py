@@ -1,17 +1,26 @@
-"""Banking77 through the whole loop, against a linear baseline on the same split.
+"""Banking77 through the loop, one report per candidate kind and base, against a linear
+baseline on the same split.
 
+Loop mode (the default; CPU, embedded ClickHouse):
 1. A teacher that answers from Banking77's labels (an oracle standing in for a large model)
-   runs on 127.0.0.1; the gateway (embedded ClickHouse) routes `banking77` to it.
+   runs on 127.0.0.1; the gateway routes `banking77` to it.
 2. Every query (train.csv and test.csv, 13,083) is replayed through the gateway with the
    official `openai` SDK, as an app would send it.
-3. The distiller curates the logged traffic, splits it (stable hash split), builds a tiny
-   base from the traffic, trains a student with trl, and evaluates it on the frozen eval set.
-4. Baseline: TF-IDF (word 1-2-grams + char 2-5-grams) with logistic regression, trained and
-   scored on the same train/eval split.
-Reported: agreement with the teacher, and the share of traffic each can take at >=97%
-agreement using its own confidence.
+3. The distiller curates the logged traffic and splits it (stable hash); each candidate
+   (`--candidates`) is trained and evaluated on that split by the distiller's own code.
+Direct mode (`--direct`: for a GPU machine with no ClickHouse): the official train/test
+split read from the CSVs, the same per-candidate code.
 
-    python load_tests/bench_banking77.py --out load_tests/results/banking77.json
+Per candidate (`banking77_candidates.run_candidate`): agreement; coverage at 95/97/99%
+agreement (Wilson lower bound, as the selective gate uses, and point estimate); the 97%
+gate at 80% coverage; out-of-scope prompts escalated at the 97% threshold; training time
+and tokens/s; serving latency; cost per 1,000 requests against the teacher. Baseline:
+TF-IDF (word 1-2-grams + char 2-5-grams) with logistic regression.
+
+    python load_tests/bench_banking77.py --candidates classifier:minilm-l6,lm:local:tiny \
+        --out load_tests/results/banking77.json
+    python load_tests/bench_banking77.py --direct --data DIR \
+        --candidates classifier:minilm-l6,lm:smollm2-135m      # on a GPU
 """
 
 from __future__ import annotations
@@ -31,11 +40,17 @@ import orjson
 from aiohttp import web
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
-SYSTEM = "Classify the bank customer's message into one of 77 intents. Answer with the intent."
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from banking77_candidates import SYSTEM, baseline, example, run_candidate  # noqa: E402
 
 
-def read(split: str) -> list[tuple[str, str]]:
-    with (DATA / f"{split}.csv").open() as f:
+def read(data: Path, split: str) -> list[tuple[str, str]]:
+    if not (data / f"{split}.csv").exists():
+        raise SystemExit(f"Banking77 not found at {data} (see shared/datasets/banking77)")
+    with (data / f"{split}.csv").open() as f:
         return [(r["text"], r["category"]) for r in csv.DictReader(f)]
 
 
@@ -98,66 +113,61 @@ async def replay(base_url: str, key: str, texts: list[str], concurrency: int = 3
     return done
 
 
-def baseline(train: list[tuple[str, str]], evals: list[tuple[str, str]]) -> dict[str, Any]:
-    from scipy.sparse import hstack
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
-    x_train = hstack(
-        [words.fit_transform([t for t, _ in train]), chars.fit_transform([t for t, _ in train])]
-    ).tocsr()
-    x_eval = hstack(
-        [words.transform([t for t, _ in evals]), chars.transform([t for t, _ in evals])]
-    ).tocsr()
-    clf = LogisticRegression(C=20, max_iter=2000)
-    t0 = time.perf_counter()
-    clf.fit(x_train, [y for _, y in train])
-    seconds = time.perf_counter() - t0
-    proba = clf.predict_proba(x_eval)
-    pred = clf.classes_[proba.argmax(1)]
-    conf = proba.max(1)
-    from distiller.evaluation import EvalReport, ExampleResult
-
-    report = EvalReport("baseline", "", "exact_match", 0.0, 0)
-    report.results = [
-        ExampleResult(str(i), float(p == y), bool(p == y), float(c), p, y)
-        for i, ((_, y), p, c) in enumerate(zip(evals, pred, conf, strict=True))
-    ]
-    return {
-        "accuracy": report.agreement,
-        "train_seconds": seconds,
-        "coverage_at_97": report.threshold_for(0.97),
-    }
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+def _settings(spec: str, args: argparse.Namespace) -> Any:
     from contracts.policy import Training
-    from distiller.base_model import build_tiny_base
+
+    kind, _, base = spec.partition(":")
+    if kind == "classifier":
+        return Training(time_budget_s=args.budget)
+    if base == "local:tiny":
+        return Training(epochs=args.epochs, batch_size=32, max_length=128)
+    return Training(
+        batch_size=32, max_length=128, time_budget_s=args.budget, epochs=args.lora_epochs
+    )
+
+
+def direct(args: argparse.Namespace) -> dict[str, Any]:
+    """The official split from the CSVs: no gateway, no ClickHouse."""
+    import random
+
+    train_rows, test_rows = read(args.data, "train"), read(args.data, "test")
+    random.Random(0).shuffle(train_rows)
+    if args.limit:
+        train_rows, test_rows = train_rows[: args.limit], test_rows[: args.limit // 3]
+    train_set = [example(i, t, y) for i, (t, y) in enumerate(train_rows)]
+    eval_set = [example(100_000 + i, t, y) for i, (t, y) in enumerate(test_rows)]
+    work = args.store or Path(tempfile.mkdtemp(prefix="flywheel-b77-"))
+    report: dict[str, Any] = {"mode": "direct", "split": "official train/test"}
+    if not args.no_baseline:
+        report["baseline_tfidf_logreg"] = baseline(train_rows, test_rows)
+    report["candidates"] = []
+    for spec in args.candidates.split(","):
+        print(f"--- {spec}", flush=True)
+        out = run_candidate(spec, train_set, eval_set, work, _settings(spec, args))
+        print(json.dumps(out), flush=True)
+        report["candidates"].append(out)
+    return report
+
+
+def loop(args: argparse.Namespace) -> dict[str, Any]:
+    """Through the gateway: replay, curate, split, then each candidate."""
     from distiller.curation import curate
     from distiller.datasets import build_dataset
-    from distiller.evaluation import evaluate
-    from distiller.training import train
     from flywheel.serve import GatewayThread
     from gateway.config import GatewayConfig
 
-    if not DATA.exists():
-        raise SystemExit(f"Banking77 not found at {DATA} (see shared/datasets/banking77)")
-    rows = read("train") + read("test")
+    rows = read(args.data, "train") + read(args.data, "test")
+    if args.limit:
+        rows = rows[: args.limit]
     labels = {t: y for t, y in rows}
-
-    # The oracle teacher in this process, on its own thread and loop.
     port = free_port()
-    loop = asyncio.new_event_loop()
+    loop_ = asyncio.new_event_loop()
     runner = web.AppRunner(oracle_app(labels), access_log=None)
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    loop_.run_until_complete(runner.setup())
+    loop_.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     import threading
 
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
+    threading.Thread(target=loop_.run_forever, daemon=True).start()
     tmp = Path(tempfile.mkdtemp(prefix="flywheel-b77-"))
     config = GatewayConfig.model_validate(
         {
@@ -178,7 +188,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     gw = GatewayThread(config).start()
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"mode": "loop", "split": "the distiller's stable hash split"}
     try:
         t0 = time.perf_counter()
         sent = asyncio.run(replay(gw.base_url, "sk-bank", [t for t, _ in rows]))
@@ -187,54 +197,46 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         store = gw.state.store
         curated = curate(store, "banking77")
         ds = build_dataset(store, curated, eval_fraction=0.2)
-        report["curation"] = {
-            "kept": len(curated.examples),
-            "excluded": dict(curated.excluded),
-            "train": len(ds.train),
-            "eval": len(ds.eval),
-            "eval_set": ds.eval_set_id,
-        }
-        texts = [SYSTEM] + [e.prompt[-1]["content"] + " " + e.answer for e in ds.train]
-        t0 = time.perf_counter()
-        base = build_tiny_base(texts, tmp / "base", pretrain_steps=args.pretrain_steps)
-        report["base_seconds"] = time.perf_counter() - t0
-        result = train(
-            base,
-            ds.train,
-            tmp / "run",
-            Training(epochs=args.epochs, batch_size=32, max_length=128),
-        )
-        report["training"] = {
-            "seconds": result.seconds,
-            "steps": result.steps,
-            "tokens_per_s": result.tokens_per_s,
-            "final_loss": result.losses[-1] if result.losses else None,
-        }
-        t0 = time.perf_counter()
-        ev = evaluate(result.merged, "bench", ds.eval_set_id, ds.eval, "exact_match", 0.9, 100)
-        report["student"] = {
-            "agreement": ev.agreement,
-            "wilson_lower": ev.lower_bound(),
-            "eval_seconds": time.perf_counter() - t0,
-            "examples": ev.n,
-            "coverage_at_97": ev.threshold_for(0.97),
-        }
-        report["baseline_tfidf_logreg"] = baseline(
-            [(e.prompt[-1]["content"], e.answer) for e in ds.train],
-            [(e.prompt[-1]["content"], e.answer) for e in ds.eval],
-        )
     finally:
         gw.stop()
+    report["curation"] = {
+        "kept": len(curated.examples),
+        "excluded": dict(curated.excluded),
+        "train": len(ds.train),
+        "eval": len(ds.eval),
+        "eval_set": ds.eval_set_id,
+    }
+    pairs = lambda exs: [(e.prompt[-1]["content"], e.answer) for e in exs]  # noqa: E731
+    report["baseline_tfidf_logreg"] = baseline(pairs(ds.train), pairs(ds.eval))
+    report["candidates"] = []
+    for spec in args.candidates.split(","):
+        print(f"--- {spec}", flush=True)
+        out = run_candidate(spec, ds.train, ds.eval, tmp / "models", _settings(spec, args))
+        print(json.dumps(out), flush=True)
+        report["candidates"].append(out)
     return report
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=float, default=6)
-    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--direct", action="store_true", help="from the CSVs, no gateway")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--candidates",
+        default="classifier:minilm-l6,lm:local:tiny",
+        help="kind:base, comma-separated (lm:smollm2-135m wants a GPU)",
+    )
+    parser.add_argument("--epochs", type=float, default=6, help="local:tiny epochs")
+    parser.add_argument("--budget", type=float, default=900, help="seconds per training run")
+    parser.add_argument(
+        "--lora-epochs", type=float, default=None, help="LoRA epochs (default: the recipe's)"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="fewer examples, for a smoke run")
+    parser.add_argument("--store", type=Path, help="model store (named bases are cached there)")
+    parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
-    out = main(ns)
+    out = direct(ns) if ns.direct else loop(ns)
     print(json.dumps(out, indent=2))
     if ns.out:
         ns.out.parent.mkdir(parents=True, exist_ok=True)

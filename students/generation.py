@@ -59,9 +59,29 @@ def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loa
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    import torch
+
+    if torch.cuda.is_available():
+        # Serve in bf16 on a GPU: half the memory traffic of fp32 for the same answers.
+        model = model.to("cuda", dtype=torch.bfloat16)
     model.eval()
     tokenizer.padding_side = "left"
     return Loaded(name, str(path), model, tokenizer)
+
+
+def end_of_turn_ids(student: Loaded) -> set[int]:
+    """Tokens that end an answer: the tokenizer's EOS, the model's, and the chat template's
+    end-of-turn marker (`<|im_end|>` for ChatML models such as SmolLM2 and Qwen, `<|end|>`
+    for tiny local bases). Stopping at EOS alone runs a ChatML model into its next turn."""
+    tok, model = student.tokenizer, student.model
+    ids = {tok.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    for marker in ("<|im_end|>", "<|end|>", "<|eot_id|>", "<end_of_turn>"):
+        token = tok.convert_tokens_to_ids(marker)
+        if isinstance(token, int) and token != tok.unk_token_id:
+            ids.add(token)
+    return {i for i in ids if isinstance(i, int)}
 
 
 def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
@@ -75,7 +95,8 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
         tok.apply_chat_template(j.messages, add_generation_prompt=True, tokenize=False)
         for j in jobs
     ]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    stops = end_of_turn_ids(student)
     sample = any(j.temperature > 0 for j in jobs)
     with torch.no_grad():
         gen = model.generate(
@@ -85,20 +106,21 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
             temperature=max(j.temperature for j in jobs) if sample else None,
             top_p=None,
             top_k=None,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=sorted(stops),
             pad_token_id=tok.pad_token_id,
             output_scores=True,
             return_dict_in_generate=True,
         )
     new = gen.sequences[:, enc["input_ids"].shape[1] :]
-    logprobs = torch.stack(gen.scores, dim=1).log_softmax(-1)
+    logprobs = torch.stack(gen.scores, dim=1).float().log_softmax(-1)
     token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
     out = []
     for i, job in enumerate(jobs):
         ids = new[i].tolist()[: job.max_tokens]
         finish = "length"
-        if tok.eos_token_id in ids:
-            ids = ids[: ids.index(tok.eos_token_id)]
+        ends = [k for k, t in enumerate(ids) if t in stops]
+        if ends:
+            ids = ids[: ends[0]]
             finish = "stop"
         text = tok.decode(ids, skip_special_tokens=True)
         for s in job.stop:

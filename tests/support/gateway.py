@@ -67,6 +67,10 @@ routes:
     teacher: teacher
     candidates: [{name: ok, model: student-ok}]
     escalation: {min_confidence: 0.6}
+  - name: fitted
+    match: {models: [fitted]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
   - name: novel
     match: {models: [novel]}
     teacher: teacher
