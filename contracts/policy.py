@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from contracts.bases import CandidateKind, base_problem, default_base
 from contracts.model_config import ModelConfig
@@ -102,12 +110,13 @@ class Candidate(_Strict):
         default=None, ge=0, le=1, description="this candidate's canary share (default: route's)"
     )
 
-    @model_validator(mode="after")
-    def _known_base(self) -> Candidate:
-        problem = base_problem(self.base, self.kind)
+    @field_validator("base")
+    @classmethod
+    def _known_base(cls, base: str, info: ValidationInfo) -> str:
+        problem = base_problem(base, info.data.get("kind", "lm"))
         if problem is not None:
             raise ValueError(problem)
-        return self
+        return base
 
     @property
     def resolved_base(self) -> str:

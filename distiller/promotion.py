@@ -8,6 +8,10 @@
 - canary or promoted → rolled_back when agreement over the last `window` audits falls below
   `audit.min_agreement`; the router stops sending it traffic at its next state refresh.
 - A promoted candidate that is cheaper than another promoted one retires the dearer one.
+- canary → promoted is held while the student is slower than the teacher at the route's
+  traffic (its p99 latency over its canary and shadow answers above the teacher's p99) or
+  while students on the route fall back on timeouts (more than 1% of their answers):
+  serving cheaper must not make users wait longer.
 
 Invariant: every state change writes both the new state (`candidate_states`, what the
 router reads) and an `events` row with the reason and its evidence.
@@ -167,6 +171,61 @@ def _audits(store: Store, route: str, candidate: str, window: int) -> list[float
     return [float(r[0]) for r in rows]
 
 
+# Serving-speed evidence: enough answers on both sides before latency can hold promotion.
+MIN_LATENCY_SAMPLES = 20
+MAX_TIMEOUT_SHARE = 0.01
+
+LATENCY_SQL = """
+SELECT
+    quantileIf(0.99)(latency_us, served_by IN ('student', 'shadow') AND candidate = {c:String})
+        AS student_p99,
+    countIf(served_by IN ('student', 'shadow') AND candidate = {c:String}) AS student_n,
+    quantileIf(0.99)(latency_us, served_by = 'teacher' AND kind = 'request') AS teacher_p99,
+    countIf(served_by = 'teacher' AND kind = 'request') AS teacher_n,
+    countIf(kind = 'request' AND route_reason = 'fallback: student timeout') AS timeouts
+FROM requests
+WHERE route = {r:String} AND status = 'ok' AND started_at >= now() - INTERVAL 1 DAY
+"""
+
+
+def latency_hold(store: Store, route: str, candidate: str) -> tuple[str, dict[str, Any]] | None:
+    """Why the candidate may not be promoted for speed, with the evidence, or None."""
+    row = store.query_dicts(LATENCY_SQL, {"r": route, "c": candidate})[0]
+    student_n, teacher_n, timeouts = (
+        int(row["student_n"]),
+        int(row["teacher_n"]),
+        int(row["timeouts"]),
+    )
+    evidence = {
+        "student_p99_ms": float(row["student_p99"] or 0) / 1000,
+        "teacher_p99_ms": float(row["teacher_p99"] or 0) / 1000,
+        "student_answers": student_n,
+        "teacher_answers": teacher_n,
+        "student_timeouts": timeouts,
+    }
+    if timeouts > MAX_TIMEOUT_SHARE * max(student_n, 1):
+        return f"{timeouts} student timeouts fell back to the teacher", evidence
+    if student_n >= MIN_LATENCY_SAMPLES and teacher_n >= MIN_LATENCY_SAMPLES:
+        if evidence["student_p99_ms"] > evidence["teacher_p99_ms"]:
+            return (
+                f"student p99 {evidence['student_p99_ms']:.0f} ms > teacher p99 "
+                f"{evidence['teacher_p99_ms']:.0f} ms",
+                evidence,
+            )
+    return None
+
+
+def _hold(store: Store, route: str, candidate: str, why: str, evidence: dict[str, Any]) -> None:
+    """Record a held promotion once per reason (the distiller asks on every pass)."""
+    last = store.query_rows(
+        "SELECT argMax(reason, at) FROM events WHERE route = {r:String} "
+        "AND candidate = {c:String} AND kind = 'promotion_held'",
+        {"r": route, "c": candidate},
+    )
+    if not last or last[0][0] != why:
+        record_event(store, route, candidate, "promotion_held", why, evidence, "canary", "canary")
+
+
 def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) -> list[str]:
     """Move each candidate of the route along its rollout from the evidence gathered since.
     Returns a line per change."""
@@ -221,6 +280,11 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
                 and len(audits) >= route.rollout.canary_min_examples
                 and mean >= route.audit.min_agreement
             ):
+                held = latency_hold(store, route.name, cand.name)
+                if held is not None:
+                    _hold(store, route.name, cand.name, held[0], held[1])
+                    changes.append(f"{cand.name}: canary, promotion held: {held[0]}")
+                    continue
                 why = f"audit agreement {mean:.3f} over {len(audits)} canary audits"
                 transition(
                     store,

@@ -127,6 +127,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         "audits",
         "audit agreement",
         "eval agreement",
+        "eval coverage",
+        "escalates below",
         "route savings",
         title="Quality next to savings",
     )
@@ -138,6 +140,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             str(q["audits"]),
             _pct(q["audit_agreement_pct"]),
             _pct(q["eval_agreement_pct"]),
+            _pct(q.get("eval_coverage_pct")),
+            "–" if q.get("escalate_below") is None else f"{q['escalate_below']:.3f}",
             usd(q["route_savings_usd"]),
         )
     console.print(quality)

@@ -369,3 +369,85 @@ def test_llm_judge_metric_asks_the_teacher(upstream) -> None:
     assert judge(prompt, "The  Same", "the same") == 1.0
     assert judge(prompt, "different", "same") == 0.0
     assert "Same? YES or NO." in upstream.fake.requests[-1]["messages"][-1]["content"]
+
+
+def test_promotion_waits_for_a_student_as_fast_as_the_teacher(gateway: RunningGateway) -> None:
+    """Audits agree, but a student whose p99 latency is above the teacher's (seen: a CPU
+    student under load, 3.5 s against 0.4 s) stays in canary; a fast one is promoted."""
+    store = gateway.state.store
+    route = Route.model_validate(
+        {
+            "name": "distill-latency",
+            "teacher": "teacher",
+            "candidates": [
+                {"name": "slow", "model": "student-ok"},
+                {"name": "fast", "model": "student-dear"},
+            ],
+            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 20},
+            "rollout": {"canary_min_examples": 10},
+        }
+    )
+    now = datetime.now(UTC)
+    rows = [
+        [uuid.uuid4(), now, now, route.name, "teacher", "", "request", "ok", 400_000]
+        for _ in range(30)
+    ]
+    for cand, latency in (("slow", 3_500_000), ("fast", 150_000)):
+        transition(store, route.name, cand, "canary", "test", {})
+        rows += [
+            [uuid.uuid4(), now, now, route.name, "student", cand, "request", "ok", latency]
+            for _ in range(30)
+        ]
+        store.insert_rows(
+            "audits",
+            [
+                [uuid.uuid4(), uuid.uuid4(), now, route.name, cand, "exact_match", 1.0, "a", "a"]
+                for _ in range(12)
+            ],
+            [
+                "request_id",
+                "audit_request_id",
+                "at",
+                "route",
+                "candidate",
+                "metric",
+                "agreement",
+                "student_answer",
+                "teacher_answer",
+            ],
+        )
+    store.insert_rows(
+        "requests",
+        rows,
+        [
+            "request_id",
+            "started_at",
+            "finished_at",
+            "route",
+            "served_by",
+            "candidate",
+            "kind",
+            "status",
+            "latency_us",
+        ],
+    )
+    changes = advance(store, route)
+    assert "slow: canary, promotion held: student p99 3500 ms > teacher p99 400 ms" in changes
+    assert any(c.startswith("fast: canary → promoted") for c in changes)
+    assert current(store, route.name, "slow").state == "canary"
+    assert current(store, route.name, "fast").state == "promoted"
+    held = store.query_dicts(
+        "SELECT reason FROM events WHERE route = {r:String} AND kind = 'promotion_held'",
+        {"r": route.name},
+    )
+    assert [h["reason"] for h in held] == ["student p99 3500 ms > teacher p99 400 ms"]
+    advance(store, route)  # asked again: the same hold is not recorded twice
+    assert (
+        len(
+            store.query_rows(
+                "SELECT 1 FROM events WHERE route = {r:String} AND kind = 'promotion_held'",
+                {"r": route.name},
+            )
+        )
+        == 1
+    )

@@ -42,7 +42,7 @@ def test_unknown_or_unfit_bases_are_policy_errors_with_lines(
     )
     with pytest.raises(PolicyError) as info:
         load_policies([path], MODELS)
-    assert f"{path}:5: routes.0.candidates.0" in str(info.value)
+    assert f"{path}:5: routes.0.candidates.0.base" in str(info.value)
     assert problem in str(info.value)
 
 
@@ -84,9 +84,9 @@ def test_selective_gate_passes_a_student_right_where_it_is_sure() -> None:
     assert selective.passed()
     chosen = selective.selection()
     assert chosen is not None and 0.55 <= chosen.coverage <= 0.65
-    assert chosen.agreement >= 0.97 and chosen.wilson_lower >= 0.95
+    assert chosen.agreement >= 0.96 and chosen.wilson_lower >= 0.95
     assert selective.serving_threshold() == chosen.min_confidence
-    assert chosen.min_confidence >= 0.5  # the unsure tail is escalated
+    assert chosen.kept - 600 < 0.25 * 400  # most of the unsure tail is escalated
     # Asking for more coverage than it can keep at that agreement fails it.
     assert not _report(results, 0.95, 0.8).passed()
 

@@ -54,12 +54,14 @@ def routes(state: GatewayState) -> dict[str, Any]:
 
 _CANDIDATES = """
 SELECT s.route AS route, s.candidate AS candidate, s.state AS state, s.version AS version,
-       s.dataset_id AS dataset_id, s.updated_at AS updated_at, s.reason AS reason
+       s.dataset_id AS dataset_id, s.updated_at AS updated_at, s.reason AS reason,
+       s.escalate_below AS escalate_below
 FROM (
     SELECT route, candidate, argMax(c.state, c.updated_at) AS state,
            argMax(c.version, c.updated_at) AS version,
            argMax(c.dataset_id, c.updated_at) AS dataset_id,
-           max(c.updated_at) AS updated_at, argMax(c.reason, c.updated_at) AS reason
+           max(c.updated_at) AS updated_at, argMax(c.reason, c.updated_at) AS reason,
+           argMax(c.min_confidence, c.updated_at) AS escalate_below
     FROM candidate_states AS c GROUP BY route, candidate
 ) AS s
 ORDER BY route, candidate
@@ -73,7 +75,7 @@ FROM training_runs ORDER BY created_at DESC LIMIT 1 BY route, candidate
 
 _REPORTS = """
 SELECT route, candidate, run_id, eval_set_id, metric, examples, agreement, wilson_lower,
-       threshold, passed, created_at
+       threshold, passed, created_at, coverage, min_coverage, coverage_curve
 FROM eval_reports ORDER BY created_at DESC LIMIT 1 BY route, candidate
 """
 
@@ -98,9 +100,24 @@ def candidates(store: Store) -> dict[str, Any]:
             eval_agreement=round(float(rep.get("agreement", 0.0)), 4) if rep else None,
             eval_wilson_lower=round(float(rep.get("wilson_lower", 0.0)), 4) if rep else None,
             gate_threshold=rep.get("threshold"),
+            gate_min_coverage=rep.get("min_coverage"),
+            eval_coverage=round(float(rep.get("coverage", 1.0)), 4) if rep else None,
             eval_passed=rep.get("passed"),
         )
-    return {"candidates": rows}
+    # The coverage-vs-agreement curve of each candidate's latest evaluation: which share of
+    # traffic it keeps at each confidence threshold, and how often it agrees there.
+    curves = [
+        {
+            "route": route,
+            "candidate": candidate,
+            "min_confidence": round(float(point["min_confidence"]), 4),
+            "coverage": round(float(point["coverage"]), 4),
+            "agreement": round(float(point["agreement"]), 4),
+        }
+        for (route, candidate), rep in sorted(reports.items())
+        for point in orjson.loads(rep.get("coverage_curve") or "[]")
+    ]
+    return {"candidates": rows, "coverage_curves": curves}
 
 
 def history(store: Store, f: Filters, route: str = "", limit: int = 500) -> dict[str, Any]:

@@ -25,13 +25,15 @@ _EVALS = """
 SELECT route, candidate, argMax(agreement, created_at) AS agreement,
        argMax(wilson_lower, created_at) AS wilson_lower,
        argMax(examples, created_at) AS examples, argMax(passed, created_at) AS passed,
-       argMax(eval_set_id, created_at) AS eval_set_id, argMax(metric, created_at) AS metric
+       argMax(eval_set_id, created_at) AS eval_set_id, argMax(metric, created_at) AS metric,
+       argMax(coverage, created_at) AS coverage
 FROM eval_reports GROUP BY route, candidate
 """
 
 _STATES = """
 SELECT route, candidate, argMax(state, updated_at) AS state,
-       argMax(version, updated_at) AS version
+       argMax(version, updated_at) AS version,
+       argMax(min_confidence, updated_at) AS escalate_below
 FROM candidate_states GROUP BY route, candidate
 """
 
@@ -62,11 +64,16 @@ def quality_by_candidate(
                 "eval_examples": 0,
                 "eval_passed": None,
                 "eval_set_id": "",
+                "eval_coverage_pct": None,
+                "escalate_below": None,
             },
         )
 
     for r in store.query_dicts(_STATES, {}):
-        row(r["route"], r["candidate"]).update(state=r["state"])
+        below = r["escalate_below"]
+        row(r["route"], r["candidate"]).update(
+            state=r["state"], escalate_below=None if below is None else round(float(below), 4)
+        )
     for r in store.query_dicts(_EVALS, {}):
         row(r["route"], r["candidate"]).update(
             eval_agreement_pct=_pct(float(r["agreement"])),
@@ -74,6 +81,7 @@ def quality_by_candidate(
             eval_examples=int(r["examples"]),
             eval_passed=bool(r["passed"]),
             eval_set_id=r["eval_set_id"],
+            eval_coverage_pct=_pct(float(r["coverage"])),
         )
     for r in store.query_dicts(_AUDITS, params):
         n = int(r["audits"])

@@ -194,6 +194,7 @@ async function loadCandidates() {
   const r = await api("/admin/api/candidates");
   document.getElementById("view-candidates").replaceChildren(
     table("Candidates: state, training and latest evaluation", r.candidates, "/admin/api/candidates?format=csv&table=candidates"),
+    table("Coverage against agreement: the share each candidate keeps at a confidence threshold", r.coverage_curves, "/admin/api/candidates?format=csv&table=coverage_curves"),
   );
   return r.candidates;
 }
