@@ -151,6 +151,13 @@ class Rollout(_Strict):
 
 class Audit(_Strict):
     share: Share = Field(default=0.05, ge=0, le=1)
+    canary_share: Share | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="share audited while in canary (default: `share`): more evidence sooner, "
+        "fewer teacher calls once promoted",
+    )
     min_agreement: float = Field(default=0.9, ge=0, le=1)
     window: int = Field(default=200, ge=1)
 

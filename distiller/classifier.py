@@ -28,6 +28,7 @@ from contracts.policy import Training
 from distiller.examples import Example
 from distiller.training import TrainResult
 from students.classifier import Encoder, input_text, save
+from students.loading import use_threads_by_load
 
 log = logging.getLogger("flywheel.classifier")
 
@@ -182,6 +183,7 @@ def train_classifier(
 ) -> TrainResult:
     import torch
 
+    use_threads_by_load()
     cfg = config or Training()
     labels = label_set(examples, cfg.max_labels)
     index = {label: i for i, label in enumerate(labels)}

@@ -24,7 +24,7 @@ from typing import Any
 from contracts.policy import Training
 from distiller.base_model import is_local_tiny
 from distiller.examples import Example
-from students.loading import load
+from students.loading import load, use_threads_by_load
 
 log = logging.getLogger("flywheel.training")
 
@@ -101,6 +101,7 @@ def train(
     from transformers import EarlyStoppingCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
+    use_threads_by_load()
     tiny = is_local_tiny(base)
     cfg = recipe_for(config or Training(), len(examples), tiny)
     assert cfg.epochs is not None and cfg.learning_rate is not None

@@ -293,6 +293,18 @@ def run(
         time.sleep(interval_s)
 
 
+def die_with_parent() -> None:
+    """In a training worker: ask Linux to kill this process when its parent dies, so a killed
+    gateway (or demo, or test) never leaves a training worker holding gigabytes behind."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class EmbeddedDistiller:
     """The distiller inside `flywheel serve` (embedded mode: this process owns the store).
 
@@ -311,6 +323,7 @@ class EmbeddedDistiller:
         self.model_dir = model_dir
         self.interval_s = interval_s
         self.last: list[dict[str, Any]] = []
+        self._pool: Any = None  # the training worker pool while a run is in flight
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="distiller", daemon=True)
 
@@ -318,7 +331,14 @@ class EmbeddedDistiller:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the loop and any training in flight (a run that is cut short is retried on
+        the next start: its dataset is unchanged)."""
         self._stop.set()
+        pool = self._pool
+        if pool is not None:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _subprocess(
         self, fn: Callable[..., tuple[TrainResult, EvalReport]], *args: Any
@@ -326,8 +346,15 @@ class EmbeddedDistiller:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+        )
+        self._pool = pool
+        try:
             return pool.submit(fn, *args).result()
+        finally:
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def run_once(self) -> list[dict[str, Any]]:
         policies = self.policies()

@@ -52,8 +52,10 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from store import open_store
 
-    config = _load(args.config)
-    store = open_store(config.clickhouse_dsn)
+    if bool(args.config) == bool(args.dsn):
+        print("give --config or --dsn", file=sys.stderr)
+        return 2
+    store = open_store(args.dsn or _load(args.config).clickhouse_dsn)
     try:
         result = store.query_dicts(args.sql)
     finally:
@@ -121,16 +123,24 @@ def cmd_students_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flywheel.demo.runner import run_demo
+    from flywheel.demo.runner import DemoError, Options, run_demo
 
-    run_demo(
-        args.quick,
-        Path(args.data_dir),
-        Path(args.report) if args.report else None,
-        args.keep_serving,
-        args.port,
-    )
-    return 0
+    try:
+        return run_demo(
+            Options(
+                quick=args.quick,
+                data_dir=Path(args.data_dir),
+                report=Path(args.report) if args.report else None,
+                keep_serving=args.keep_serving,
+                port=args.port,
+                verbose=args.verbose,
+                trigger=args.trigger,
+                phase_bound=args.phase_bound,
+            )
+        )
+    except DemoError as e:
+        print(f"flywheel demo: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
 
     query = sub.add_parser("query", help="run SQL against the configured ClickHouse")
-    query.add_argument("--config", required=True)
+    query.add_argument("--config", help="gateway YAML: its ClickHouse")
+    query.add_argument("--dsn", help="chdb:///path or http://host:8123")
     query.add_argument("sql")
     query.set_defaults(fn=cmd_query)
 
@@ -175,11 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     sserve.set_defaults(fn=cmd_students_serve)
 
     demo = sub.add_parser("demo", help="the whole flywheel on this machine, offline")
-    demo.add_argument("--quick", action="store_true", help="about 5 minutes")
+    demo.add_argument("--quick", action="store_true", help="about 2 minutes")
     demo.add_argument("--report", help="write the summary as JSON")
     demo.add_argument("--keep-serving", action="store_true")
     demo.add_argument("--data-dir", default="flywheel-demo")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--verbose", action="store_true", help="library logs on the screen")
+    demo.add_argument(
+        "--phase-bound", type=float, metavar="SECONDS", help="lower every phase's time bound"
+    )
+    demo.add_argument(
+        "--trigger",
+        type=int,
+        help="curated examples before training (default 200 quick, 300 full); "
+        "one traffic cannot reach shows the phase-bound message",
+    )
     demo.set_defaults(fn=cmd_demo)
 
     from flywheel.policy_cli import add_commands

@@ -15,7 +15,7 @@ import time
 
 from starlette.applications import Starlette
 
-from distiller.worker import EmbeddedDistiller
+from distiller.worker import EmbeddedDistiller, die_with_parent
 from gateway.app import Companion, build_app, build_state
 from gateway.config import GatewayConfig
 from gateway.state import GatewayState
@@ -34,7 +34,8 @@ class StudentServerProcess:
         cmd += ["--port", str(self._config.students.port)]
         for name, path in self._config.students.models.items():
             cmd += ["--model", f"{name}={path}"]
-        self._proc = subprocess.Popen(cmd)
+        # Dies with the gateway even when the gateway is killed (no orphaned student server).
+        self._proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
 
     def stop(self) -> None:
         if self._proc is not None:
@@ -76,8 +77,17 @@ def build_gateway(
     config: GatewayConfig, store: Store | None = None
 ) -> tuple[GatewayState, Starlette]:
     """The state and the app of a gateway with its embedded companions."""
+    state, app, _ = build_gateway_with(config, store)
+    return state, app
+
+
+def build_gateway_with(
+    config: GatewayConfig, store: Store | None = None
+) -> tuple[GatewayState, Starlette, list[Companion]]:
+    """`build_gateway`, also returning the companions (the demo watches the distiller)."""
     state = build_state(config, store)
-    return state, build_app(state, companions_for(config))
+    companions = companions_for(config)
+    return state, build_app(state, companions), companions
 
 
 class GatewayThread:
@@ -87,7 +97,7 @@ class GatewayThread:
     def __init__(self, config: GatewayConfig, port: int | None = None) -> None:
         import uvicorn
 
-        self.state, app = build_gateway(config)
+        self.state, app, self.companions = build_gateway_with(config)
         self.port = port or config.server.port
         self.server = uvicorn.Server(
             uvicorn.Config(

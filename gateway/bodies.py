@@ -93,7 +93,33 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         ) from e
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+    if _depth(data) > MAX_DEPTH:
+        raise ApiError(
+            400,
+            f"The JSON body is nested more than {MAX_DEPTH} levels deep; no API field needs that.",
+            code="invalid_json",
+        )
     return data
+
+
+# Deeper bodies cannot be re-serialised for the log (orjson stops at 255 levels) and no API
+# shape comes near it: refuse them at the edge with a clear 400.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of a parsed JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def validate(schema: type[BaseModel], body: dict[str, Any]) -> BaseModel:

@@ -112,13 +112,17 @@ class LogWriter:
             self._wake.wait(self.config.flush_interval_s)
             self._wake.clear()
             stopping = self._stopping
-            while self._queue:
-                batch = self._take(self.config.batch_rows)
-                try:
-                    self._write(batch)
-                finally:
-                    self._in_flight = 0
-            self._maybe_replay(force=stopping)
+            try:
+                while self._queue:
+                    batch = self._take(self.config.batch_rows)
+                    try:
+                        self._write(batch)
+                    finally:
+                        self._in_flight = 0
+                self._maybe_replay(force=stopping)
+            except Exception:
+                # No row, however odd, may stop logging: report it and keep the thread.
+                log.exception("log writer pass failed; the writer goes on")
             if stopping:
                 return
 
@@ -130,33 +134,42 @@ class LogWriter:
             batch.append(queue.popleft())
         return batch
 
-    def _rows_by_table(self, batch: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        tables: dict[str, list[dict[str, Any]]] = {}
+    def _rows_by_table(self, batch: list[tuple[str, Any]]) -> dict[str, list[bytes]]:
+        """Each row serialised (JSONEachRow lines), by table."""
+        tables: dict[str, list[bytes]] = {}
         for table, item in batch:
             if isinstance(item, RequestRecord):
-                row = self._finalise(item)
+                line = self._finalise(item)
             else:
-                row = item
-            tables.setdefault(table, []).append(row)
+                try:
+                    line = orjson.dumps(item)
+                except (TypeError, orjson.JSONEncodeError):
+                    log.exception("dropped an unserialisable %s row", table)
+                    continue
+            tables.setdefault(table, []).append(line)
         return tables
 
-    def _finalise(self, record: RequestRecord) -> dict[str, Any]:
+    def _finalise(self, record: RequestRecord) -> bytes:
         try:
             row = record.to_row(self.prices)
-        except Exception as e:  # a malformed upstream body must not lose the row
+            line = orjson.dumps(row)
+        except Exception as e:  # a malformed body must not lose the row: keep what serialises
             log.exception("could not finalise row %s", record.request_id)
             record.response, record.events = None, None
+            record.request, record.metadata, record.tags = {}, {}, []
+            record.guardrails = []
             record.error = (record.error + f"; log finalise failed: {e}").strip("; ")
             row = record.to_row(self.prices)
+            line = orjson.dumps(row)
         m = self.metrics
         m.tokens.labels("input", row["served_model"]).inc(row["input_tokens"])
         m.tokens.labels("output", row["served_model"]).inc(row["output_tokens"])
         m.cost.labels(row["served_model"]).inc(float(row["cost_usd"]))
-        return row
+        return line
 
     def _write(self, batch: list[tuple[str, Any]]) -> None:
         for table, rows in self._rows_by_table(batch).items():
-            body = b"\n".join(orjson.dumps(r) for r in rows)
+            body = b"\n".join(rows)
             token = uuid.uuid4().hex
             if self._healthy:
                 try:
@@ -171,7 +184,7 @@ class LogWriter:
 
     def _spool_batch(self, batch: list[tuple[str, Any]]) -> None:
         for table, rows in self._rows_by_table(batch).items():
-            self.spool.append(table, uuid.uuid4().hex, b"\n".join(orjson.dumps(r) for r in rows))
+            self.spool.append(table, uuid.uuid4().hex, b"\n".join(rows))
             self.metrics.rows_spooled.labels(table).inc(len(rows))
 
     def _maybe_replay(self, force: bool = False) -> None:

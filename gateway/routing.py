@@ -275,7 +275,10 @@ class Router:
                 self._target(route.teacher, "teacher", "fallback: student failed"),
                 *teacher_fallbacks,
             )
-            audit = draw() < route.audit.share
+            share = route.audit.share
+            if reason.startswith("canary") and route.audit.canary_share is not None:
+                share = route.audit.canary_share
+            audit = draw() < share
         shadow = None
         in_shadow = self._cheapest(route, ("shadow",))
         if in_shadow is not None and draw() < route.rollout.shadow_share:

@@ -50,8 +50,9 @@ class Loaded:
 def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loaded:
     """A generating student (merged, or a base plus a LoRA adapter) or a classifier."""
     from students.classifier import Classifier, is_classifier
-    from students.loading import load
+    from students.loading import load, use_threads_by_load
 
+    use_threads_by_load()
     if is_classifier(path):
         return Loaded(name, str(path), Classifier.load(path), None)
     model, tokenizer = load(path)
@@ -143,8 +144,14 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
 
 def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
     """A classifier's answers in the generation shape: the label is the whole answer, one
-    "token" whose probability is the calibrated class probability."""
+    "token" whose probability is the calibrated class probability. Usage counts the whole
+    prompt and the label at ~4 characters a token, as a generator would have been billed:
+    the row's teacher baseline is priced from these counts."""
+    from contracts.openai_shapes import content_text
     from students.classifier import input_text
+
+    def approx_tokens(text: str) -> int:
+        return max(1, len(text) // 4)
 
     out = []
     for job, (label, prob) in zip(
@@ -157,8 +164,10 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 "tokens": [label],
                 "logprobs": [math.log(max(prob, 1e-12))],
                 "confidence": prob,
-                "prompt_tokens": max(1, len(input_text(job.messages)) // 4),
-                "completion_tokens": 1,
+                "prompt_tokens": sum(
+                    approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
+                ),
+                "completion_tokens": approx_tokens(label),
             }
         )
     return out

@@ -7,6 +7,7 @@ student is loaded the same way everywhere.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,19 @@ def load(path_or_id: str | Path) -> tuple[Any, Any]:
     if tokenizer.chat_template is None:
         tokenizer.chat_template = CHAT_TEMPLATE
     return model, tokenizer
+
+
+def threads_by_load() -> int:
+    """CPU threads for torch now: the cores the machine's load leaves free, at least one.
+    Measured here: on a busy 2-core machine two torch threads ran 4-10x slower than one."""
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))
+
+
+def use_threads_by_load() -> int:
+    import torch
+
+    threads = threads_by_load()
+    torch.set_num_threads(threads)
+    return threads

@@ -198,3 +198,39 @@ def test_invalid_response_format_is_a_client_error_with_a_row(gateway: RunningGa
         )
         assert r.status_code < 500, r.text
         assert gateway.row(r.headers["x-request-id"])["http_status"] == r.status_code
+
+
+def test_a_deeply_nested_body_is_a_400_and_logging_goes_on(gateway: RunningGateway) -> None:
+    """Seen: a ~620-byte request with a field 300 levels deep stopped all logging for good
+    (the writer thread died re-serialising it) and was itself a 500 with no row."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    body = CHAT[:-1] + ', "metadata": {"k": "v"}, "extra": ' + deep + "}"
+    r = _post(gateway, "/chat/completions", body)
+    err = _assert_error(r, 400, "invalid_json")
+    assert "nested more than 64 levels" in err["message"]
+    assert gateway.row(r.headers["x-request-id"])["status"] == "rejected"
+    ok = _post(gateway, "/chat/completions", CHAT)
+    assert ok.status_code == 200 and gateway.row(ok.json()["id"])["status"] == "ok"
+
+
+def test_no_record_stops_the_log_writer(gateway: RunningGateway) -> None:
+    """A row that cannot be serialised whole (here handed to the writer directly, past the
+    edge's depth check) is written without its bodies, and the writer goes on."""
+    from gateway.request_log import RequestRecord
+
+    nested: dict = {}
+    cursor = nested
+    for _ in range(300):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    record = RequestRecord(
+        request_id="0190a000-0000-7000-8000-000000000001", endpoint="chat.completions"
+    )
+    record.request, record.app, record.route = {"messages": [nested]}, "shop", "support"
+    record.finish("ok", 200)
+    gateway.state.writer.submit(record)
+    row = gateway.row(record.request_id)
+    assert "log finalise failed" in row["error"] and row["messages"] == ""
+    assert gateway.state.writer._thread.is_alive()
+    ok = _post(gateway, "/chat/completions", CHAT)
+    assert gateway.row(ok.json()["id"])["status"] == "ok"

@@ -1,10 +1,15 @@
 """`flywheel demo`: the gateway, the student server, the distiller and a local teacher, with
-seeded traffic from two apps, until a routine workload is served by a promoted student.
+seeded traffic from two apps, run by phases until a routine workload is served by a
+promoted student for a steady stretch.
 
 The demo drives the same parts a production user runs: `flywheel serve`'s app (embedded
 ClickHouse, the student server as its child, the distiller in its thread with training in a
 subprocess). Only the teacher is a stand-in (`teacher.py`), and the traffic generator.
-The summary is read back from ClickHouse, not from the demo's own counters.
+Library logs go to `<data dir>/demo.log` (`--verbose` shows them instead); the screen shows
+the phase, its bound and the money.
+
+Invariant: the demo never deletes a folder it did not create (it marks its own), exits once
+its summary is printed, and leaves no training worker or student server behind.
 """
 
 from __future__ import annotations
@@ -12,167 +17,147 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
-import socket
+import sys
 import time
-from decimal import Decimal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import openai
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from flywheel.demo.config import ADMIN_KEY, KEYS, ROUTE, Student, choose_student, demo_config
+from flywheel.demo.figures import steady_state, whole_run
+from flywheel.demo.phases import Bounds, Progress, Stalled, advance
 from flywheel.demo.teacher import LocalTeacher
 from flywheel.demo.workloads import Traffic
-from flywheel.serve import GatewayThread
-from gateway.config import GatewayConfig
-from gateway.state import GatewayState
+from flywheel.serve import DistillerThread, GatewayThread
 
-KEYS = {"sk-demo-shop": "shop", "sk-demo-bank": "bank"}
-ADMIN_KEY = "sk-demo-admin"
+MARKER = ".flywheel-demo"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class DemoError(Exception):
+    """Something the user must fix before the demo can run (a folder it will not touch)."""
 
 
-def demo_config(data_dir: Path, teacher_url: str, quick: bool, port: int) -> GatewayConfig:
-    student_port = _port()
-    return GatewayConfig.model_validate(
-        {
-            "data_dir": str(data_dir),
-            "server": {"port": port},
-            "log": {"flush_interval_s": 0.2},
-            "router": {"policy_reload_s": 1.0, "state_refresh_s": 1.0},
-            "distiller": {"enabled": True, "interval_s": 3.0 if quick else 10.0},
-            "students": {"enabled": True, "port": student_port},
-            "models": {
-                # Priced like gpt-4o (USD per million tokens).
-                "teacher": {
-                    "model": "openai/frontier-teacher",
-                    "api_base": teacher_url,
-                    "price": {"input_per_million": "2.50", "output_per_million": "10.00"},
-                },
-                "intents-student": {
-                    "model": "flywheel/intents-student",
-                    "api_base": f"http://127.0.0.1:{student_port}/v1",
-                    "price": {"input_per_million": "0.02", "output_per_million": "0.04"},
-                },
-            },
-            "apps": {
-                "shop": {"team": "retail", "train_on_traffic": True},
-                "bank": {"team": "finance", "train_on_traffic": True},
-            },
-            "keys": [{"id": f"{app}-key", "key": key, "app": app} for key, app in KEYS.items()]
-            + [{"id": "demo-admin", "key": ADMIN_KEY, "role": "admin"}],
-            "routes": [
-                {
-                    "name": "intents",
-                    "match": {"models": ["intents"]},
-                    "teacher": "teacher",
-                    "candidates": [
-                        {"name": "small", "model": "intents-student", "base": "local:tiny"}
-                    ],
-                    "gate": {
-                        "metric": "json_field_match",
-                        "fields": ["intent"],
-                        "threshold": 0.75 if quick else 0.85,
-                        "min_examples": 20,
-                    },
-                    "rollout": {
-                        "shadow_share": 0.0,
-                        "canary_share": 0.5,
-                        "canary_min_examples": 10,
-                    },
-                    "audit": {"share": 0.3, "min_agreement": 0.75, "window": 40},
-                    "escalation": {"min_confidence": 0.3},
-                    "training": {
-                        "min_new_examples": 150 if quick else 250,
-                        "epochs": 12,
-                        "pretrain_steps": 100 if quick else 300,
-                        "batch_size": 16,
-                    },
-                },
-                {"name": "assistant", "match": {"models": ["assistant"]}, "teacher": "teacher"},
-            ],
-        }
-    )
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    data_dir: Path
+    report: Path | None
+    keep_serving: bool
+    port: int
+    verbose: bool = False
+    trigger: int | None = None
+    phase_bound: float | None = None
 
 
-SUMMARY_SQL = """
-SELECT route,
-       count() AS requests,
-       countIf(served_by = 'student') AS by_student,
-       sum(cost_usd) AS spend,
-       sum(baseline_cost_usd) AS baseline
-FROM requests WHERE kind = 'request' GROUP BY route ORDER BY route
-"""
+def prepare_dir(data_dir: Path) -> None:
+    """A fresh data dir: one the demo made before is emptied; anything else is refused."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).exists():
+            raise DemoError(
+                f"{data_dir} exists and was not made by `flywheel demo`: give another "
+                "--data-dir (the demo never deletes a folder it did not create)"
+            )
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by flywheel demo; safe to delete\n")
 
 
-def summary(state: GatewayState) -> dict[str, Any]:
-    state.writer.flush(30)
-    store = state.store
-    routes = {}
-    for r in store.query_dicts(SUMMARY_SQL):
-        routes[r["route"]] = {
-            "requests": int(r["requests"]),
-            "student_share": int(r["by_student"]) / int(r["requests"]) if r["requests"] else 0,
-            "spend_usd": str(r["spend"]),
-            "baseline_usd": str(r["baseline"]),
-        }
-    extra = store.query_rows("SELECT sum(cost_usd) FROM requests WHERE kind != 'request'")
-    spend = sum((Decimal(v["spend_usd"]) for v in routes.values()), Decimal(0))
-    spend += Decimal(extra[0][0] or 0)
-    baseline = sum((Decimal(v["baseline_usd"]) for v in routes.values()), Decimal(0))
-    evals = store.query_dicts(
-        "SELECT route, candidate, argMax(agreement, created_at) AS agreement, "
-        "argMax(passed, created_at) AS passed, argMax(eval_set_id, created_at) AS eval_set "
-        "FROM eval_reports GROUP BY route, candidate"
-    )
-    audits = store.query_dicts(
-        "SELECT route, candidate, avg(agreement) AS agreement, count() AS n FROM audits "
-        "GROUP BY route, candidate"
-    )
-    states = store.query_dicts(
-        "SELECT route, candidate, argMax(state, updated_at) AS state FROM candidate_states "
-        "GROUP BY route, candidate"
-    )
-    return {
-        "routes": routes,
-        "spend_usd": str(spend),
-        "baseline_usd": str(baseline),
-        "savings_pct": float((baseline - spend) / baseline * 100) if baseline else 0.0,
-        "eval": evals,
-        "audits": audits,
-        "candidates": states,
+class _Quiet:
+    """Send this process's and its children's stdout/stderr to the log file (tqdm bars,
+    trainer dictionaries, uvicorn and httpx lines), keeping the terminal for the screen."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.terminal: TextIO = sys.stdout
+
+    def __enter__(self) -> TextIO:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = (os.dup(1), os.dup(2))
+        self.terminal = os.fdopen(os.dup(1), "w", buffering=1)
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+            force=True,
+        )
+        for chatty in ("httpx", "httpx2", "openai"):  # a line per request otherwise
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+        return self.terminal
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+
+
+def _screen(
+    progress: Progress, bounds: Bounds, student: Student, sent: int, run: dict[str, Any]
+) -> Group:
+    now = time.monotonic()
+    phases = Table(box=None, show_header=False)
+    limits = {
+        "collect": bounds.collect,
+        "train": bounds.train,
+        "canary": bounds.canary,
+        "steady": bounds.steady,
     }
-
-
-def _table(sent: int, s: dict[str, Any], elapsed: float) -> Table:
-    t = Table(title=f"flywheel demo: {sent} requests sent, {elapsed:.0f}s")
-    for col in ("workload", "requests", "served by student", "spend $", "teacher baseline $"):
-        t.add_column(col)
-    for name, r in s["routes"].items():
-        t.add_row(
+    for name, limit in limits.items():
+        began = progress.started.get(name)
+        if began is None:
+            mark, spent = "·", ""
+        elif name == progress.phase:
+            mark, spent = "▶", f"{now - began:.0f}s of {limit:.0f}s"
+        else:
+            mark, spent = "✓", ""
+        phases.add_row(mark, name, spent, progress.detail if name == progress.phase else "")
+    money = Table("workload", "requests", "served by student", "spend $", "teacher baseline $")
+    for name, r in run.get("routes", {}).items():
+        money.add_row(
             name,
             str(r["requests"]),
             f"{r['student_share']:.0%}",
-            f"{Decimal(r['spend_usd']):.4f}",
-            f"{Decimal(r['baseline_usd']):.4f}",
+            f"{float(r['spend_usd']):.4f}",
+            f"{float(r['baseline_usd']):.4f}",
         )
-    states = ", ".join(f"{c['route']}/{c['candidate']}: {c['state']}" for c in s["candidates"])
-    t.caption = f"candidates: {states or 'none yet (collecting traffic)'}"
-    return t
+    return Group(
+        f"[bold]flywheel demo[/bold] · student: {student.why} · {sent} requests sent",
+        phases,
+        money,
+    )
 
 
-async def _drive(base_url: str, traffic: Traffic, rate: float, until: Any) -> int:
-    clients = [openai.AsyncOpenAI(base_url=base_url, api_key=k, max_retries=3) for k in KEYS]
+async def _run(
+    opts: Options, gw: GatewayThread, student: Student, console: Console, traffic: Traffic
+) -> tuple[Progress, int, str | None]:
+    """Traffic and phases together; returns the final progress, requests sent and the stall
+    message (None when every phase finished)."""
+    bounds = Bounds.of(opts.quick, opts.phase_bound)
+    trigger = opts.trigger or (200 if opts.quick else 300)
+    route = gw.state.router.route_named(ROUTE)
+    assert route is not None
+    canary_needed = route.rollout.canary_min_examples
+    distiller = next(c for c in gw.companions if isinstance(c, DistillerThread))
+    clients = [openai.AsyncOpenAI(base_url=gw.base_url, api_key=k, max_retries=3) for k in KEYS]
+    progress = Progress()
     sent = 0
-    pending: set[asyncio.Task[Any]] = set()
+    stall: str | None = None
+    run: dict[str, Any] = {}
+    rate = 15.0 if opts.quick else 10.0
 
     async def one(i: int) -> None:
         call = traffic.next()
@@ -180,90 +165,146 @@ async def _drive(base_url: str, traffic: Traffic, rate: float, until: Any) -> in
         await clients[i % len(clients)].chat.completions.create(
             model=call.model, messages=messages, temperature=0
         )
+        if call.workload == ROUTE and progress.phase == "steady":
+            progress.steady_sent += 1
 
-    while not until(sent):
-        task = asyncio.create_task(one(sent))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-        sent += 1
-        await asyncio.sleep(1 / rate)
-    if pending:
-        await asyncio.gather(*pending)
+    async def drive() -> None:
+        nonlocal sent
+        pending: set[asyncio.Task[None]] = set()
+        while progress.phase != "done" and stall is None:
+            task = asyncio.create_task(one(sent))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += 1
+            await asyncio.sleep(1 / rate)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    driver = asyncio.create_task(drive())
+    store = gw.state.store
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while not driver.done():
+            await asyncio.sleep(1.0)
+            worker = distiller.worker
+            last = next(
+                (s for s in (worker.last if worker else []) if s.get("route") == ROUTE), None
+            )
+            try:
+                await asyncio.to_thread(
+                    advance, progress, store, last, trigger, bounds, canary_needed
+                )
+            except Stalled as e:
+                stall = str(e)
+            run = await asyncio.to_thread(whole_run, store)
+            live.update(_screen(progress, bounds, student, sent, run))
+    await driver
     for c in clients:
         await c.close()
-    return sent
+    return progress, sent, stall
 
 
-def run_demo(
-    quick: bool, data_dir: Path, report: Path | None, keep_serving: bool, port: int = 8080
-) -> dict[str, Any]:
-    console = Console()
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    if data_dir.exists():
-        shutil.rmtree(data_dir)
-    traffic = Traffic(seed=7)
-    teacher = LocalTeacher(traffic.truth, (0.02, 0.06) if quick else (0.2, 0.6))
-    config = demo_config(data_dir, teacher.start(), quick, port)
-    server = GatewayThread(config, port)
-    state = server.state
-    server.start()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    limit_s = 270 if quick else 1150
-    t0 = time.monotonic()
-    promoted_at: list[float] = []
-    snapshot: dict[str, Any] = {"routes": {}, "candidates": []}
-
-    def done(sent: int) -> bool:
-        elapsed = time.monotonic() - t0
-        if sent % 25 == 0:
-            snapshot.update(summary(state))
-            live.update(_table(sent, snapshot, elapsed))
-            if any(c["state"] == "promoted" for c in snapshot["candidates"]) and not promoted_at:
-                promoted_at.append(elapsed)
-        after = (time.monotonic() - t0 - promoted_at[0]) if promoted_at else 0
-        return elapsed > limit_s or after > (20 if quick else 120)
-
-    with Live(_table(0, snapshot, 0), console=console, refresh_per_second=2) as live:
-        sent = asyncio.run(_drive(base_url, traffic, 12.0 if quick else 8.0, done))
-    result = summary(state)
-    result.update(
-        requests_sent=sent,
-        seconds=time.monotonic() - t0,
-        promoted_after_s=promoted_at[0] if promoted_at else None,
-        dashboard=f"{base_url.removesuffix('/v1')}/dashboard",
-        clickhouse=config.clickhouse_dsn,
-    )
-    console.print(_table(sent, result, result["seconds"]))
-    console.print(
-        f"spend ${Decimal(result['spend_usd']):.4f} vs teacher baseline "
-        f"${Decimal(result['baseline_usd']):.4f}: savings "
-        f"{result['savings_pct']:.1f}%"
-    )
-    for e in result["eval"]:
-        console.print(
-            f"eval  {e['route']}/{e['candidate']}: agreement "
-            f"{float(e['agreement']):.1%} on {e['eval_set']} "
-            f"({'passed' if e['passed'] else 'failed'} the gate)"
+def run_demo(opts: Options) -> int:
+    """The demo, start to summary; returns the exit code (0 done, 3 a phase stalled)."""
+    prepare_dir(opts.data_dir)
+    log_path = opts.data_dir / "demo.log"
+    student = choose_student()
+    quiet = _Quiet(log_path)
+    terminal = sys.stdout if opts.verbose else quiet.__enter__()
+    console = Console(file=terminal)
+    gw: GatewayThread | None = None
+    try:
+        traffic = Traffic(seed=7)
+        # The teacher answers from the generator's ground truth: it is always right.
+        # A frontier model's latency (p99 ~2 s): the student must beat it to be promoted.
+        teacher = LocalTeacher(traffic.truth, (0.5, 2.0))
+        trigger = opts.trigger or (200 if opts.quick else 300)
+        config = demo_config(
+            opts.data_dir, teacher.start(), opts.quick, opts.port, student, trigger
         )
-    for a in result["audits"]:
-        console.print(
-            f"audit {a['route']}/{a['candidate']}: agreement "
-            f"{float(a['agreement']):.1%} over {a['n']} audits"
-        )
-    console.print(
-        f"Next: the dashboard at {result['dashboard']} (sign in with {ADMIN_KEY}; run with "
-        f"--keep-serving to keep it up), or after the demo: `flywheel report --dsn "
-        f"{config.clickhouse_dsn}` and `flywheel query`"
-    )
-    if report:
-        report.write_text(json.dumps(result, indent=2, default=str))
-    if keep_serving:
-        console.print(f"gateway still serving at {base_url}; Ctrl-C to stop")
-        try:
+        console.print(f"student: {student.kind} on {student.base}: {student.why}")
+        # A busy machine can take a minute to start the store and the student server.
+        gw = GatewayThread(config, opts.port).start(timeout_s=300)
+        t0 = time.monotonic()
+        progress, sent, stall = asyncio.run(_run(opts, gw, student, console, traffic))
+        gw.state.writer.flush(30)
+        result = _summary(gw, progress, sent, stall, time.monotonic() - t0, config.clickhouse_dsn)
+        _print(console, result, opts, config.clickhouse_dsn, log_path)
+        if opts.report:
+            opts.report.write_text(json.dumps(result, indent=2, default=str))
+        if opts.keep_serving:
+            console.print(f"gateway still serving at {gw.base_url}; Ctrl-C to stop")
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    server.stop()
-    state.store.close()
-    return result
+        return 3 if stall else 0
+    except KeyboardInterrupt:
+        console.print("stopped.")
+        return 130
+    finally:
+        if gw is not None:
+            gw.stop(30)
+            gw.state.store.close()
+        if not opts.verbose:
+            quiet.__exit__()
+
+
+def _summary(
+    gw: GatewayThread,
+    progress: Progress,
+    sent: int,
+    stall: str | None,
+    seconds: float,
+    dsn: str,
+) -> dict[str, Any]:
+    store = gw.state.store
+    phases = {
+        name: round(began - progress.started["collect"], 1)
+        for name, began in progress.started.items()
+    }
+    return {
+        "requests_sent": sent,
+        "seconds": round(seconds, 1),
+        "phase_started_after_s": phases,
+        "stalled": stall,
+        "steady": steady_state(store, progress.promoted_at) if progress.promoted_at else None,
+        "whole_run": whole_run(store),
+        "dashboard": f"{gw.base_url.removesuffix('/v1')}/dashboard",
+        "clickhouse": dsn,
+    }
+
+
+def _print(
+    console: Console, result: dict[str, Any], opts: Options, dsn: str, log_path: Path
+) -> None:
+    steady, run = result["steady"], result["whole_run"]
+    if result["stalled"]:
+        console.print(f"[bold red]The demo stopped:[/bold red] {result['stalled']}")
+    if steady:
+        agreement = steady["audit_agreement"]
+        console.print(
+            f"[bold]Steady state on `{ROUTE}` after promotion[/bold] ({steady['requests']} "
+            f"requests): the student served {steady['student_share']:.0%}; audited agreement "
+            f"{'–' if agreement is None else f'{agreement:.1%}'} over {steady['audits']} "
+            f"audits; ${steady['cost_per_1000_usd']} per 1,000 requests against the "
+            f"teacher's ${steady['teacher_cost_per_1000_usd']}: "
+            f"[bold]{steady['cut_percent']}% cut[/bold] (audits and escalations included)."
+        )
+    console.print(
+        f"Whole run ({result['requests_sent']} requests, {result['seconds']:.0f} s, phases "
+        f"began at {result['phase_started_after_s']} s): spend ${float(run['spend_usd']):.4f} "
+        f"against the teacher baseline ${float(run['baseline_usd']):.4f}, "
+        f"{run['savings_percent']}% saved, flywheel overhead ${float(run['overhead_usd']):.4f} "
+        "(audits, escalations, rejected student answers)."
+    )
+    other = run["routes"].get("assistant")
+    if other:
+        console.print(
+            f"`assistant` (open-ended writing): {other['requests']} requests, served by "
+            f"{', '.join(other['served_by'])}: it stays on the teacher."
+        )
+    keep = "" if opts.keep_serving else " (run with --keep-serving to keep it up)"
+    console.print(
+        f"Next: the dashboard at {result['dashboard']}, signed in with {ADMIN_KEY}{keep}; "
+        f"`flywheel report --dsn {dsn}`; "
+        f'`flywheel query --dsn {dsn} "SELECT route, served_by, count() FROM requests GROUP '
+        f'BY ALL"`. Library logs: {log_path}.'
+    )
