@@ -28,6 +28,7 @@ from pydantic import (
 
 from contracts.bases import CandidateKind, base_problem, default_base
 from contracts.model_config import ModelConfig
+from contracts.training import Training
 from contracts.yaml_source import (
     ConfigError,
     format_validation_error,
@@ -215,47 +216,6 @@ class Guardrails(_Strict):
         "carrying `refusal_message`",
     )
     refusal_message: str = "I can't help with that request."
-
-
-class Training(_Strict):
-    """The distiller's settings for a route: when to train, how to split, and the
-    hyperparameters. Unknown keys are errors (`epoch: 3` is caught with its line)."""
-
-    min_new_examples: int = Field(
-        default=200, ge=0, description="curated examples the last dataset lacks before a run"
-    )
-    eval_fraction: float = Field(default=0.2, gt=0, lt=1, description="share held out to eval")
-    pretrain_steps: int = Field(
-        default=200, ge=0, description="domain pretraining steps of a `local:tiny` base"
-    )
-    # Left unset, epochs, learning rate and LoRA rank are chosen from the base and the data
-    # size (`distiller.training.recipe_for`, documented there); set them to override.
-    epochs: float | None = Field(default=None, gt=0)
-    learning_rate: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=16, ge=1)
-    max_length: int = Field(default=256, ge=8, description="tokens per example, prompt included")
-    lora: bool | None = Field(default=None, description="default: LoRA unless the base is tiny")
-    lora_rank: int | None = Field(default=None, ge=1)
-    lora_alpha: int | None = Field(default=None, ge=1, description="default: twice the rank")
-    seed: int = 0
-    max_steps: int = Field(default=-1, description="stop after this many steps (-1: epochs)")
-    time_budget_s: float | None = Field(
-        default=None, gt=0, description="stop training (keeping the best so far) after this"
-    )
-    early_stopping_patience: int = Field(
-        default=2, ge=0, description="evaluations without improvement before stopping (0: off)"
-    )
-    calibration_fraction: float = Field(
-        default=0.15, ge=0, lt=1, description="share of training data held out to calibrate"
-    )
-    finetune_encoder: bool | None = Field(
-        default=None,
-        description="classifier: train the backbone too (default: on CUDA only; a head on "
-        "frozen features on CPU)",
-    )
-    max_labels: int = Field(
-        default=500, ge=2, description="classifier: most distinct answers that count as labels"
-    )
 
 
 class Route(_Strict):

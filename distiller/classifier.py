@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from contracts.policy import Training
+from contracts.training import Training
 from distiller.examples import Example
 from distiller.training import TrainResult
 from students.classifier import Encoder, input_text, save

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.policy import Training
+from contracts.training import Training
 from distiller.base_model import is_local_tiny
 from distiller.examples import Example
 from students.loading import load, use_threads_by_load

@@ -27,8 +27,9 @@ import orjson
 from contracts.bases import CandidateKind
 from contracts.model_config import ModelConfig
 from contracts.openai_shapes import role_text
-from contracts.policy import Gate, PolicySet, Route, Training
+from contracts.policy import Gate, PolicySet, Route
 from contracts.pricing import price_table
+from contracts.training import Training
 from distiller.base_model import build_tiny_base
 from distiller.bases import BaseUnavailable
 from distiller.bases import resolve as resolve_base

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from contracts.policy import Training
+from contracts.training import Training
 from distiller.base_model import build_tiny_base
 from distiller.bases import resolve
 from distiller.classifier import split_calibration, train_classifier

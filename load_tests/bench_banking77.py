@@ -114,7 +114,7 @@ async def replay(base_url: str, key: str, texts: list[str], concurrency: int = 3
 
 
 def _settings(spec: str, args: argparse.Namespace) -> Any:
-    from contracts.policy import Training
+    from contracts.training import Training
 
     kind, _, base = spec.partition(":")
     if kind == "classifier":

@@ -12,18 +12,18 @@ import csv
 import random
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
 import pytest
 
 from contracts.model_config import ModelConfig
-from contracts.policy import Training
+from contracts.training import Training
 from distiller.evaluation import evaluate
 from distiller.examples import Example
 from tests.support.gateway import APP_KEY, RunningGateway
 from tests.support.net import free_port
+from tests.support.states import write_state
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow  # trains real models
@@ -135,20 +135,7 @@ def test_classifier_serves_through_the_gateway_with_confidence(
             + f"    model: flywheel/intents\n    api_base: {url}\n"
             + '    price: {input_per_million: "0.005", output_per_million: "0.005"}\n'
         )
-        gateway.state.store.insert_rows(
-            "candidate_states",
-            [["hot-intents", "clf", "v1", "promoted", datetime.now(UTC), "test", "", threshold]],
-            [
-                "route",
-                "candidate",
-                "version",
-                "state",
-                "updated_at",
-                "reason",
-                "dataset_id",
-                "min_confidence",
-            ],
-        )
+        write_state(gateway.state.store, "hot-intents", "clf", "promoted", threshold)
         eventually(lambda: gateway.state.router.states.thresholds.get(("hot-intents", "clf")), 20)
         client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
         served = []

@@ -5,7 +5,6 @@ the gate fitted, with no `escalation.min_confidence` in the policy."""
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
 from pathlib import Path
 
 import openai
@@ -16,6 +15,7 @@ from contracts.model_config import ModelConfig
 from contracts.policy import PolicyError, load_policies
 from distiller.evaluation import EvalReport, ExampleResult
 from tests.support.gateway import APP_KEY, RunningGateway
+from tests.support.states import write_state
 from tests.support.wait import eventually
 
 MODELS = {"teacher": ModelConfig(model="openai/gpt-4o"), "s": ModelConfig(model="openai/s")}
@@ -109,20 +109,7 @@ def test_ties_are_kept_or_escalated_together() -> None:
 def test_router_escalates_below_the_fitted_threshold(gateway: RunningGateway) -> None:
     """The `fitted` route sets no `escalation.min_confidence`: the threshold comes from the
     candidate's state, written where the distiller writes it after a selective gate."""
-    gateway.state.store.insert_rows(
-        "candidate_states",
-        [["fitted", "ok", "v2", "promoted", datetime.now(UTC), "gate passed", "", 0.6]],
-        [
-            "route",
-            "candidate",
-            "version",
-            "state",
-            "updated_at",
-            "reason",
-            "dataset_id",
-            "min_confidence",
-        ],
-    )
+    write_state(gateway.state.store, "fitted", "ok", "promoted", 0.6, "v2")
     thresholds = eventually(
         lambda: gateway.state.router.states.thresholds, 10, lambda t: ("fitted", "ok") in t
     )

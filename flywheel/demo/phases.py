@@ -61,6 +61,7 @@ class Progress:
     started: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
     promoted_at: float | None = None  # wall clock (epoch seconds), from ClickHouse
     steady_sent: int = 0
+    done: float = 0.0  # how far the current phase is towards its goal, 0..1
 
 
 STATE_SQL = (
@@ -113,6 +114,7 @@ def advance(
     state = str(row["state"] or "")
     if progress.phase == "collect":
         progress.detail, built = _collect_detail(last, trigger)
+        progress.done = min(1.0, int((last or {}).get("new_examples", 0)) / max(trigger, 1))
         if built or state:
             progress.phase = "train"
             progress.started["train"] = now
@@ -130,6 +132,8 @@ def advance(
             )
         if state == "trained":
             raise Stalled(f"the student passed its gate but was not published: {row['reason']}")
+        # Training reports no steps while it runs: the bar is the time bound spent.
+        progress.done = min(1.0, (now - progress.started["train"]) / bounds.train)
         if state in ("shadow", "canary", "promoted"):
             progress.phase = "canary"
             progress.started["canary"] = now
@@ -142,6 +146,7 @@ def advance(
         audits = store.query_dicts(AUDITS_SQL, {"r": ROUTE, "c": CANDIDATE})[0]
         n, agreement = int(audits["n"]), float(audits["agreement"] or 0)
         progress.detail = f"{state}: {n} audits ({canary_needed} needed), agreement {agreement:.0%}"
+        progress.done = min(1.0, n / max(canary_needed, 1))
         held = store.query_dicts(HELD_SQL, {"r": ROUTE, "c": CANDIDATE})[0]
         if int(held["n"]) and n >= canary_needed:
             progress.detail += f"; promotion held: {held['reason']}"
@@ -157,6 +162,7 @@ def advance(
         progress.detail = (
             f"promoted: {progress.steady_sent} of {bounds.steady_requests} steady requests"
         )
+        progress.done = min(1.0, progress.steady_sent / bounds.steady_requests)
         if progress.steady_sent >= bounds.steady_requests:
             progress.phase = "done"
         elif now - progress.started["steady"] > bounds.steady:

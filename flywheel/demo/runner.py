@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import openai
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from flywheel.demo.config import ADMIN_KEY, KEYS, ROUTE, Student, choose_student, demo_config
@@ -118,13 +119,15 @@ def _screen(
     }
     for name, limit in limits.items():
         began = progress.started.get(name)
+        bar: Any = ""
         if began is None:
             mark, spent = "·", ""
         elif name == progress.phase:
             mark, spent = "▶", f"{now - began:.0f}s of {limit:.0f}s"
+            bar = ProgressBar(total=1.0, completed=progress.done, width=20)
         else:
             mark, spent = "✓", ""
-        phases.add_row(mark, name, spent, progress.detail if name == progress.phase else "")
+        phases.add_row(mark, name, spent, bar, progress.detail if name == progress.phase else "")
     money = Table("workload", "requests", "served by student", "spend $", "teacher baseline $")
     for name, r in run.get("routes", {}).items():
         money.add_row(
