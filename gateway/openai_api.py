@@ -106,16 +106,17 @@ async def _proxy(ctx: RequestContext, request: Request) -> Response:
         )
     )
     ctx.decide(decision)
+    if ctx.endpoint != "embeddings":
+        ctx.rails = ctx.router.rails.get(decision.route.name)
+    if ctx.rails is not None:
+        rec.mask_entities = ctx.rails.log_mask  # from here on, whatever the outcome
     state.limiter.admit(ctx.principal.key_id, decision.route.name, decision.route.rate_limit)
     novelty = _novelty_escalation(ctx)
     if novelty is not None:
         ctx.decide(decision.escalate(novelty))
     rec.is_stream = bool(body.get("stream"))
     ctx.upstream_body = {k: v for k, v in body.items() if k not in _GATEWAY_FIELDS}
-    if ctx.endpoint != "embeddings":
-        ctx.rails = ctx.router.rails.get(decision.route.name)
     if ctx.rails is not None:
-        rec.mask_entities = ctx.rails.log_mask
         verdict = await guard_input(ctx)
         if verdict is not None:
             return blocked(ctx, verdict)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from contracts.errors import ApiError
 from contracts.states import RowStatus
 from gateway.context import RequestContext
+from gateway.guardrails.detectors import ENTITIES
 from gateway.upstream import UpstreamError
 
 
@@ -46,12 +47,14 @@ def fail(ctx: RequestContext, err: ApiError, status: RowStatus) -> Response:
 
 
 def reject(ctx: RequestContext, err: ApiError) -> Response:
-    """A request the gateway refused (bad body, unknown model, rate limit, ...)."""
-    ctx.record.route_reason = (
-        "rejected before routing"
-        if ctx.decision is None
-        else f"rejected after routing: {err.code or err.status}"
-    )
+    """A request the gateway refused (bad body, unknown model, rate limit, ...). Refused
+    before routing, its route (and so whether it masks) is unknown: its row is masked for
+    every entity rather than risk storing raw PII from a masking route."""
+    if ctx.decision is None:
+        ctx.record.route_reason = "rejected before routing"
+        ctx.record.mask_entities = ENTITIES
+    else:
+        ctx.record.route_reason = f"rejected after routing: {err.code or err.status}"
     return fail(ctx, err, "rejected")
 
 

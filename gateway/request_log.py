@@ -74,13 +74,17 @@ class RequestRecord:
 
     def to_row(self, prices: dict[str, Price]) -> dict[str, Any]:
         response, usage = self._answer()
-        request = self.request
+        request, metadata, tags, error = self.request, self.metadata, self.tags, self.error
         if self.mask_entities:
-            # Raw PII never reaches ClickHouse on a masking route, whatever the model saw.
+            # Raw PII never reaches ClickHouse on a masking route, whatever the model saw and
+            # whatever the status: bodies, answers, metadata, tags and error text alike.
             from gateway.guardrails.engine import mask_strings
 
             request = mask_strings(request, self.mask_entities)
             response = mask_strings(response, self.mask_entities)
+            metadata = mask_strings(metadata, self.mask_entities)
+            tags = mask_strings(tags, self.mask_entities)
+            error = mask_strings(error, self.mask_entities)
         estimated = usage is None
         if usage is None:
             usage = _estimate_usage(request, response) if self.status == "ok" else {}
@@ -116,7 +120,7 @@ class RequestRecord:
             "is_stream": self.is_stream,
             "status": self.status,
             "http_status": self.http_status,
-            "error": self.error,
+            "error": error,
             "latency_us": self.latency_us,
             "ttft_us": self.ttft_us or (self.latency_us if self.status == "ok" else 0),
             "upstream_us": self.upstream_us,
@@ -131,8 +135,8 @@ class RequestRecord:
             "finish_reason": finish,
             "prompt_fingerprint": self.prompt_fingerprint,
             "guardrails": _json(self.guardrails),
-            "metadata": self.metadata,
-            "tags": self.tags,
+            "metadata": metadata,
+            "tags": tags,
             "kind": self.kind,
             "parent_id": self.parent_id,
             "candidate": self.candidate,

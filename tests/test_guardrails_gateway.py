@@ -109,7 +109,44 @@ def test_self_check_through_the_teacher(gateway: RunningGateway) -> None:
     assert "self_check" in info.value.body["message"]
 
 
+def test_rejected_requests_and_metadata_are_masked_too(gateway: RunningGateway) -> None:
+    """Seen: a 422 on a masking route stored the raw messages, and `metadata`, `tags` and
+    errors were never masked."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {APP_KEY}"}
+    bad = httpx.post(  # `n: 0` is refused before routing
+        f"{gateway.base_url}/chat/completions",
+        json={
+            "model": "guarded-mask",
+            "n": 0,
+            "messages": [{"role": "user", "content": f"mail {MASKED_EMAIL}, card {MASKED_CARD}"}],
+            "metadata": {"customer": MASKED_EMAIL},
+        },
+        headers=headers,
+    )
+    assert bad.status_code == 422
+    row = gateway.row(bad.headers["x-request-id"])
+    assert row["status"] == "rejected" and "[EMAIL]" in row["messages"]
+    ok = _ask(
+        gateway,
+        "guarded-mask",
+        "hello",
+        extra_body={"metadata": {"customer": MASKED_EMAIL}, "tags": [f"from {MASKED_PHONE}"]},
+    )
+    row = _row(gateway, ok.id)
+    assert row["metadata"] == {"customer": "[EMAIL]"} and row["tags"] == ["from [PHONE]"]
+
+
 def test_no_raw_pii_in_clickhouse_after_masked_runs(gateway: RunningGateway) -> None:
+    leaked = gateway.rows(
+        "SELECT count() AS n FROM requests WHERE "
+        "arrayExists(v -> position(v, {e:String}) > 0, mapValues(metadata)) OR "
+        "arrayExists(t -> position(t, {p:String}) > 0, tags)",
+        e=MASKED_EMAIL,
+        p=MASKED_PHONE,
+    )
+    assert leaked[0]["n"] == 0
     rows = gateway.rows(
         "SELECT count() AS n FROM requests WHERE "
         "position(messages, {e:String}) > 0 OR position(response, {e:String}) > 0 OR "

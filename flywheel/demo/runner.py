@@ -145,12 +145,16 @@ def _screen(
 
 
 async def _run(
-    opts: Options, gw: GatewayThread, student: Student, console: Console, traffic: Traffic
+    opts: Options,
+    gw: GatewayThread,
+    student: Student,
+    console: Console,
+    traffic: Traffic,
+    trigger: int,
 ) -> tuple[Progress, int, str | None]:
     """Traffic and phases together; returns the final progress, requests sent and the stall
     message (None when every phase finished)."""
     bounds = Bounds.of(opts.quick, opts.phase_bound)
-    trigger = opts.trigger or (200 if opts.quick else 300)
     route = gw.state.router.route_named(ROUTE)
     assert route is not None
     canary_needed = route.rollout.canary_min_examples
@@ -226,9 +230,14 @@ def run_demo(opts: Options) -> int:
         )
         console.print(f"student: {student.kind} on {student.base}: {student.why}")
         # A busy machine can take a minute to start the store and the student server.
-        gw = GatewayThread(config, opts.port).start(timeout_s=300)
+        gw = GatewayThread(config, opts.port)
+        try:
+            gw.start(timeout_s=300)
+        except RuntimeError:
+            console.print(f"[bold red]The gateway did not start[/bold red]: see {log_path}")
+            return 3
         t0 = time.monotonic()
-        progress, sent, stall = asyncio.run(_run(opts, gw, student, console, traffic))
+        progress, sent, stall = asyncio.run(_run(opts, gw, student, console, traffic, trigger))
         gw.state.writer.flush(30)
         result = _summary(gw, progress, sent, stall, time.monotonic() - t0, config.clickhouse_dsn)
         _print(console, result, opts, config.clickhouse_dsn, log_path)
