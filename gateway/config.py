@@ -27,6 +27,9 @@ from contracts.yaml_source import (
 __all__ = ["ConfigError", "GatewayConfig", "ModelConfig", "PriceOverride", "load_config"]
 
 
+Role = Literal["app", "admin", "finance", "reviewer"]
+
+
 class AppConfig(Strict):
     team: str
     train_on_traffic: bool = False
@@ -39,7 +42,7 @@ class KeyConfig(Strict):
     key: SecretStr | None = None
     sha256: str | None = None
     app: str | None = None
-    role: Literal["app", "admin", "finance", "reviewer"] = "app"
+    role: Role = "app"
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:
@@ -59,6 +62,11 @@ class KeyConfig(Strict):
 class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = 8080
+    model_api_roles: list[Role] = Field(
+        default_factory=lambda: list[Role](["app"]),
+        description="key roles that may call the model APIs and post feedback (their rows "
+        "carry the key's app, team and id)",
+    )
     max_body_bytes: int = 8 * 1024 * 1024
     upstream_connections: int = 512
 

@@ -1,7 +1,8 @@
 """`POST /v1/feedback`: a later judgement of one request, stored against its id.
 
-Invariant: feedback lands only against a request this gateway logged, and an app key may
-rate only its own app's requests; unknown ids are 404.
+Invariant: feedback lands only against a request this gateway logged, from a key of the app
+that made it (a score below 0.5 removes the request from training, so no other key may give
+one); unknown and foreign ids are both 404.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from contracts.errors import ApiError
+from gateway.auth import require_role
 from gateway.bodies import FeedbackRequest, read_json, validate
 from gateway.request_log import utc_timestamp
 from gateway.state import GatewayState
@@ -31,6 +33,7 @@ def _normalise_id(raw: str) -> str | None:
 async def post_feedback(request: Request) -> Response:
     state: GatewayState = request.app.state.gw
     principal = state.keys.authenticate(request.headers)
+    require_role(principal, *state.config.server.model_api_roles)
     body = await read_json(request, 64 * 1024)
     fb = validate(FeedbackRequest, body)
     assert isinstance(fb, FeedbackRequest)
@@ -55,7 +58,7 @@ async def post_feedback(request: Request) -> Response:
         if not rows:
             raise not_found
         owner = str(rows[0][0])
-    if principal.role == "app" and owner != principal.app:
+    if owner != principal.app:
         raise not_found  # do not reveal other apps' request ids
     feedback_id = str(uuid.uuid4())
     score = float(fb.score) if not isinstance(fb.score, bool) else (1.0 if fb.score else 0.0)

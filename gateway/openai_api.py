@@ -20,6 +20,7 @@ from starlette.responses import Response
 from contracts.errors import ApiError
 from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
 from gateway import dispatch
+from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
@@ -56,7 +57,7 @@ async def embeddings(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     state = _state(request)
-    state.keys.authenticate(request.headers)
+    require_role(state.keys.authenticate(request.headers), *state.config.server.model_api_roles)
     data = [
         {"id": alias, "object": "model", "created": 0, "owned_by": "flywheel"}
         for alias in state.router.aliases()
@@ -68,6 +69,7 @@ async def handle(request: Request, endpoint: Endpoint) -> Response:
     """The one exit: whatever happens below, the request's row is written once."""
     state = _state(request)
     principal = state.keys.authenticate(request.headers)  # 401: no app to log against
+    require_role(principal, *state.config.server.model_api_roles)  # 403: dashboard keys
     ctx = RequestContext.begin(state, principal, endpoint)
     try:
         return await _proxy(ctx, request)

@@ -234,3 +234,16 @@ def test_no_record_stops_the_log_writer(gateway: RunningGateway) -> None:
     assert gateway.state.writer._thread.is_alive()
     ok = _post(gateway, "/chat/completions", CHAT)
     assert gateway.row(ok.json()["id"])["status"] == "ok"
+
+
+@pytest.mark.parametrize("role_key", ["sk-test-admin", "sk-test-finance", "sk-test-reviewer"])
+def test_dashboard_keys_may_not_call_the_model_apis(gateway: RunningGateway, role_key) -> None:
+    """Seen: finance, reviewer and admin keys called the models (rows with no app) and
+    rated any app's requests, a low score removing them from training."""
+    _assert_error(_post(gateway, "/chat/completions", CHAT, key=role_key), 403, "forbidden")
+    r = httpx.get(f"{gateway.base_url}/models", headers={"Authorization": f"Bearer {role_key}"})
+    _assert_error(r, 403, "forbidden")
+    mine = _post(gateway, "/chat/completions", CHAT).json()["id"]
+    gateway.row(mine)
+    body = '{"request_id": "' + mine + '", "score": 0}'
+    _assert_error(_post(gateway, "/feedback", body, key=role_key), 403, "forbidden")
