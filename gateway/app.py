@@ -77,8 +77,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    # Only reads reach here (the dashboard's); writes spool instead of failing.
-    return ApiError(503, f"ClickHouse is unavailable: {exc}", code="store_unavailable").response()
+    # Only reads reach here (the dashboard's); writes spool instead of failing. The
+    # database's own text stays in the log: it can name tables, settings and hosts.
+    log.warning("store unavailable on %s: %s", request.url.path, exc)
+    return ApiError(
+        503, "ClickHouse is unavailable; try again shortly.", code="store_unavailable"
+    ).response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -110,6 +110,11 @@ def test_filters_and_csv_export(gateway: RunningGateway, known: list[dict[str, A
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "split"
     bad = api_get(gateway, "/admin/api/finance", **{"from": "last tuesday"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "from"
+    # Seen: `to=9999-12-31` was a 500 and `from=0001-01-01` a 503 with the database's text.
+    for name, value in (("to", "9999-12-31"), ("from", "0001-01-01")):
+        bad = api_get(gateway, "/admin/api/finance", **{name: value})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == name and "between 1970" in bad.text
 
 
 def test_flywheel_report_prints_the_same_figures(

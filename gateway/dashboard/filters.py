@@ -32,7 +32,20 @@ def parse_time(name: str, raw: str) -> datetime:
             code="invalid_filter",
             param=name,
         ) from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    if not EARLIEST <= t <= LATEST:
+        raise ApiError(
+            400,
+            f"`{name}` must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}, got {raw!r}.",
+            code="invalid_filter",
+            param=name,
+        )
+    return t
+
+
+# What ClickHouse's DateTime (the rollups' hour) can hold, with a day's margin for `to`.
+EARLIEST = datetime(1970, 1, 2, tzinfo=UTC)
+LATEST = datetime(2105, 12, 31, tzinfo=UTC)
 
 
 class Filters(BaseModel):
