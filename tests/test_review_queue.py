@@ -3,6 +3,7 @@ teacher's answer in the next dataset (lineage records it)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -108,3 +109,18 @@ def test_label_errors(gateway: RunningGateway) -> None:
         headers={"authorization": f"Bearer {FINANCE_KEY}"},
     )
     assert r.status_code == 403
+    # Seen: a cross-origin `text/plain` post was accepted (CSRF relied on SameSite alone).
+    url = gateway.base_url.removesuffix("/v1") + "/admin/api/review/labels"
+    body = json.dumps({"request_id": str(uuid.uuid4()), "choice": "teacher"})
+    auth = {"authorization": f"Bearer {REVIEWER_KEY}"}
+    r = httpx.post(url, content=body, headers={**auth, "content-type": "text/plain"})
+    assert r.status_code == 415
+    r = httpx.post(
+        url,
+        content=body,
+        headers={**auth, "content-type": "application/json", "origin": "https://evil.example"},
+    )
+    assert r.status_code == 403 and "Cross-origin" in r.json()["error"]["message"]
+    page = httpx.get(gateway.base_url.removesuffix("/v1") + "/dashboard")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]

@@ -151,8 +151,21 @@ async def get_review(request: Request) -> Response:
     return _respond(request, {"queue": queue, "labels": labels}, "review")
 
 
+def _same_origin_json(request: Request) -> None:
+    """A state-changing call must be JSON (a cross-site form or `text/plain` post cannot be
+    without a preflight, which this server never grants) and, when the browser names its
+    origin, come from this one: SameSite cookies are not the only guard."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "Send the label as application/json.", code="unsupported_media_type")
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        raise ApiError(403, "Cross-origin requests may not change labels.", code="forbidden")
+
+
 async def post_label(request: Request) -> Response:
     state, who = _auth(request, *REVIEW_ROLES)
+    _same_origin_json(request)
     body = validate(review.LabelRequest, await read_json(request, 256 * 1024))
     assert isinstance(body, review.LabelRequest)
     saved = await _run(review.save_label, state.store, body, who.key_id)
