@@ -25,6 +25,7 @@ from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
+from gateway.dashboard.session import Sessions, load_secret
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
 from gateway.log_writer import LogWriter
@@ -51,18 +52,20 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
     """Everything the app needs, built once; raises ConfigError (PolicyError) for a config
     or policy that cannot be served."""
     router = build_router(config)
+    keys = KeyRing(config)
     metrics_ = GatewayMetrics()
     store = store or server_store(config.clickhouse_dsn)
     spool = Spool(config.spool_dir)
     return GatewayState(
         config=config,
-        keys=KeyRing(config),
+        keys=keys,
         router=router,
         metrics=metrics_,
         store=store,
         spool=spool,
         writer=LogWriter(store, spool, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
+        sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
     )
 
 

@@ -69,6 +69,11 @@ class ServerConfig(Strict):
     )
     max_body_bytes: int = 8 * 1024 * 1024
     upstream_connections: int = 512
+    session_secret: str | None = Field(
+        default=None,
+        description="signs dashboard sessions (give the same one to every replica); "
+        "default: a random secret kept in <data_dir>/session.key",
+    )
 
 
 class ClickHouseConfig(Strict):

@@ -13,6 +13,7 @@ from typing import Any
 from contracts.prompt_index import PromptIndex
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
+from gateway.dashboard.session import Sessions
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
@@ -32,6 +33,7 @@ class GatewayState:
     spool: Spool
     writer: LogWriter
     upstreams: Upstreams
+    sessions: Sessions
     limiter: RateLimiter = field(default_factory=RateLimiter)
     policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)

@@ -7,7 +7,14 @@ import httpx
 
 from distiller.events import record_event
 from tests.support.dashboard_data import api_get
-from tests.support.gateway import APP_KEY, FINANCE_KEY, OTHER_KEY, REVIEWER_KEY, RunningGateway
+from tests.support.gateway import (
+    ADMIN_KEY,
+    APP_KEY,
+    FINANCE_KEY,
+    OTHER_KEY,
+    REVIEWER_KEY,
+    RunningGateway,
+)
 
 
 def test_roles_guard_the_dashboard_and_its_json(gateway: RunningGateway) -> None:
@@ -88,3 +95,30 @@ def test_the_sign_in_form_is_bounded_before_it_is_read(gateway: RunningGateway) 
 
     r = httpx.post(url, content=chunks(), timeout=30)
     assert r.status_code == 413
+
+
+def test_sessions_need_the_server_secret_and_end_at_sign_out(gateway: RunningGateway) -> None:
+    """Seen: a cookie forged from a key's SHA-256 (which a config may hold in plain text)
+    with a year-2100 expiry got 200 on the admin API, and a cookie worked after sign-out."""
+    import hashlib
+    import hmac
+
+    base = gateway.base_url.removesuffix("/v1")
+    digest = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
+    expiry = 4_102_444_800  # 2100-01-01
+    for forged in (
+        f"admin.{expiry}."
+        + hmac.new(digest.encode(), f"admin.{expiry}".encode(), "sha256").hexdigest(),
+        f"admin.{expiry}.00.{hmac.new(digest.encode(), b'x', 'sha256').hexdigest()}",
+    ):
+        r = httpx.get(f"{base}/admin/api/routes", cookies={"flywheel_session": forged})
+        assert r.status_code == 401, forged
+    with httpx.Client(base_url=base) as client:
+        assert client.post("/dashboard/login", data={"key": ADMIN_KEY}).status_code == 303
+        cookie = client.cookies["flywheel_session"]
+        assert client.get("/admin/api/routes").status_code == 200
+        client.post("/dashboard/logout")
+    replayed = httpx.get(f"{base}/admin/api/routes", cookies={"flywheel_session": cookie})
+    assert replayed.status_code == 401, "a cookie kept after sign-out"
+    secret = gateway.state.config.data_dir / "session.key"
+    assert secret.stat().st_mode & 0o777 == 0o600

@@ -26,7 +26,6 @@ from gateway.auth import Principal
 from gateway.bodies import read_json, validate
 from gateway.dashboard import finance, lifecycle, review
 from gateway.dashboard.filters import Filters
-from gateway.dashboard.session import principal
 from gateway.state import GatewayState
 
 FINANCE_ROLES = ("admin", "finance")
@@ -89,7 +88,7 @@ def _respond(request: Request, body: dict[str, Any], name: str) -> Response:
 
 def _auth(request: Request, *roles: str) -> tuple[GatewayState, Principal]:
     state: GatewayState = request.app.state.gw
-    return state, principal(state.keys, request, *roles)
+    return state, state.sessions.principal(request, *roles)
 
 
 async def _run(fn: Callable[..., Any], *args: Any) -> Any:

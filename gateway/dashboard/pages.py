@@ -47,7 +47,7 @@ def _login(message: str, status: int) -> HTMLResponse:
 async def dashboard(request: Request) -> Response:
     state: GatewayState = request.app.state.gw
     try:
-        session.principal(state.keys, request, *session.DASHBOARD_ROLES)
+        state.sessions.principal(request, *session.DASHBOARD_ROLES)
     except ApiError as e:
         # Not signed in: the form, as a normal page; a key of the wrong role: refused.
         return _login(e.message, 403) if e.status == 403 else _login("", 200)
@@ -72,7 +72,7 @@ async def login(request: Request) -> Response:
     form = parse_qs(raw.decode("utf-8", "replace"))
     raw_key = (form.get("key") or [""])[0]
     try:
-        who, cookie = session.issue(state.keys, raw_key)
+        who, cookie = state.sessions.issue(raw_key)
     except ApiError as e:
         return _login(e.message, e.status)
     if who.role not in session.DASHBOARD_ROLES:
@@ -95,6 +95,10 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    state: GatewayState = request.app.state.gw
+    cookie = request.cookies.get(session.COOKIE)
+    if cookie:
+        state.sessions.revoke(cookie)
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(session.COOKIE, path="/")
     return response
