@@ -26,6 +26,7 @@ from typing import Any
 
 from contracts.training import Training
 from distiller.examples import Example
+from distiller.progress import RunProgress
 from distiller.training import TrainResult
 from students.classifier import Encoder, input_text, save
 from students.loading import use_threads_by_load
@@ -106,6 +107,7 @@ def _finetune(
     cal: tuple[list[str], Any],
     cfg: Training,
     losses: list[float],
+    progress: RunProgress,
 ) -> int:
     """End-to-end fine-tuning; keeps the epoch with the best calibration loss. Returns
     the optimiser steps taken."""
@@ -152,6 +154,7 @@ def _finetune(
             steps += 1
             if steps % 10 == 0:
                 losses.append(float(loss))
+            progress.report("train", steps, total, losses[-1] if losses else None)
         if cal[0]:
             with torch.no_grad():
                 val = float(
@@ -197,13 +200,16 @@ def train_classifier(
     fit_y = torch.tensor([index[ex.answer.strip()] for ex in fit])
     cal_y = torch.tensor([index[ex.answer.strip()] for ex in cal])
     t0 = time.perf_counter()
+    progress = RunProgress(out_dir)
+    progress.report("train", 0, 2 if not finetune else 1, force=True)
     features = encoder.embed(fit_texts)
     weight, bias = _logistic_head(features, fit_y, len(labels))
+    progress.report("train", 1, 1 if finetune else 2, force=True)
     losses: list[float] = []
     steps = 1
     if finetune:
         steps = _finetune(
-            encoder, weight, bias, (fit_texts, fit_y), (cal_texts, cal_y), cfg, losses
+            encoder, weight, bias, (fit_texts, fit_y), (cal_texts, cal_y), cfg, losses, progress
         )
     cal_logits = encoder.embed(cal_texts) @ weight.T + bias if cal else torch.zeros(0, len(labels))
     temperature = fit_temperature(cal_logits, cal_y)

@@ -25,6 +25,7 @@ import orjson
 from contracts.agreement import agreement, judge_messages, parse_judgement
 from contracts.model_config import ModelConfig
 from distiller.examples import Example
+from distiller.progress import RunProgress
 from students.generation import Request, generate_batch, load_student
 
 if TYPE_CHECKING:  # scoring needs no database: it runs where none is installed (GPU jobs)
@@ -157,8 +158,10 @@ def generate(
 
     batch_size = batch_size or (128 if torch.cuda.is_available() else 16)
     student = load_student("eval", model_path)
+    progress = RunProgress(Path(model_path).parent)
     out: list[tuple[str, float]] = []
     for start in range(0, len(prompts), batch_size):
+        progress.report("evaluate", start, len(prompts))
         batch = [Request(p, max_new_tokens) for p in prompts[start : start + batch_size]]
         out += [(r["text"].strip(), r["confidence"]) for r in generate_batch(student, batch)]
     return out

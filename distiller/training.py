@@ -24,6 +24,7 @@ from typing import Any
 from contracts.training import Training
 from distiller.base_model import is_local_tiny
 from distiller.examples import Example
+from distiller.progress import RunProgress
 from students.loading import load, use_threads_by_load
 
 log = logging.getLogger("flywheel.training")
@@ -150,6 +151,7 @@ def train(
     )
     losses: list[float] = []
     t0 = time.perf_counter()
+    progress = RunProgress(out_dir)
 
     class Losses(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
@@ -157,6 +159,12 @@ def train(
                 losses.append(float(logs["loss"]))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            progress.report(
+                "train",
+                int(state.global_step),
+                int(state.max_steps),
+                losses[-1] if losses else None,
+            )
             if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
                 control.should_training_stop = True
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+from distiller.progress import latest
 from flywheel.demo.config import CANDIDATE, ROUTE
 from store import Store
 
@@ -106,6 +108,7 @@ def advance(
     trigger: int,
     bounds: Bounds,
     canary_needed: int,
+    runs: Path,
 ) -> Progress:
     """Move the demo's phase along from what the flywheel wrote; raises Stalled."""
     now = time.monotonic()
@@ -119,6 +122,7 @@ def advance(
             progress.phase = "train"
             progress.started["train"] = now
             progress.detail = "training, evaluating and gating the student"
+            progress.done = 0.0
         elif now - progress.started["collect"] > bounds.collect:
             raise Stalled(f"collect stalled after {bounds.collect:.0f} s: {progress.detail}")
     if progress.phase == "train":
@@ -132,11 +136,16 @@ def advance(
             )
         if state == "trained":
             raise Stalled(f"the student passed its gate but was not published: {row['reason']}")
-        # Training reports no steps while it runs: the bar is the time bound spent.
-        progress.done = min(1.0, (now - progress.started["train"]) / bounds.train)
+        run = latest(runs)
+        if run is not None and run["at"] >= time.time() - (now - progress.started["train"]):
+            progress.done = min(1.0, run["step"] / max(run["total"], 1))
+            loss = "" if run["loss"] is None else f", loss {run['loss']:.3f}"
+            verb = "training" if run["stage"] == "train" else "evaluating"
+            progress.detail = f"{verb}: step {run['step']} of {run['total']}{loss}"
         if state in ("shadow", "canary", "promoted"):
             progress.phase = "canary"
             progress.started["canary"] = now
+            progress.done = 0.0
         elif now - progress.started["train"] > bounds.train:
             raise Stalled(
                 f"train stalled: no gate decision within {bounds.train:.0f} s of the dataset "

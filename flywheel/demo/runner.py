@@ -31,7 +31,15 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from flywheel.demo.config import ADMIN_KEY, KEYS, ROUTE, Student, choose_student, demo_config
+from flywheel.demo.config import (
+    ADMIN_KEY,
+    CANDIDATE,
+    KEYS,
+    ROUTE,
+    Student,
+    choose_student,
+    demo_config,
+)
 from flywheel.demo.figures import steady_state, whole_run
 from flywheel.demo.phases import Bounds, Progress, Stalled, advance
 from flywheel.demo.teacher import LocalTeacher
@@ -159,6 +167,7 @@ async def _run(
     assert route is not None
     canary_needed = route.rollout.canary_min_examples
     distiller = next(c for c in gw.companions if isinstance(c, DistillerThread))
+    runs = gw.state.config.data_dir / "models" / ROUTE / CANDIDATE
     clients = [openai.AsyncOpenAI(base_url=gw.base_url, api_key=k, max_retries=3) for k in KEYS]
     progress = Progress()
     sent = 0
@@ -198,7 +207,7 @@ async def _run(
             )
             try:
                 await asyncio.to_thread(
-                    advance, progress, store, last, trigger, bounds, canary_needed
+                    advance, progress, store, last, trigger, bounds, canary_needed, runs
                 )
             except Stalled as e:
                 stall = str(e)
