@@ -128,9 +128,9 @@ class StoreProcess(Store):
     """The embedded engine in a child process, for a server process with a hot event loop.
 
     chdb holds the GIL for a whole insert (measured: ~7 ms for 200 rows), which would stall
-    the event loop. The child owns the chdb path, runs at a lower CPU priority than the
-    gateway (nice 5, never the idle class: it must still progress on a busy machine), and
-    answers the same calls over a pipe. A dead child is restarted on the
+    the event loop. The child owns the chdb path, runs at the normal CPU priority (never the
+    idle class: it must progress on a busy machine), and answers the same calls over a
+    pipe. A dead child is restarted on the
     next call; calls made while it is down raise `StoreUnavailable` (rows then spool).
     """
 
@@ -184,12 +184,9 @@ class _Rows:
 
 
 def _serve_store(dsn: str, conn: Any) -> None:
-    import os
-
-    # Below the gateway, so it preempts this process, but still in the normal class: seen,
-    # under SCHED_IDLE two CPU-bound neighbours starved the store entirely and the gateway
-    # hung at start (and would stop logging under load); at nice 5 it keeps a share.
-    os.nice(5)
+    # At the normal CPU priority: seen, under SCHED_IDLE two CPU-bound neighbours starved
+    # the store entirely and the gateway hung at start; at nice 5 rows landed a minute late.
+    # Being its own process is what keeps chdb's GIL off the gateway's event loop.
     store = Store(dsn)
     while True:
         try:

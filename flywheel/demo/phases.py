@@ -38,7 +38,7 @@ class Bounds:
     def of(cls, quick: bool, cap: float | None = None) -> Bounds:
         """The bounds for `--quick` or a full run; `cap` lowers every time bound to it."""
         if quick:
-            b = cls(collect=60, train=120, canary=60, steady_requests=150, steady=60)
+            b = cls(collect=75, train=120, canary=60, steady_requests=150, steady=60)
         else:
             b = cls(collect=120, train=300, canary=120, steady_requests=600, steady=180)
         if cap is None:
