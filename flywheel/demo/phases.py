@@ -75,6 +75,7 @@ HELD_SQL = (
     "SELECT argMax(reason, at) AS reason, count() AS n FROM events "
     "WHERE route = {r:String} AND candidate = {c:String} AND kind = 'promotion_held'"
 )
+DATASETS_SQL = "SELECT count() AS n FROM datasets WHERE route = {r:String}"
 AUDITS_SQL = (
     "SELECT count() AS n, avg(agreement) AS agreement FROM audits "
     "WHERE route = {r:String} AND candidate = {c:String}"
@@ -117,6 +118,8 @@ def advance(
     state = str(row["state"] or "")
     if progress.phase == "collect":
         progress.detail, built = _collect_detail(last, trigger)
+        # The dataset row is written before training starts: from then on it is training.
+        built = built or int(store.query_dicts(DATASETS_SQL, {"r": ROUTE})[0]["n"]) > 0
         progress.done = min(1.0, int((last or {}).get("new_examples", 0)) / max(trigger, 1))
         if built or state:
             progress.phase = "train"
