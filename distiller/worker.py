@@ -38,7 +38,7 @@ from distiller.curation import curate
 from distiller.datasets import build_dataset
 from distiller.evaluation import EvalReport, evaluate, store_report, teacher_judge
 from distiller.examples import Example
-from distiller.promotion import advance, after_evaluation
+from distiller.promotion import advance, after_evaluation, current
 from distiller.publishing import PublishError, publish
 from distiller.training import TrainResult, train
 from store import Store
@@ -148,6 +148,17 @@ def distill_route(
         return summary
     if not force and new < needed:
         summary["skipped"] = f"{new} new examples < {needed}"
+        summary["changes"] = advance(store, route, prices)
+        return summary
+    rolling = [
+        f"{c.name} in {st.state}"
+        for c in route.candidates
+        if (st := current(store, route.name, c.name)) and st.state in ("shadow", "canary")
+    ]
+    if not force and rolling:
+        # A run in shadow or canary is given the time to prove itself: retraining now would
+        # restart its rollout (seen: a retrain kept a passing student in canary a minute).
+        summary["skipped"] = f"rollout in progress: {', '.join(rolling)}"
         summary["changes"] = advance(store, route, prices)
         return summary
     ds = build_dataset(store, curated, settings.eval_fraction)
@@ -340,22 +351,20 @@ class EmbeddedDistiller:
 
     def start(self) -> None:
         self._pool = self._new_pool()
-        self._pool.submit(int)  # spawn the worker now: it warms up while traffic collects
         self._thread.start()
 
     @staticmethod
     def _new_pool() -> Any:
+        """A one-worker pool whose worker is spawned now and warms up (imports) while the
+        route still collects traffic."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        # One run per worker process (its memory goes back after each run); the next one
-        # is spawned and warmed at once.
-        return ProcessPoolExecutor(
-            1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=warm_worker,
-            max_tasks_per_child=1,
+        pool = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=warm_worker
         )
+        pool.submit(int)  # spawns the worker; it stays for the next run
+        return pool
 
     def stop(self) -> None:
         """Stop the loop and any training in flight (a run that is cut short is retried on
@@ -370,17 +379,15 @@ class EmbeddedDistiller:
     def _subprocess(
         self, fn: Callable[..., tuple[TrainResult, EvalReport]], *args: Any
     ) -> tuple[TrainResult, EvalReport]:
-        from concurrent.futures.process import BrokenProcessPool
-
-        if self._pool is None:
-            self._pool = self._new_pool()
+        pool = self._pool or self._new_pool()
+        self._pool = pool
         try:
-            result: tuple[TrainResult, EvalReport] = self._pool.submit(fn, *args).result()
-        except BrokenProcessPool:
-            # The worker died (killed, out of memory): a fresh pool for the next run.
+            # A worker that dies (killed, out of memory) raises BrokenProcessPool here.
+            result: tuple[TrainResult, EvalReport] = pool.submit(fn, *args).result()
+        finally:
+            # One run per worker: its memory goes back, and a warm one waits for the next.
             self._pool = None if self._stop.is_set() else self._new_pool()
-            raise
-        self._pool.submit(int)  # warm the next worker while this pass finishes
+            pool.shutdown(wait=False)
         return result
 
     def run_once(self) -> list[dict[str, Any]]:
