@@ -32,6 +32,18 @@ from distiller.evaluation import AGREE_AT, wilson_lower
 from distiller.events import record_event
 from store import Store
 
+# A `candidate_states` row, in the order `transition` writes it.
+STATE_COLUMNS = [
+    "route",
+    "candidate",
+    "version",
+    "state",
+    "updated_at",
+    "reason",
+    "dataset_id",
+    "min_confidence",
+]
+
 
 @dataclass(frozen=True)
 class State:
@@ -89,16 +101,7 @@ def transition(
     store.insert_rows(
         "candidate_states",
         [[route, candidate, version, to_state, now, reason, dataset_id, min_confidence]],
-        [
-            "route",
-            "candidate",
-            "version",
-            "state",
-            "updated_at",
-            "reason",
-            "dataset_id",
-            "min_confidence",
-        ],
+        STATE_COLUMNS,
     )
     record_event(
         store,

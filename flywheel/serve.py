@@ -15,7 +15,7 @@ import time
 
 from starlette.applications import Starlette
 
-from distiller.worker import EmbeddedDistiller, die_with_parent
+from distiller.embedded import EmbeddedDistiller, die_with_parent
 from gateway.app import Companion, build_app, build_state
 from gateway.config import GatewayConfig
 from gateway.state import GatewayState

@@ -267,7 +267,7 @@ def test_embedded_worker_trains_in_a_subprocess(
 
     import openai
 
-    from distiller.worker import EmbeddedDistiller
+    from distiller.embedded import EmbeddedDistiller
     from tests.support.gateway import APP_KEY
 
     policies: PolicySet = gateway.state.router.policies

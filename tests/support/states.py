@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from distiller.promotion import STATE_COLUMNS
 from store import Store
-
-COLUMNS = [
-    "route",
-    "candidate",
-    "version",
-    "state",
-    "updated_at",
-    "reason",
-    "dataset_id",
-    "min_confidence",
-]
 
 
 def write_state(
@@ -40,5 +30,5 @@ def write_state(
                 min_confidence,
             ]
         ],
-        COLUMNS,
+        STATE_COLUMNS,
     )
