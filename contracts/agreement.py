@@ -12,10 +12,6 @@ from typing import Any
 
 import orjson
 
-from contracts.openai_shapes import answer_text
-
-__all__ = ["agreement", "answer_text", "judge_messages", "parse_judgement"]
-
 _WS = re.compile(r"\s+")
 
 

@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from students.loading import CHAT_TEMPLATE, load
-
-__all__ = ["CHAT_TEMPLATE", "build_tiny_base", "is_local_tiny", "load"]
+from students.loading import CHAT_TEMPLATE
 
 log = logging.getLogger("flywheel.base_model")
 

@@ -26,8 +26,7 @@ from typing import Any
 
 import orjson
 
-from contracts.agreement import answer_text
-from contracts.openai_shapes import content_text, prompt_text
+from contracts.openai_shapes import answer_text, content_text, prompt_text
 from distiller.examples import Example
 from store import Store
 

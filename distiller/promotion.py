@@ -25,7 +25,8 @@ from typing import Any
 
 import orjson
 
-from contracts.agreement import agreement, answer_text
+from contracts.agreement import agreement
+from contracts.openai_shapes import answer_text
 from contracts.policy import Route
 from contracts.states import CandidateState, as_state, may_move
 from distiller.evaluation import AGREE_AT, wilson_lower

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import orjson
 from uuid_utils import uuid7
 
-from contracts.agreement import agreement, answer_text, judge_messages, parse_judgement
-from contracts.openai_shapes import without_stream
+from contracts.agreement import agreement, judge_messages, parse_judgement
+from contracts.openai_shapes import answer_text, without_stream
 from contracts.states import RowKind
 from gateway.context import RequestContext
 from gateway.escalation import confidence_of, confidence_reason

@@ -101,10 +101,6 @@ class CandidateStates:
         return self.states.get((route, candidate), "untrained")
 
 
-def _usd(value: Any) -> str:
-    return format(value.normalize(), "f")
-
-
 def _price_key(prices: dict[str, Price], model: str) -> Any:
     price = prices[model]
     return price.input_per_token + price.output_per_token

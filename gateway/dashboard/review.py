@@ -21,8 +21,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts.agreement import answer_text
 from contracts.errors import ApiError
+from contracts.openai_shapes import answer_text
 from gateway.dashboard.filters import Filters
 from store import Store
 
