@@ -15,6 +15,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flywheel.serve import build_gateway
+    from gateway.http_protocol import bounded_protocol
 
     config = _load(args.config)
     if args.host:
@@ -35,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=config.server.host,
             port=config.server.port,
             loop="uvloop",
-            http="httptools",
+            http=bounded_protocol(config.server.max_head_bytes, config.server.head_timeout_s),
             access_log=False,
             log_level=args.log_level,
             timeout_graceful_shutdown=10,

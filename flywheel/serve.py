@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from distiller.embedded import EmbeddedDistiller, die_with_parent
 from gateway.app import Companion, build_app, build_state
 from gateway.config import GatewayConfig
+from gateway.http_protocol import bounded_protocol
 from gateway.state import GatewayState
 from store import Store
 
@@ -101,7 +102,12 @@ class GatewayThread:
         self.port = port or config.server.port
         self.server = uvicorn.Server(
             uvicorn.Config(
-                app, host="127.0.0.1", port=self.port, loop="asyncio", log_level="warning"
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                loop="asyncio",
+                http=bounded_protocol(config.server.max_head_bytes, config.server.head_timeout_s),
+                log_level="warning",
             )
         )
         self.thread = threading.Thread(

@@ -1,7 +1,8 @@
 """The Starlette application: routes, error handlers, and the lifespan that owns resources.
 
-Invariant: on shutdown (SIGTERM included, via uvicorn) the log writer drains its queue into
-ClickHouse or the spool before the store closes.
+Invariant: on shutdown (SIGTERM included, via uvicorn) the log writer makes one last pass
+into ClickHouse before the store closes; whatever ClickHouse does not take stays in the
+journal for the next start.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts.errors import ApiError
 from gateway import admin, openai_api
@@ -28,10 +31,10 @@ from gateway.dashboard.pages import dashboard_routes
 from gateway.dashboard.session import Sessions, load_secret
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
+from gateway.journal import Journal
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyReloader, build_router
-from gateway.spool import Spool
 from gateway.state import GatewayState
 from gateway.upstream import Upstreams
 from store import Store, StoreUnavailable, server_store
@@ -54,16 +57,19 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
     router = build_router(config)
     keys = KeyRing(config)
     metrics_ = GatewayMetrics()
-    store = store or server_store(config.clickhouse_dsn)
-    spool = Spool(config.spool_dir)
+    store = store or server_store(config.clickhouse_dsn, config.clickhouse.timeout_s)
+    journal = (
+        Journal(config.journal_dir, config.log.journal_segment_bytes)
+        if config.log.journal
+        else None
+    )
     return GatewayState(
         config=config,
         keys=keys,
         router=router,
         metrics=metrics_,
         store=store,
-        spool=spool,
-        writer=LogWriter(store, spool, router.prices, config.log, metrics_),
+        writer=LogWriter(store, journal, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
         sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
     )
@@ -80,7 +86,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    # Only reads reach here (the dashboard's); writes spool instead of failing. The
+    # Only reads reach here (the dashboard's); writes wait in the journal instead. The
     # database's own text stays in the log: it can name tables, settings and hosts.
     log.warning("store unavailable on %s: %s", request.url.path, exc)
     return ApiError(
@@ -88,9 +94,35 @@ async def _store_down(request: Request, exc: Exception) -> Response:
     ).response()
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return ApiError(500, "The gateway hit an internal error.", code="internal_error").response()
+class _AnswerErrors:
+    """Catches what escaped every handler and answers an OpenAI-shaped 500 itself.
+
+    Starlette's outermost ServerErrorMiddleware re-raises after answering, and uvicorn then
+    drops the keep-alive connection (seen: the client's next request on it was reset).
+    Sitting inside it, this answers and swallows, so the connection lives on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s", scope.get("path"))
+            if started:
+                raise  # half a response is out: only closing the connection is honest
+            err = ApiError(500, "The gateway hit an internal error.", code="internal_error")
+            await err.response()(scope, receive, send)
 
 
 def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Starlette:
@@ -99,7 +131,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
         try:
             await asyncio.to_thread(state.store.ensure_schema)
         except StoreUnavailable as e:
-            log.warning("ClickHouse unavailable at start, rows will spool: %s", e)
+            log.warning("ClickHouse unavailable at start, rows wait in the journal: %s", e)
         await state.upstreams.start(state.router.policies.models)
         state.writer.start()
         reloader = PolicyReloader(state)
@@ -148,11 +180,11 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/admin/api/review/labels", dashboard_api.post_label, methods=["POST"]),
             *dashboard_routes(),
         ],
+        middleware=[Middleware(_AnswerErrors)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
             StoreUnavailable: _store_down,
-            Exception: _unexpected,
         },
         lifespan=lifespan,
     )

@@ -1,12 +1,14 @@
 """Request bodies: read within the size limit, parse, check the types the gateway relies on.
 
 Unknown fields pass through untouched (sampling parameters, tools, response_format, ...):
-the upstream is the authority on those. Malformed JSON is a 400; a body that parses but has
-wrong types or misses required fields is a 422 naming the field.
+the upstream is the authority on those. Malformed JSON is a 400, and so (as OpenAI answers
+it) is a body that parses but has wrong types or misses required fields, naming the field in
+`param`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 import orjson
@@ -73,15 +75,23 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+async def read_json(request: Request, limit: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The body as a JSON object: at most `limit` bytes (refused before reading when the
+    length says so), arriving within `timeout_s` (a client that trickles it is a 408)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise _too_large(limit)
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise _too_large(limit)
+    raw = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    raise _too_large(limit)
+    except TimeoutError as e:
+        raise ApiError(
+            408, f"The request body did not arrive within {timeout_s:g} s.", code="request_timeout"
+        ) from e
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -134,7 +144,8 @@ def validate(schema: type[BaseModel], body: dict[str, Any]) -> BaseModel:
             if missing
             else f"Invalid value for '{param}': {first['msg']}."
         )
-        raise ApiError(422, message, code="invalid_value", param=param) from e
+        # OpenAI answers 400 for an invalid parameter (its SDKs raise BadRequestError).
+        raise ApiError(400, message, code="invalid_value", param=param) from e
 
 
 def _too_large(limit: int) -> ApiError:

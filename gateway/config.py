@@ -68,6 +68,15 @@ class ServerConfig(Strict):
         "carry the key's app, team and id)",
     )
     max_body_bytes: int = 8 * 1024 * 1024
+    max_head_bytes: int = Field(
+        default=64 * 1024, ge=4096, description="request line and headers; larger is a 431"
+    )
+    head_timeout_s: float = Field(
+        default=30.0, gt=0, description="a connection's request head must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="a request body must arrive within this (else 408)"
+    )
     upstream_connections: int = 512
     session_secret: str | None = Field(
         default=None,
@@ -81,13 +90,39 @@ class ClickHouseConfig(Strict):
     a server. Empty means `chdb://<data_dir>/clickhouse`."""
 
     dsn: str = ""
+    timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="longest wait for any ClickHouse call; a store that hangs longer is "
+        "treated as down (rows wait in the journal, reads answer 503)",
+    )
 
 
 class LogConfig(Strict):
+    """How rows reach ClickHouse: through the local journal (`<data_dir>/journal`)."""
+
     batch_rows: int = Field(default=2000, gt=0)
     flush_interval_s: float = Field(default=0.5, gt=0)
-    queue_max_rows: int = Field(default=200_000, gt=0)
-    replay_interval_s: float = Field(default=2.0, gt=0)
+    replay_interval_s: float = Field(
+        default=2.0, gt=0, description="how often a refused or hung ClickHouse is retried"
+    )
+    journal: bool = Field(
+        default=True,
+        description="write each row to the journal before answering (a process crash loses "
+        "nothing); false keeps rows in memory until ClickHouse takes them",
+    )
+    journal_segment_bytes: int = Field(default=16 << 20, ge=4096)
+    fsync_interval_s: float = Field(
+        default=1.0, gt=0, description="what a crash of the whole machine can lose, at most"
+    )
+    when_unrecordable: Literal["refuse", "answer"] = Field(
+        default="refuse",
+        description="when the journal cannot take rows (disk full): refuse new requests "
+        "(503) or answer them with rows kept in memory only",
+    )
+    queue_max_rows: int = Field(
+        default=200_000, gt=0, description="rows kept in memory while the journal is unavailable"
+    )
 
 
 class RouterConfig(Strict):
@@ -145,8 +180,8 @@ class GatewayConfig(Strict):
         return self.clickhouse.dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
-    def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
 
     def policy_paths(self) -> list[Path]:
         out: list[Path] = []

@@ -36,6 +36,7 @@ class RequestContext:
     rails: RouteRails | None = None
     finished: bool = False
     streaming: bool = False  # a streamed response owns finishing from here on
+    unrecorded: bool = False  # the journal could not take the row: withhold the answer
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:
@@ -90,7 +91,17 @@ class RequestContext:
                 m.overhead.observe(max(0, rec.latency_us - rec.upstream_us) / 1e6)
             if status != "ok":
                 m.errors.labels(status).inc()
-        self.state.writer.submit(rec)
+        writer = self.state.writer
+        refuse = writer.config.when_unrecordable == "refuse"
+        if not writer.submit(rec, _withheld if refuse and status == "ok" else None):
+            self.unrecorded = refuse
+
+
+def _withheld(rec: RequestRecord) -> None:
+    """The row of an answer the gateway will not send: it could not be made durable."""
+    rec.status, rec.http_status = "rejected", 503
+    rec.error = "answer withheld: the request journal could not record it"
+    rec.route_reason = "rejected after routing: log_unavailable"
 
 
 def usage_tokens(rec: RequestRecord) -> int:

@@ -2,7 +2,8 @@
 
 Invariant: feedback lands only against a request this gateway logged, from a key of the app
 that made it (a score below 0.5 removes the request from training, so no other key may give
-one); unknown and foreign ids are both 404.
+one); unknown and foreign ids are both 404. A comment on a request from a masking route is
+masked like the request's own row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.responses import Response
 from contracts.errors import ApiError
 from gateway.auth import require_role
 from gateway.bodies import FeedbackRequest, read_json, validate
+from gateway.guardrails.engine import mask_strings
 from gateway.request_log import utc_timestamp
 from gateway.state import GatewayState
 from store import StoreUnavailable
@@ -43,12 +45,12 @@ async def post_feedback(request: Request) -> Response:
     )
     if request_id is None:
         raise not_found
-    owner = state.writer.owner_of(request_id)
-    if owner is None:
+    known = state.writer.owner_of(request_id)
+    if known is None:
         try:
             rows = await asyncio.to_thread(
                 state.store.query_rows,
-                "SELECT app FROM requests WHERE request_id = {id:UUID} LIMIT 1",
+                "SELECT app, route FROM requests WHERE request_id = {id:UUID} LIMIT 1",
                 {"id": request_id},
             )
         except StoreUnavailable as e:
@@ -57,9 +59,15 @@ async def post_feedback(request: Request) -> Response:
             ) from e
         if not rows:
             raise not_found
-        owner = str(rows[0][0])
+        known = (str(rows[0][0]), str(rows[0][1]))
+    owner, route = known
     if owner != principal.app:
         raise not_found  # do not reveal other apps' request ids
+    rails = state.router.rails.get(route)
+    comment = fb.comment
+    if rails is not None and rails.log_mask:
+        # A comment is stored like the request it judges: masked on a masking route.
+        comment = mask_strings(comment, rails.log_mask)
     feedback_id = str(uuid.uuid4())
     score = float(fb.score) if not isinstance(fb.score, bool) else (1.0 if fb.score else 0.0)
     state.writer.submit_row(
@@ -72,7 +80,7 @@ async def post_feedback(request: Request) -> Response:
             "key_id": principal.key_id,
             "score": score,
             "tag": fb.tag,
-            "comment": fb.comment,
+            "comment": comment,
         },
     )
     return Response(

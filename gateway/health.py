@@ -1,8 +1,9 @@
 """`GET /healthz` and `GET /metrics`.
 
 Health says whether the gateway can serve: 200 `ok` when ClickHouse and every probed
-upstream answer, 200 `degraded` when rows are spooling or some upstream is down, 503 when
-no upstream answers. Probes are cached for a few seconds so a busy balancer costs nothing.
+upstream answer, 200 `degraded` when rows wait in the journal or some upstream is down, 503
+when no upstream answers or the gateway refuses traffic because it cannot record it.
+Probes are cached for a few seconds so a busy balancer costs nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
     clickhouse_ok = bool(results[0])
     upstreams = dict(zip(names, results[1:], strict=True))
     probed = [v for v in upstreams.values() if v is not None]
-    pending = await asyncio.to_thread(state.spool.pending_rows)
-    if probed and not any(probed):
+    writer = state.writer
+    pending = writer.backlog_rows()
+    if writer.refusing or (probed and not any(probed)):
         status = "down"
     elif not clickhouse_ok or pending or not all(probed):
         status = "degraded"
@@ -42,7 +44,13 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
         "clickhouse": {
             "ok": clickhouse_ok,
             "backend": "embedded" if state.store.embedded else "server",
-            "spooled_rows_pending": pending,
+            "rows_pending": pending,
+        },
+        "journal": {
+            "enabled": writer.journal is not None,
+            "writable": not writer.refusing and not writer.journal_error,
+            "error": writer.journal_error,
+            "refusing_traffic": writer.refusing,
         },
         "upstreams": upstreams,
     }
@@ -52,7 +60,7 @@ async def healthz(request: Request) -> Response:
     state: GatewayState = request.app.state.gw
     cached = state.health_cache
     now = time.monotonic()
-    if not cached or now - float(cached["at"]) > _CACHE_S:  # type: ignore[arg-type]
+    if not cached or now - float(cached["at"]) > _CACHE_S or state.writer.refusing:  # type: ignore[arg-type]
         cached.update(body=await _probe(state), at=now)
     body: dict[str, Any] = cached["body"]  # type: ignore[assignment]
     return Response(

@@ -40,16 +40,40 @@ class GatewayMetrics:
             "flywheel_cost_usd", "Spend in USD (approximate)", ["model"], registry=r
         )
         self.log_queue_depth = Gauge(
-            "flywheel_log_queue_depth", "Rows waiting for the log writer", registry=r
+            "flywheel_log_queue_depth", "Rows recorded but not yet in ClickHouse", registry=r
+        )
+        self.journal_writable = Gauge(
+            "flywheel_journal_writable",
+            "1 while the request journal takes rows; 0 while the gateway refuses traffic",
+            registry=r,
+        )
+        self.journal_errors = Counter(
+            "flywheel_journal_errors", "Rows the request journal could not take", registry=r
+        )
+        self.rows_dropped = Counter(
+            "flywheel_rows_dropped",
+            "Rows lost: journal unavailable and the memory queue full",
+            ["table"],
+            registry=r,
+        )
+        self.thread_restarts = Counter(
+            "flywheel_thread_restarts",
+            "Background threads found dead and restarted",
+            ["thread"],
+            registry=r,
         )
         self.rows_written = Counter(
             "flywheel_rows_written", "Rows inserted into ClickHouse", ["table"], registry=r
         )
-        self.rows_spooled = Counter(
-            "flywheel_rows_spooled", "Rows written to the local spool", ["table"], registry=r
+        self.insert_failures = Counter(
+            "flywheel_log_insert_failures",
+            "ClickHouse inserts refused or timed out (their rows wait in the journal)",
+            registry=r,
         )
         self.rows_replayed = Counter(
-            "flywheel_rows_replayed", "Spooled rows replayed into ClickHouse", registry=r
+            "flywheel_rows_replayed",
+            "Rows inserted after waiting through a ClickHouse failure",
+            registry=r,
         )
 
         self.policy_valid = Gauge(

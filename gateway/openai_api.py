@@ -24,7 +24,7 @@ from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
-from gateway.outcome import fail, failed_upstream, internal_error, reject
+from gateway.outcome import fail, failed_upstream, internal_error, reject, unrecordable
 from gateway.output_checks import checked, maybe_audit
 from gateway.request_log import Endpoint
 from gateway.routing import RequestFacts
@@ -72,7 +72,12 @@ async def handle(request: Request, endpoint: Endpoint) -> Response:
     require_role(principal, *state.config.server.model_api_roles)  # 403: dashboard keys
     ctx = RequestContext.begin(state, principal, endpoint)
     try:
-        return await _proxy(ctx, request)
+        if state.writer.refusing:
+            raise unrecordable(state)
+        response = await _proxy(ctx, request)
+        if ctx.unrecorded and not ctx.streaming:
+            return unrecordable(state).response(ctx.headers)
+        return response
     except ApiError as e:
         if ctx.finished:
             return e.response(ctx.headers)
@@ -89,7 +94,8 @@ async def handle(request: Request, endpoint: Endpoint) -> Response:
 
 async def _proxy(ctx: RequestContext, request: Request) -> Response:
     state, rec = ctx.state, ctx.record
-    body = await read_json(request, state.config.server.max_body_bytes)
+    server = state.config.server
+    body = await read_json(request, server.max_body_bytes, server.body_timeout_s)
     ctx.body = rec.request = body
     rec.requested_model = str(body.get("model", ""))
     validate(SCHEMAS[ctx.endpoint], body)

@@ -15,6 +15,7 @@ from contracts.errors import ApiError
 from contracts.states import RowStatus
 from gateway.context import RequestContext
 from gateway.guardrails.detectors import ENTITIES
+from gateway.state import GatewayState
 from gateway.upstream import UpstreamError
 
 
@@ -72,3 +73,13 @@ def failed_upstream(ctx: RequestContext, e: UpstreamError, t_call: float | None 
     ctx.record.error = e.message
     ctx.finish(status_of(e), err.status)
     return err.response(ctx.headers)
+
+
+def unrecordable(state: GatewayState) -> ApiError:
+    """The gateway refuses rather than answer what it cannot record (`log.when_unrecordable`)."""
+    return ApiError(
+        503,
+        "The gateway cannot record requests right now (its request journal is not writable: "
+        f"{state.writer.journal_error or 'see /healthz'}); retry shortly.",
+        code="log_unavailable",
+    )

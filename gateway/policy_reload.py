@@ -152,8 +152,13 @@ class PolicyReloader:
         cfg = self.state.config.router
         next_states = 0.0
         while True:
-            await self.check()
-            if time.monotonic() >= next_states:
-                await self.refresh_states()
-                next_states = time.monotonic() + cfg.state_refresh_s
+            try:
+                await self.check()
+                if time.monotonic() >= next_states:
+                    await self.refresh_states()
+                    next_states = time.monotonic() + cfg.state_refresh_s
+                self.state.writer.ensure_running()
+            except Exception:
+                # The watcher outlives any bad edit or store failure; it says so and goes on.
+                log.exception("policy watcher pass failed; it goes on")
             await asyncio.sleep(cfg.policy_reload_s)

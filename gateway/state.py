@@ -18,7 +18,6 @@ from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
-from gateway.spool import Spool
 from gateway.upstream import Upstreams
 from store import Store
 
@@ -30,7 +29,6 @@ class GatewayState:
     router: Router
     metrics: GatewayMetrics
     store: Store
-    spool: Spool
     writer: LogWriter
     upstreams: Upstreams
     sessions: Sessions

@@ -2,9 +2,10 @@
 see the whole answer first) answered in full, checked, and replayed as a stream.
 
 Invariant: the relay never raises into Starlette; an upstream failure mid-stream becomes an
-SSE error event, a client that hangs up is logged as `client_disconnect`. Once a streamed
-response is handed to Starlette it owns finishing the row (`_LoggedStream`), also when its
-body never ran.
+SSE error event, a client that hangs up is logged as `client_disconnect`. The closing
+`[DONE]` is sent only after the row is recorded, so a stream that ended is a recorded one.
+Once a streamed response is handed to Starlette it owns finishing the row (`_LoggedStream`),
+also when its body never ran.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from contracts.openai_shapes import DONE, assemble_chat, event_json, is_usage_on
 from gateway import dispatch
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_output
-from gateway.outcome import failed_upstream, status_of, upstream_error
+from gateway.outcome import failed_upstream, status_of, unrecordable, upstream_error
 from gateway.output_checks import checked, maybe_audit
 from gateway.streaming import replay, sse_events
 from gateway.upstream import UpstreamError, UpstreamStream
@@ -114,12 +115,13 @@ async def _relay(
     our_id = b'"' + rec.request_id.encode() + b'"'
     upstream_id: bytes | None = None
     status, http_status = "ok", 200
+    done = False
     try:
         async for event in sse_events(aiter(upstream)):
             if not rec.ttft_us:
                 rec.ttft_us = int((time.perf_counter() - rec.t0) * 1e6)
             if event.startswith(DONE):
-                yield DONE + b"\n\n"
+                done = True  # sent once the row is recorded: the answer is complete then
                 continue
             events.append(event)
             if upstream_id is None:
@@ -146,5 +148,10 @@ async def _relay(
             # Flag-only output rails on a stream: checked once the answer is complete.
             await guard_output(ctx, assemble_chat(events)[0])
         ctx.finish(status, http_status)  # type: ignore[arg-type]
+    if ctx.unrecorded:
+        yield b"data: " + orjson.dumps(unrecordable(ctx.state).body()) + b"\n\n"
+        return
+    if done:
+        yield DONE + b"\n\n"
     if after is not None and status == "ok":
         after(assemble_chat(events)[0])

@@ -6,6 +6,9 @@ through clickhouse-connect, so the SQL and the insert path are the same.
 
 Invariant: every call holds `_lock`; the embedded engine's single connection is never used
 from two threads at once, and a `Store` that lost its server reconnects on the next call.
+Every call is bounded by `timeout_s` (waiting for the lock included): a ClickHouse that
+hangs raises `StoreUnavailable` like one that refuses, so callers spool, retry or answer 503
+instead of hanging with it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,13 @@ class StoreUnavailable(Exception):
     """ClickHouse could not be reached or refused the operation."""
 
 
+DEFAULT_TIMEOUT_S = 15.0
+
+
 class Store:
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.dsn = dsn
+        self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._client: Client | None = None
         self._schema_ready = False
@@ -39,13 +46,24 @@ class Store:
     def _connect(self) -> Client:
         if self._client is None:
             try:
-                self._client = clickhouse_connect.get_client(dsn=self.dsn)
+                timeouts: dict[str, Any] = {}
+                if not self.embedded:
+                    timeouts["connect_timeout"] = min(self.timeout_s, 10.0)
+                    timeouts["send_receive_timeout"] = self.timeout_s
+                self._client = clickhouse_connect.get_client(dsn=self.dsn, **timeouts)
             except Exception as e:  # driver raises several types; callers need one
                 raise StoreUnavailable(f"cannot open ClickHouse at {self.dsn}: {e}") from e
         return self._client
 
-    def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+    def _acquire(self, timeout: float) -> None:
+        if not self._lock.acquire(timeout=timeout):
+            raise StoreUnavailable(
+                f"ClickHouse is busy: no answer to an earlier call in {timeout:g} s"
+            )
+
+    def _call(self, fn_name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        self._acquire(timeout or self.timeout_s)
+        try:
             client = self._connect()
             try:
                 return getattr(client, fn_name)(*args, **kwargs)
@@ -54,6 +72,8 @@ class Store:
                     # A dead HTTP connection is rebuilt on the next call.
                     self._client = None
                 raise StoreUnavailable(str(e)) from e
+        finally:
+            self._lock.release()
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self._call("command", sql, parameters=parameters)
@@ -100,9 +120,9 @@ class Store:
     ) -> None:
         self._call("insert", table, list(rows), column_names=list(columns))
 
-    def ping(self) -> bool:
+    def ping(self, timeout: float = 2.0) -> bool:
         try:
-            self.query_rows("SELECT 1")
+            self._call("query", "SELECT 1", timeout=timeout)
             return True
         except StoreUnavailable:
             return False
@@ -116,9 +136,9 @@ class Store:
                     self._client = None
 
 
-def open_store(dsn: str, migrate: bool = True) -> Store:
+def open_store(dsn: str, migrate: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> Store:
     """A store with the schema applied. With `migrate`, an unreachable server raises."""
-    store = Store(dsn)
+    store = Store(dsn, timeout_s)
     if migrate:
         store.ensure_schema()
     return store
@@ -134,8 +154,8 @@ class StoreProcess(Store):
     next call; calls made while it is down raise `StoreUnavailable` (rows then spool).
     """
 
-    def __init__(self, dsn: str) -> None:
-        super().__init__(dsn)
+    def __init__(self, dsn: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(dsn, timeout_s)
         import multiprocessing
 
         self._ctx = multiprocessing.get_context("spawn")
@@ -151,30 +171,59 @@ class StoreProcess(Store):
         child.close()
         self._conn = parent
 
-    def _call(self, fn_name: str, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+    def _call(self, fn_name: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        timeout = timeout or self.timeout_s
+        self._acquire(timeout)
+        try:
             if self._proc is None or not self._proc.is_alive():
                 self._start()
             try:
                 self._conn.send((fn_name, args, kwargs))
+                if not self._conn.poll(timeout):
+                    # Stopped, deadlocked or swamped: a hung store is a refusing one. The
+                    # child is killed (it may hold the chdb path) and the next call starts
+                    # a fresh one; ClickHouse's parts survive a kill.
+                    self._kill()
+                    raise StoreUnavailable(
+                        f"ClickHouse did not answer within {timeout:g} s; its process was restarted"
+                    )
                 ok, result = self._conn.recv()
             except (EOFError, OSError) as e:
                 self._proc = None
                 raise StoreUnavailable(f"store process died: {e}") from e
+        finally:
+            self._lock.release()
         if not ok:
             raise StoreUnavailable(result)
         return result
 
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.join(10)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def close(self) -> None:
-        with self._lock:
+        if not self._lock.acquire(timeout=self.timeout_s):
+            self._kill()  # a call is stuck in a hung store: do not wait for it
+            return
+        try:
             if self._proc is not None and self._proc.is_alive():
                 try:
                     self._conn.send(("__close__", (), {}))
-                    self._conn.recv()
+                    if self._conn.poll(self.timeout_s):
+                        self._conn.recv()
                 except (EOFError, OSError):
                     pass
-                self._proc.join(30)
+                self._proc.join(self.timeout_s)
+                if self._proc.is_alive():
+                    self._kill()
             self._proc = None
+        finally:
+            self._lock.release()
 
 
 @dataclass

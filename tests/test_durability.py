@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.support.gateway import APP_KEY, RunningGateway
-from tests.support.net import free_port, wait_up
+from tests.support.serve_process import serve_config, start_serve, stop_serve, stored_ids
 from tests.support.wait import eventually
 
 
@@ -32,10 +26,13 @@ def _count(gw: RunningGateway, ids: list[str]) -> int:
     return int(rows[0]["n"])
 
 
-def test_clickhouse_outage_spools_and_replays_every_row(gateway: RunningGateway) -> None:
+def test_clickhouse_outage_keeps_rows_in_the_journal_and_replays_them(
+    gateway: RunningGateway,
+) -> None:
     store, metrics = gateway.state.store, gateway.state.metrics
     client = _client(gateway)
-    before = metrics.rows_spooled.labels("requests")._value.get()
+    failures = metrics.insert_failures._value.get()
+    replayed = metrics.rows_replayed._value.get()
     rollup_sql = (
         "SELECT sum(t.requests) AS n, sum(t.cost_usd) AS cost FROM spend_hourly AS t"
         " WHERE route = 'support' AND app = 'shop'"
@@ -56,15 +53,18 @@ def test_clickhouse_outage_spools_and_replays_every_row(gateway: RunningGateway)
         )
         ids.append(next(iter(stream)).id)
         list(stream)
-        gateway.state.writer.flush()
-        assert metrics.rows_spooled.labels("requests")._value.get() - before >= len(ids)
-        assert gateway.state.spool.pending_rows() >= len(ids)
+        assert not gateway.state.writer.flush()  # ClickHouse refused them
+        assert metrics.insert_failures._value.get() > failures
+        assert gateway.state.writer.backlog_rows() >= len(ids)
+        gateway.state.health_cache.clear()
         health = httpx.get(gateway.base_url.replace("/v1", "/healthz")).json()
-        assert health["clickhouse"]["spooled_rows_pending"] >= len(ids)
+        assert health["clickhouse"]["rows_pending"] >= len(ids)
+        assert health["status"] != "ok"
     finally:
         store.command("ATTACH TABLE requests")
     assert eventually(lambda: _count(gateway, ids), 20, lambda n: n >= len(ids)) == len(ids)
-    assert not gateway.state.spool.has_pending()
+    assert gateway.state.writer.flush() and gateway.state.writer.backlog_rows() == 0
+    assert metrics.rows_replayed._value.get() - replayed >= len(ids)
     # Replays carry their dedup token: a second replay of the same batch adds nothing.
     rows = gateway.rows(
         "SELECT count() AS n, uniqExact(request_id) AS u FROM requests "
@@ -137,7 +137,8 @@ def test_healthz_and_metrics(gateway: RunningGateway) -> None:
         "flywheel_tokens_total",
         "flywheel_cost_usd_total",
         "flywheel_log_queue_depth",
-        "flywheel_rows_spooled_total",
+        "flywheel_log_insert_failures_total",
+        "flywheel_journal_writable",
         "flywheel_rows_written_total",
     ):
         assert name in text, name
@@ -147,60 +148,14 @@ def test_healthz_and_metrics(gateway: RunningGateway) -> None:
 # --- a real `flywheel serve` process -------------------------------------------------------
 
 
-def _serve_config(tmp: Path, upstream_url: str, **log: object) -> tuple[Path, int]:
-    port = free_port()
-    config = {
-        "data_dir": str(tmp / "data"),
-        "server": {"port": port},
-        "log": log,
-        "models": {"teacher": {"model": "openai/gpt-4o", "api_base": upstream_url}},
-        "apps": {"shop": {"team": "retail", "train_on_traffic": True}},
-        "keys": [{"id": "k", "key": APP_KEY, "app": "shop"}],
-        "routes": [{"name": "support", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"}],
-    }
-    path = tmp / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, port
-
-
-def _ids_in_store(config: Path) -> set[str]:
-    """Read the embedded store from another process (this one already owns a chdb path)."""
-    code = textwrap.dedent(f"""
-        import json
-        from gateway.config import load_config
-        from store import open_store
-        store = open_store(load_config({str(config)!r}).clickhouse_dsn)
-        print(json.dumps([str(r[0]) for r in store.query_rows("SELECT request_id FROM requests")]))
-    """)
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    return set(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("log", "spilled"),
-    [
-        # Rows still queued at SIGTERM: the flush interval is far longer than the test.
-        ({"flush_interval_s": 60, "batch_rows": 100000}, False),
-        # A queue of 2 rows overflows at once: the rest spill to the spool.
-        ({"queue_max_rows": 2, "flush_interval_s": 60, "batch_rows": 100000}, True),
-    ],
-    ids=["queued-at-sigterm", "queue-overflow"],
-)
-def test_sigterm_flushes_every_answered_request(tmp_path: Path, upstream, log, spilled) -> None:
-    config, port = _serve_config(tmp_path, upstream.base_url, **log)
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+def test_sigterm_flushes_every_answered_request(tmp_path: Path, upstream) -> None:
+    # Rows still in the journal at SIGTERM: the flush interval is far longer than the test.
+    config, port = serve_config(
+        tmp_path, upstream.base_url, log={"flush_interval_s": 60, "batch_rows": 100000}
     )
+    proc = start_serve(config, port)
     try:
-        wait_up(port, proc)
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key=APP_KEY, max_retries=0
         )
@@ -216,9 +171,7 @@ def test_sigterm_flushes_every_answered_request(tmp_path: Path, upstream, log, s
         # uvicorn shuts down gracefully, then re-raises the signal (exit -15) as is conventional.
         assert proc.wait(60) in (0, -signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_serve(proc)
     assert len(ids) == 40
-    assert ids <= _ids_in_store(config)
-    assert proc.stderr is not None
-    assert ("replayed" in proc.stderr.read()) == spilled
+    stored = stored_ids(config)
+    assert ids <= set(stored) and len(stored) == len(set(stored))

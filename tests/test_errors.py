@@ -69,8 +69,8 @@ def test_malformed_json_is_400(gateway: RunningGateway) -> None:
         ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}', "n"),
     ],
 )
-def test_wrong_types_are_422_naming_the_field(gateway: RunningGateway, body, param) -> None:
-    err = _assert_error(_post(gateway, "/chat/completions", body), 422, "invalid_value")
+def test_wrong_types_are_400_naming_the_field(gateway: RunningGateway, body, param) -> None:
+    err = _assert_error(_post(gateway, "/chat/completions", body), 400, "invalid_value")
     assert err["param"] == param
 
 
@@ -168,7 +168,7 @@ def test_feedback_for_unknown_or_foreign_request_is_404(gateway: RunningGateway)
     r = _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": 1}', key=OTHER_KEY)
     _assert_error(r, 404, "request_not_found")
     _assert_error(
-        _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": "good"}'), 422
+        _post(gateway, "/feedback", '{"request_id": "' + mine + '", "score": "good"}'), 400
     )
 
 

@@ -110,7 +110,7 @@ def test_self_check_through_the_teacher(gateway: RunningGateway) -> None:
 
 
 def test_rejected_requests_and_metadata_are_masked_too(gateway: RunningGateway) -> None:
-    """Seen: a 422 on a masking route stored the raw messages, and `metadata`, `tags` and
+    """Seen: a 422 (now 400) on a masking route stored the raw messages, and `metadata`, `tags` and
     errors were never masked."""
     import httpx
 
@@ -125,7 +125,7 @@ def test_rejected_requests_and_metadata_are_masked_too(gateway: RunningGateway) 
         },
         headers=headers,
     )
-    assert bad.status_code == 422
+    assert bad.status_code == 400
     row = gateway.row(bad.headers["x-request-id"])
     assert row["status"] == "rejected" and "[EMAIL]" in row["messages"]
     ok = _ask(
