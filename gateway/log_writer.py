@@ -86,13 +86,16 @@ class LogWriter:
         record: RequestRecord,
         unrecordable: Callable[[RequestRecord], None] | None = None,
     ) -> bool:
-        """Finalise and record a request's row; False when the journal could not take it.
+        """Finalise and record a request's row; False when the journal failed to take it.
         Then `unrecordable` may amend the record (the answer is withheld) before the row is
         kept in memory."""
         self._recent[record.request_id] = (record.app, record.route)
         if len(self._recent) > _RECENT_IDS:
             self._recent.popitem(last=False)
         line = self._finalise(record)
+        if self.journal is None:
+            self._remember("requests", line)  # memory only, as configured
+            return True
         if self._append("requests", line):
             return True
         if unrecordable is not None:
@@ -144,10 +147,7 @@ class LogWriter:
                 self._last_journal_log = now
                 log.error("rows kept in memory only: %s", e)
             return False
-        self._since_wake += 1
-        if self._since_wake >= self.config.batch_rows:
-            self._since_wake = 0
-            self._wake.set()
+        self._wake_at_batch()
         return True
 
     def _remember(self, table: str, line: bytes) -> bool:
@@ -157,8 +157,15 @@ class LogWriter:
             return False
         self._memory.append((table, line))
         self._memory_in += 1
-        self._wake.set()
+        self._wake_at_batch()
         return False
+
+    def _wake_at_batch(self) -> None:
+        """Wake the writer once a batch has gathered (else its interval wakes it)."""
+        self._since_wake += 1
+        if self._since_wake >= self.config.batch_rows:
+            self._since_wake = 0
+            self._wake.set()
 
     def _finalise(self, record: RequestRecord, count: bool = True) -> bytes:
         try:

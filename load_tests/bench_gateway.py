@@ -7,8 +7,10 @@ with the same requests:
   direct at the same percentile;
 - closed loop at several concurrencies: the highest sustained throughput;
 - streaming at a fixed rate: time to first byte, overhead against direct.
-The gateway logs to its embedded ClickHouse the whole time (logging ON), and the run checks
-afterwards that every request it answered is in ClickHouse.
+The gateway logs to its embedded ClickHouse the whole time (logging ON, through the durable
+journal), and the run checks afterwards that every request it answered is in ClickHouse. A
+second gateway run with `log.journal: false` (rows in memory only) gives the durable path's
+cost in the same run.
 
     python load_tests/bench_gateway.py --out load_tests/results/gateway.json
 """
@@ -175,18 +177,35 @@ async def measure(name: str, base: str, args: argparse.Namespace) -> dict[str, A
     return result
 
 
-def gateway_config(tmp: Path, upstream: str, port: int) -> Path:
+def gateway_config(tmp: Path, upstream: str, port: int, journal: bool = True) -> Path:
+    name = "gw" if journal else "gw-no-journal"
     config = {
-        "data_dir": str(tmp / "gw"),
+        "data_dir": str(tmp / name),
         "server": {"port": port},
+        "log": {"journal": journal},
         "models": {"teacher": {"model": "openai/gpt-4o", "api_base": upstream}},
         "apps": {"bench": {"team": "bench", "train_on_traffic": True}},
         "keys": [{"id": "bench", "key": KEY, "app": "bench"}],
         "routes": [{"name": "bench", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"}],
     }
-    path = tmp / "gateway.yaml"
+    path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+async def run_gateway(
+    name: str, tmp: Path, upstream_url: str, args: argparse.Namespace, journal: bool
+) -> dict[str, Any]:
+    port = free_port()
+    config = gateway_config(tmp, upstream_url, port, journal)
+    gw = spawn(["flywheel", "serve", "--config", str(config), "--log-level", "warning"], 0)
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}/v1/models")
+        result = await measure(name, f"http://127.0.0.1:{port}/v1", args)
+    finally:
+        stop(gw)
+    result["rows_logged"] = logged_rows(config)
+    return result
 
 
 def litellm_config(tmp: Path, upstream: str) -> Path:
@@ -230,15 +249,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await wait_ready(f"{upstream_url}/models")
         report["direct"] = await measure("direct", upstream_url, args)
 
-        gw_port = free_port()
-        config = gateway_config(tmp, upstream_url, gw_port)
-        gw = spawn(["flywheel", "serve", "--config", str(config), "--log-level", "warning"], 0)
-        try:
-            await wait_ready(f"http://127.0.0.1:{gw_port}/v1/models")
-            report["gateway"] = await measure("gateway", f"http://127.0.0.1:{gw_port}/v1", args)
-        finally:
-            stop(gw)
-        report["gateway"]["rows_logged"] = logged_rows(config)
+        report["gateway"] = await run_gateway("gateway", tmp, upstream_url, args, journal=True)
+        if not args.skip_no_journal:
+            report["gateway_no_journal"] = await run_gateway(
+                "gateway_no_journal", tmp, upstream_url, args, journal=False
+            )
 
         if not args.skip_litellm and shutil.which("litellm"):
             ll_port = free_port()
@@ -278,6 +293,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_rows_logged": g["rows_logged"],
         "direct_max_rps": d["max_rps"],
     }
+    if "gateway_no_journal" in report:
+        # The durable path's cost: the same gateway with rows kept in memory only.
+        nj = report["gateway_no_journal"]
+        summary["no_journal_max_rps"] = nj["max_rps"]
+        summary["journal_throughput_cost_percent"] = 100 * (1 - g["max_rps"] / nj["max_rps"])
+        summary["no_journal_overhead_p50_ms"] = nj["latency"]["p50_ms"] - d["latency"]["p50_ms"]
+        summary["no_journal_overhead_p99_ms"] = nj["latency"]["p99_ms"] - d["latency"]["p99_ms"]
     low = {
         k: report[k]["latency_low_rate"] for k in ("direct", "gateway", "litellm") if k in report
     }
@@ -310,6 +332,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--skip-no-journal", action="store_true", help="skip the journal-off comparison run"
+    )
     parser.add_argument("--out", type=Path)
     ns = parser.parse_args()
     uvloop.install()
