@@ -42,8 +42,10 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         type_: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers or {}  # sent with the error (Retry-After, rate-limit state)
         self.status = status
         self.message = message
         self.code = code
@@ -65,5 +67,5 @@ class ApiError(Exception):
             orjson.dumps(self.body()),
             status_code=self.status,
             media_type="application/json",
-            headers=headers,
+            headers={**(headers or {}), **self.headers},
         )

@@ -14,16 +14,19 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contracts import anthropic_shapes
 from contracts.errors import ApiError
-from gateway import admin, openai_api
+from gateway import admin, models_api, openai_api, openapi
 from gateway.auth import KeyRing
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
@@ -81,8 +84,13 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405 with its `Allow`) in the shape of the API the path is."""
     assert isinstance(exc, HTTPException)
-    return ApiError(exc.status_code, str(exc.detail), code="http_error").response()
+    headers = dict(exc.headers or {})
+    if request.url.path.startswith("/v1/messages"):
+        body = anthropic_shapes.error_body(exc.status_code, str(exc.detail))
+        return Response(orjson.dumps(body), exc.status_code, headers, media_type="application/json")
+    return ApiError(exc.status_code, str(exc.detail), code="http_error").response(headers)
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
@@ -164,8 +172,12 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
             Route("/v1/completions", openai_api.completions, methods=["POST"]),
             Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
-            Route("/v1/models", openai_api.list_models, methods=["GET"]),
+            Route("/v1/responses", openai_api.responses, methods=["POST"]),
+            Route("/v1/messages", openai_api.messages, methods=["POST"]),
+            Route("/v1/models", models_api.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", models_api.retrieve_model, methods=["GET"]),
             Route("/v1/feedback", post_feedback, methods=["POST"]),
+            Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/admin/policies", admin.get_policies, methods=["GET"]),
             Route("/admin/route/explain", admin.explain_route, methods=["POST"]),
@@ -180,7 +192,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/admin/api/review/labels", dashboard_api.post_label, methods=["POST"]),
             *dashboard_routes(),
         ],
-        middleware=[Middleware(_AnswerErrors)],
+        middleware=_middleware(state.config),
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -189,4 +201,26 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
         lifespan=lifespan,
     )
     app.state.gw = state
+    app.state.openapi = openapi.render()
     return app
+
+
+def _middleware(config: GatewayConfig) -> list[Middleware]:
+    out = [Middleware(_AnswerErrors)]
+    cors = config.server.cors
+    if cors.allow_origins:
+        # Browser apps on other origins: off unless origins are listed (preflights answered
+        # before auth, as browsers send them without credentials).
+        out.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=cors.allow_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=cors.allow_headers,
+                expose_headers=cors.expose_headers,
+                allow_credentials=False,
+                max_age=cors.max_age_s,
+            ),
+        )
+    return out

@@ -49,7 +49,12 @@ class KeyRing:
 
     def authenticate(self, headers: Headers) -> Principal:
         raw = headers.get("authorization", "")
-        token = raw[7:].strip() if raw[:7].lower() == "bearer " else headers.get("api-key", "")
+        # Bearer (OpenAI SDKs), `api-key` (Azure-style clients), `x-api-key` (Anthropic SDK).
+        token = (
+            raw[7:].strip()
+            if raw[:7].lower() == "bearer "
+            else headers.get("api-key", "") or headers.get("x-api-key", "")
+        )
         if not token:
             raise ApiError(
                 401,

@@ -41,6 +41,8 @@ class ChatRequest(_Open):
     response_format: dict[str, Any] | None = None
     metadata: dict[str, StrictStr] | None = None
     tags: list[StrictStr] | None = None
+    flywheel_metadata: dict[str, StrictStr] | None = None
+    flywheel_tags: list[StrictStr] | None = None
 
 
 class CompletionRequest(_Open):
@@ -50,6 +52,8 @@ class CompletionRequest(_Open):
     stream_options: StreamOptions | None = None
     metadata: dict[str, StrictStr] | None = None
     tags: list[StrictStr] | None = None
+    flywheel_metadata: dict[str, StrictStr] | None = None
+    flywheel_tags: list[StrictStr] | None = None
 
 
 class EmbeddingRequest(_Open):
@@ -57,6 +61,45 @@ class EmbeddingRequest(_Open):
     input: StrictStr | list[StrictStr] | list[int] | list[list[int]]
     metadata: dict[str, StrictStr] | None = None
     tags: list[StrictStr] | None = None
+    flywheel_metadata: dict[str, StrictStr] | None = None
+    flywheel_tags: list[StrictStr] | None = None
+
+
+class ResponsesRequest(_Open):
+    """OpenAI's Responses API (translated to a chat request, see contracts/responses_shapes)."""
+
+    model: StrictStr
+    input: StrictStr | list[dict[str, Any]]
+    instructions: StrictStr | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    stream: StrictBool = False
+    previous_response_id: StrictStr | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, StrictStr] | None = None
+    flywheel_metadata: dict[str, StrictStr] | None = None
+    flywheel_tags: list[StrictStr] | None = None
+
+
+class MessagesRequest(_Open):
+    """Anthropic's Messages API (translated to a chat request, see contracts/anthropic_shapes)."""
+
+    model: StrictStr
+    max_tokens: int = Field(ge=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    system: StrictStr | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    stream: StrictBool = False
+    stop_sequences: list[StrictStr] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, Any] | None = None
+    flywheel_metadata: dict[str, StrictStr] | None = None
+    flywheel_tags: list[StrictStr] | None = None
 
 
 class FeedbackRequest(BaseModel):

@@ -59,6 +59,35 @@ class KeyConfig(Strict):
         return hash_key(self.key.get_secret_value())
 
 
+class CorsConfig(Strict):
+    """Cross-origin browser access to the model APIs; off while `allow_origins` is empty."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list, description='e.g. ["https://app.example.com"]'
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: [
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "anthropic-version",
+            "openai-organization",
+            "x-stainless-os",
+        ]
+    )
+    expose_headers: list[str] = Field(
+        default_factory=lambda: [
+            "x-request-id",
+            "x-flywheel-served-by",
+            "x-flywheel-model",
+            "retry-after",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-remaining-tokens",
+        ]
+    )
+    max_age_s: int = 600
+
+
 class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -68,6 +97,7 @@ class ServerConfig(Strict):
         "carry the key's app, team and id)",
     )
     max_body_bytes: int = 8 * 1024 * 1024
+    cors: CorsConfig = Field(default_factory=CorsConfig)
     max_head_bytes: int = Field(
         default=64 * 1024, ge=4096, description="request line and headers; larger is a 431"
     )

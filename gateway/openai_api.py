@@ -26,16 +26,18 @@ from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
 from gateway.outcome import fail, failed_upstream, internal_error, reject, unrecordable
 from gateway.output_checks import checked, maybe_audit
-from gateway.request_log import Endpoint
 from gateway.routing import RequestFacts
 from gateway.state import GatewayState
 from gateway.stream_relay import checked_stream, relay_stream
+from gateway.surfaces import Messages, Native, Responses, Surface
 from gateway.upstream import UpstreamError
 
 log = logging.getLogger("flywheel.gateway")
 
-# Gateway-only fields never sent upstream.
-_GATEWAY_FIELDS = ("metadata", "tags")
+# Gateway-only fields, never sent upstream. `flywheel_metadata`/`flywheel_tags` are the
+# names of record; `tags` (not an OpenAI field) is still accepted for a release. OpenAI's own
+# `metadata` is forwarded (stored completions keep it), and recorded and routed on as well.
+_GATEWAY_FIELDS = ("tags", "flywheel_metadata", "flywheel_tags")
 
 
 def _state(request: Request) -> GatewayState:
@@ -44,37 +46,53 @@ def _state(request: Request) -> GatewayState:
 
 
 async def chat_completions(request: Request) -> Response:
-    return await handle(request, "chat.completions")
+    return await handle(request, Native("chat.completions", "chat.completions"))
 
 
 async def completions(request: Request) -> Response:
-    return await handle(request, "completions")
+    return await handle(request, Native("completions", "completions"))
 
 
 async def embeddings(request: Request) -> Response:
-    return await handle(request, "embeddings")
+    return await handle(request, Native("embeddings", "embeddings"))
 
 
-async def list_models(request: Request) -> Response:
+async def responses(request: Request) -> Response:
     state = _state(request)
-    require_role(state.keys.authenticate(request.headers), *state.config.server.model_api_roles)
-    data = [
-        {"id": alias, "object": "model", "created": 0, "owned_by": "flywheel"}
-        for alias in state.router.aliases()
-    ]
-    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+    return await handle(request, Responses(state.store, state.conversations))
 
 
-async def handle(request: Request, endpoint: Endpoint) -> Response:
-    """The one exit: whatever happens below, the request's row is written once."""
+async def messages(request: Request) -> Response:
     state = _state(request)
-    principal = state.keys.authenticate(request.headers)  # 401: no app to log against
-    require_role(principal, *state.config.server.model_api_roles)  # 403: dashboard keys
-    ctx = RequestContext.begin(state, principal, endpoint)
+    return await handle(request, Messages(state.store, state.conversations))
+
+
+async def handle(request: Request, surface: Surface) -> Response:
+    """The one exit: whatever happens below, the request's row is written once; the
+    surface turns the finished response into the client's API shape."""
+    state = _state(request)
+    try:
+        principal = state.keys.authenticate(request.headers)  # 401: no app to log against
+        require_role(principal, *state.config.server.model_api_roles)  # 403: dashboard keys
+    except ApiError as e:
+        return surface.respond(e.response(), "")
+    ctx = RequestContext.begin(state, principal, surface.endpoint)
+    ctx.record.api = surface.api
+    response = await _guarded(ctx, request, surface)
+    if ctx.decision is not None:
+        # Who answered: teacher, student, backup (a fallback) or cache, and which model.
+        response.headers["x-flywheel-served-by"] = ctx.record.served_by
+        response.headers["x-flywheel-model"] = ctx.record.served_model
+        response.headers["x-flywheel-route"] = ctx.record.route
+    return surface.respond(response, ctx.record.request_id)
+
+
+async def _guarded(ctx: RequestContext, request: Request, surface: Surface) -> Response:
+    state = ctx.state
     try:
         if state.writer.refusing:
             raise unrecordable(state)
-        response = await _proxy(ctx, request)
+        response = await _proxy(ctx, request, surface)
         if ctx.unrecorded and not ctx.streaming:
             return unrecordable(state).response(ctx.headers)
         return response
@@ -83,7 +101,7 @@ async def handle(request: Request, endpoint: Endpoint) -> Response:
             return e.response(ctx.headers)
         return reject(ctx, e)
     except Exception:
-        log.exception("unhandled error on %s (request %s)", endpoint, ctx.record.request_id)
+        log.exception("unhandled error on %s (request %s)", surface.api, ctx.record.request_id)
         return internal_error(ctx)
     finally:
         if not ctx.finished and not ctx.streaming:
@@ -92,15 +110,17 @@ async def handle(request: Request, endpoint: Endpoint) -> Response:
             ctx.finish("client_disconnect", 499)
 
 
-async def _proxy(ctx: RequestContext, request: Request) -> Response:
+async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Response:
     state, rec = ctx.state, ctx.record
     server = state.config.server
     body = await read_json(request, server.max_body_bytes, server.body_timeout_s)
+    rec.request = body  # as sent, until the surface says what it asks in chat terms
+    body = await surface.to_chat(body, ctx.principal)
     ctx.body = rec.request = body
     rec.requested_model = str(body.get("model", ""))
     validate(SCHEMAS[ctx.endpoint], body)
-    rec.metadata = body.get("metadata") or {}
-    rec.tags = body.get("tags") or []
+    rec.metadata = {**(body.get("metadata") or {}), **(body.get("flywheel_metadata") or {})}
+    rec.tags = [*(body.get("flywheel_tags") or []), *(body.get("tags") or [])]
     rec.prompt_fingerprint = fingerprint_system_prompt(body.get("messages"))
     decision = ctx.router.decide(
         RequestFacts(
@@ -118,7 +138,9 @@ async def _proxy(ctx: RequestContext, request: Request) -> Response:
         ctx.rails = ctx.router.rails.get(decision.route.name)
     if ctx.rails is not None:
         rec.mask_entities = ctx.rails.log_mask  # from here on, whatever the outcome
-    state.limiter.admit(ctx.principal.key_id, decision.route.name, decision.route.rate_limit)
+    ctx.headers.update(
+        state.limiter.admit(ctx.principal.key_id, decision.route.name, decision.route.rate_limit)
+    )
     novelty = _novelty_escalation(ctx)
     if novelty is not None:
         ctx.decide(decision.escalate(novelty))

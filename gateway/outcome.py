@@ -26,9 +26,19 @@ def upstream_error(e: UpstreamError) -> ApiError:
     if e.kind == "connect":
         return ApiError(502, e.message, code="upstream_unreachable")
     if e.status in (400, 413, 422):
-        return ApiError(e.status, e.message, code="upstream_rejected_request")
+        return ApiError(
+            400 if e.status == 422 else e.status,
+            e.message,
+            code=e.code or "upstream_rejected_request",
+            param=e.param,
+        )
     if e.status == 429:
-        return ApiError(429, f"Upstream rate limit: {e.message}", code="upstream_rate_limited")
+        return ApiError(
+            429,
+            f"Upstream rate limit: {e.message}",
+            code="upstream_rate_limited",
+            headers=e.headers,
+        )
     if e.status in (401, 403):
         return ApiError(
             502, "Upstream rejected the gateway's credentials.", code="upstream_auth_failed"

@@ -37,12 +37,15 @@ class RateLimiter:
         self._requests: dict[tuple[str, str], _Bucket] = {}
         self._tokens: dict[tuple[str, str], _Bucket] = {}
 
-    def admit(self, key_id: str, route: str, limit: RateLimit | None) -> None:
+    def admit(self, key_id: str, route: str, limit: RateLimit | None) -> dict[str, str]:
+        """Admit or raise a 429 (with `Retry-After`); returns the `x-ratelimit-*` headers
+        every answer of a limited route carries, named as OpenAI names them."""
         if limit is None:
-            return
+            return {}
         now = time.monotonic()
         k = (key_id, route)
         wait = 0.0
+        headers: dict[str, str] = {}
         if limit.tokens_per_minute:
             tb = self._tokens.setdefault(
                 k, _Bucket(limit.tokens_per_minute, limit.tokens_per_minute)
@@ -51,6 +54,7 @@ class RateLimiter:
             tb.refill(now)
             if tb.level <= 0:
                 wait = tb.wait_s(1)
+            headers |= _headers("tokens", tb)
         if limit.requests_per_minute:
             rb = self._requests.setdefault(
                 k, _Bucket(limit.requests_per_minute, limit.requests_per_minute)
@@ -61,15 +65,30 @@ class RateLimiter:
                 wait = max(wait, rb.wait_s(1))
             elif not wait:
                 rb.level -= 1
+            headers |= _headers("requests", rb)
         if wait:
+            headers["retry-after"] = str(math.ceil(wait))
+            headers["retry-after-ms"] = str(math.ceil(wait * 1000))
             raise ApiError(
                 429,
                 f"Rate limit reached for route `{route}`; retry in {math.ceil(wait)}s.",
                 code="rate_limit_exceeded",
+                headers=headers,
             )
+        return headers
 
     def charge_tokens(self, key_id: str, route: str, tokens: int) -> None:
         bucket = self._tokens.get((key_id, route))
         if bucket is not None:
             bucket.refill(time.monotonic())
             bucket.level -= tokens
+
+
+def _headers(what: str, bucket: _Bucket) -> dict[str, str]:
+    left = max(0, math.floor(bucket.level))
+    reset = (bucket.capacity - bucket.level) * 60.0 / bucket.capacity
+    return {
+        f"x-ratelimit-limit-{what}": str(int(bucket.capacity)),
+        f"x-ratelimit-remaining-{what}": str(left),
+        f"x-ratelimit-reset-{what}": f"{max(0.0, reset):.3g}s",
+    }

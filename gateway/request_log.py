@@ -22,13 +22,22 @@ Endpoint = Literal["chat.completions", "completions", "embeddings"]
 
 # Request fields that are the prompt itself rather than parameters.
 _PROMPT_FIELDS = ("messages", "prompt", "input")
-_NOT_PARAMS = {"model", "stream", "metadata", "tags", *_PROMPT_FIELDS}
+_NOT_PARAMS = {
+    "model",
+    "stream",
+    "metadata",
+    "tags",
+    "flywheel_metadata",
+    "flywheel_tags",
+    *_PROMPT_FIELDS,
+}
 
 
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
     endpoint: Endpoint
+    api: str = ""  # the API the client spoke (chat.completions, responses, messages, ...)
     started_at: float = field(default_factory=time.time)
     t0: float = field(default_factory=time.perf_counter)
     app: str = ""
@@ -87,7 +96,11 @@ class RequestRecord:
             error = mask_strings(error, self.mask_entities)
         estimated = usage is None
         if usage is None:
-            usage = _estimate_usage(request, response) if self.status == "ok" else {}
+            # No usage from the upstream (some send none; an abandoned or cut stream never
+            # gets its usage chunk): price what was generated, flagged as an estimate.
+            generated = response is not None and bool(response.get("choices"))
+            usage = _estimate_usage(request, response) if self.status == "ok" or generated else {}
+            estimated = bool(usage)
         tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cost = _cost(prices, self.served_model, tokens_in, tokens_out)
@@ -106,6 +119,7 @@ class RequestRecord:
             "started_at": utc_timestamp(self.started_at),
             "finished_at": utc_timestamp(self.finished_at or self.started_at),
             "endpoint": self.endpoint,
+            "api": self.api or self.endpoint,
             "app": self.app,
             "team": self.team,
             "key_id": self.key_id,
@@ -126,7 +140,7 @@ class RequestRecord:
             "upstream_us": self.upstream_us,
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
-            "usage_estimated": estimated and self.status == "ok",
+            "usage_estimated": estimated,
             "cost_usd": str(cost),
             "baseline_cost_usd": str(baseline),
             "params": _json({k: v for k, v in request.items() if k not in _NOT_PARAMS}),

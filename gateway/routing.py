@@ -146,8 +146,18 @@ class Router:
     def route_named(self, name: str) -> Route | None:
         return self._by_name.get(name)
 
-    def aliases(self) -> list[str]:
-        return sorted({m for r in self.policies.routes for m in r.match.models})
+    def aliases(self, app: str | None = None, team: str | None = None) -> list[str]:
+        """Model names routes answer to; with `app`/`team`, only those of routes that
+        may match that caller (routes limited to other apps or teams are left out)."""
+        return sorted(
+            {
+                m
+                for r in self.policies.routes
+                if (app is None or not r.match.apps or app in r.match.apps)
+                and (team is None or not r.match.teams or team in r.match.teams)
+                for m in r.match.models
+            }
+        )
 
     # --- matching --------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
+from gateway.surfaces import Conversations
 from gateway.upstream import Upstreams
 from store import Store
 
@@ -36,5 +37,6 @@ class GatewayState:
     policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
+    conversations: Conversations = field(default_factory=Conversations)
     # (route, candidate) -> (dataset id, index of its training prompts)
     prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)

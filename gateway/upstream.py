@@ -35,11 +35,43 @@ _OPENAI_BASE = "https://api.openai.com/v1"
 class UpstreamError(Exception):
     """kind is `timeout`, `connect` or `http`; status is the upstream's HTTP status if any."""
 
-    def __init__(self, kind: str, message: str, status: int = 0) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        status: int = 0,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.message = redact(message)
+        self.param = param  # the upstream's own `param` and `code`, kept for the client
+        self.code = code
+        self.headers = headers or {}  # its Retry-After and rate-limit state, relayed
+
+
+_RELAYED = ("retry-after", "retry-after-ms")
+
+
+def _http_error(body: bytes, status: int, headers: Any) -> UpstreamError:
+    relayed = {
+        k.lower(): v
+        for k, v in headers.items()
+        if k.lower() in _RELAYED or k.lower().startswith("x-ratelimit-")
+    }
+    param = code = None
+    try:
+        data = orjson.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+    except orjson.JSONDecodeError:
+        pass
+    return UpstreamError("http", _error_message(body), status, param, code, relayed)
 
 
 class UpstreamStream:
@@ -150,7 +182,7 @@ class Upstreams:
             ) as resp:
                 data = await resp.read()
                 if resp.status >= 400:
-                    raise UpstreamError("http", _error_message(data), resp.status)
+                    raise _http_error(data, resp.status, resp.headers)
                 return data
         except TimeoutError as e:
             raise UpstreamError("timeout", f"upstream did not answer in {timeout}s") from e
@@ -182,7 +214,7 @@ class Upstreams:
         if resp.status >= 400:
             data = await resp.read()
             resp.release()
-            raise UpstreamError("http", _error_message(data), resp.status)
+            raise _http_error(data, resp.status, resp.headers)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

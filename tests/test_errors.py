@@ -115,7 +115,7 @@ def _chat(gw: RunningGateway, text: str) -> httpx.Response:
         ("[[status:503]]", 502, "upstream_error", "upstream_error"),
         ("[[status:401]]", 502, "upstream_auth_failed", "upstream_error"),
         ("[[status:429]]", 429, "upstream_rate_limited", "upstream_error"),
-        ("[[status:400]]", 400, "upstream_rejected_request", "upstream_error"),
+        ("[[status:400]]", 400, "fake_invalid_messages", "upstream_error"),
         ("[[sleep:3]]", 504, "upstream_timeout", "timeout"),
     ],
 )

@@ -7,10 +7,14 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.gateway import APP_KEY, RunningGateway
+
+pytestmark = pytest.mark.slow  # ~20 s of generated bodies: CI runs it, the fast subset not
+
 
 def _dumps(value: Any) -> bytes:
     # The standard library writes any integer (orjson stops at 64 bits): clients may too.

@@ -100,9 +100,9 @@ def test_label_errors(gateway: RunningGateway) -> None:
     r = _label(gateway, request_id=str(uuid.uuid4()), choice="teacher")
     assert r.status_code == 404 and r.json()["error"]["param"] == "request_id"
     r = _label(gateway, request_id=str(uuid.uuid4()), choice="correction")
-    assert r.status_code == 422 and "correction" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "correction" in r.json()["error"]["message"]
     r = _label(gateway, request_id="x", choice="maybe")
-    assert r.status_code == 422
+    assert r.status_code == 400
     r = httpx.post(
         gateway.base_url.removesuffix("/v1") + "/admin/api/review/labels",
         json={"request_id": str(uuid.uuid4()), "choice": "teacher"},

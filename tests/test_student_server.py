@@ -266,6 +266,22 @@ def test_serve_starts_the_student_server_and_routes_to_it(bases, tmp_path: Path)
         )
         assert resp.choices[0].message.content is not None
         assert resp.usage.completion_tokens > 0
+        # The same student serves a Responses-API app and an Anthropic-SDK app.
+        import anthropic
+
+        answered = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key=APP_KEY, max_retries=0
+        ).responses.create(model="local", input="order 3 for customer 15", max_output_tokens=6)
+        assert answered.status in ("completed", "incomplete") and answered.usage is not None
+        assert answered.usage.output_tokens > 0 and answered.output
+        message = anthropic.Anthropic(
+            base_url=f"http://127.0.0.1:{port}", api_key=APP_KEY, max_retries=0
+        ).messages.create(
+            model="local",
+            max_tokens=6,
+            messages=[{"role": "user", "content": "order 4 for customer 16"}],
+        )
+        assert message.usage.output_tokens > 0 and message.content
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

@@ -80,13 +80,18 @@ class FakeUpstream:
             await asyncio.sleep(float(marks["sleep"]))
         if "status" in marks:
             status = int(marks["status"])
-            err = {
+            err: dict[str, Any] = {
                 "error": {
                     "message": f"fake failure {status} (key sk-fake-secret-123456)",
                     "type": "server_error",
                 }
             }
-            return marks, web.json_response(err, status=status)
+            headers = {}
+            if status == 400:  # as OpenAI names a bad field
+                err["error"].update(param="messages", code="fake_invalid_messages")
+            if status == 429:
+                headers = {"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
+            return marks, web.json_response(err, status=status, headers=headers)
         return marks, None
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -127,6 +132,8 @@ class FakeUpstream:
             finish = "tool_calls"
         usage = _usage(body, answer)
         if body.get("stream"):
+            if message.get("tool_calls"):
+                return await self._stream_tool_call(request, body, message, usage)
             return await self._stream(request, body, marks, answer, usage, n)
         logprobs = None
         if body.get("logprobs"):
@@ -194,6 +201,44 @@ class FakeUpstream:
         await resp.write_eof()
         return resp
 
+    async def _stream_tool_call(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        message: dict[str, Any],
+        usage: dict[str, int],
+    ) -> web.StreamResponse:
+        """A tool call streamed as OpenAI does: name first, arguments in pieces."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0}
+        call = message["tool_calls"][0]
+        args = call["function"]["arguments"]
+        head = {"index": 0, "id": call["id"], "type": "function"}
+        deltas = [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {**head, "function": {"name": call["function"]["name"], "arguments": ""}}
+                ],
+            },
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[: len(args) // 2]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[len(args) // 2 :]}}]},
+        ]
+        for delta in deltas:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
+        await resp.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(
+                b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+            )
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
     async def completions(self, request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
         _, failure = await self._marks(body)
@@ -236,8 +281,18 @@ class FakeUpstream:
         _, failure = await self._marks(body)
         if failure is not None:
             return failure
-        answer = f"echo: {_MARK.sub('', last_user_text(body)).strip()}"
+        text = _MARK.sub("", last_user_text(body)).strip()
+        answer = f"echo: {text}"
         usage = {"input_tokens": _words(body.get("messages")), "output_tokens": len(answer.split())}
+        if "[[tool]]" in last_user_text(body) and body.get("tools"):
+            # Anthropic's tool use: one tool_use block, stop_reason tool_use.
+            use = {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": body["tools"][0]["name"],
+                "input": {"q": text},
+            }
+            return await _anthropic_tool_use_impl(request, body, use, usage)
         message = {
             "id": "msg_fake",
             "type": "message",
@@ -280,6 +335,45 @@ class FakeUpstream:
         await resp.write(_anthropic_event("message_stop", {}))
         await resp.write_eof()
         return resp
+
+
+async def _anthropic_tool_use_impl(
+    request: web.Request, body: dict[str, Any], use: dict[str, Any], usage: dict[str, int]
+) -> web.StreamResponse:
+    message = {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": body.get("model"),
+        "stop_sequence": None,
+    }
+    if not body.get("stream"):
+        return web.json_response(
+            {**message, "content": [use], "stop_reason": "tool_use", "usage": usage}
+        )
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1},
+    }
+    await resp.write(_anthropic_event("message_start", {"message": start}))
+    await resp.write(
+        _anthropic_event("content_block_start", {"index": 0, "content_block": {**use, "input": {}}})
+    )
+    delta = {"type": "input_json_delta", "partial_json": orjson.dumps(use["input"]).decode()}
+    await resp.write(_anthropic_event("content_block_delta", {"index": 0, "delta": delta}))
+    await resp.write(_anthropic_event("content_block_stop", {"index": 0}))
+    end = {
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }
+    await resp.write(_anthropic_event("message_delta", end))
+    await resp.write(_anthropic_event("message_stop", {}))
+    await resp.write_eof()
+    return resp
 
 
 def _anthropic_event(kind: str, data: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ OTHER_KEY = "sk-test-other"
 ADMIN_KEY = "sk-test-admin"
 FINANCE_KEY = "sk-test-finance"
 REVIEWER_KEY = "sk-test-reviewer"
+CORS_ORIGIN = "https://app.example.com"  # the one browser origin the test gateway allows
 
 
 # Routes the routing tests exercise, in a policy file the gateway hot-reloads.
@@ -62,6 +63,13 @@ routes:
     match: {models: [limited]}
     teacher: teacher
     rate_limit: {requests_per_minute: 3}
+  - name: paced
+    match: {models: [paced]}
+    teacher: teacher
+    rate_limit: {requests_per_minute: 30}
+  - name: intranet-only
+    match: {models: [intranet-model], apps: [intranet]}
+    teacher: teacher
   - name: careful
     match: {models: [careful]}
     teacher: teacher
@@ -139,7 +147,7 @@ def gateway_config(data_dir: Path, upstream_url: str, **overrides: Any) -> Gatew
     hot.write_text(HOT_POLICY)
     raw: dict[str, Any] = {
         "data_dir": str(data_dir),
-        "server": {"port": free_port()},
+        "server": {"port": free_port(), "cors": {"allow_origins": [CORS_ORIGIN]}},
         "log": {"flush_interval_s": 0.05, "replay_interval_s": 0.2},
         "router": {"policy_reload_s": 0.1, "state_refresh_s": 0.1},
         "policies": [str(policy), str(hot)],

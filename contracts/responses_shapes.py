@@ -1,0 +1,421 @@
+"""OpenAI's Responses API in terms of chat completions, both ways.
+
+A Responses request becomes the chat request every upstream (teacher, student, vLLM,
+litellm provider) speaks; the chat answer becomes a Responses object, and a chat stream the
+Responses event stream (`response.created` ... `response.completed`). The gateway logs the
+chat form, so the distiller learns from a Responses request exactly as from a chat one.
+
+Invariant: pure functions of JSON values; a request this cannot express in chat terms is an
+`ApiError` 400 naming the field, never a silent drop of something that changes the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from contracts.errors import ApiError
+
+# Accepted and not needed in the chat form: they do not change the answer.
+_IGNORED = {"store", "include", "truncation", "reasoning", "service_tier", "background"}
+_SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user", "seed", "top_logprobs")
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, code="invalid_value", param=param)
+
+
+def _content(parts: Any, param: str) -> str | list[dict[str, Any]]:
+    """Responses content parts as chat content (text parts, images as image_url parts)."""
+    if isinstance(parts, str):
+        return parts
+    if not isinstance(parts, list):
+        raise _bad(param, f"Invalid value for '{param}': expected a string or a list of parts.")
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text"):
+            out.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "input_image" and part.get("image_url"):
+            out.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        else:
+            raise _bad(f"{param}.{i}", f"Unsupported content part type {kind!r}.")
+    if all(p["type"] == "text" for p in out):
+        return "".join(p["text"] for p in out) if len(out) == 1 else out
+    return out
+
+
+def input_messages(items: Any) -> list[dict[str, Any]]:
+    """`input` (a string or a list of items) as chat messages."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise _bad("input", "Invalid value for 'input': expected a string or a non-empty list.")
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _bad(f"input.{i}", f"Invalid value for 'input.{i}': expected an object.")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "developer", "assistant"):
+                raise _bad(f"input.{i}.role", f"Invalid value for 'input.{i}.role': {role!r}.")
+            messages.append(
+                {"role": role, "content": _content(item.get("content"), f"input.{i}.content")}
+            )
+        elif kind == "function_call":
+            call = {
+                "id": str(item.get("call_id") or item.get("id") or f"call_{i}"),
+                "type": "function",
+                "function": {
+                    "name": str(item.get("name", "")),
+                    "arguments": str(item.get("arguments", "")),
+                },
+            }
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+                last["tool_calls"].append(call)  # parallel calls are one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output", "")
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": str(item.get("call_id", "")),
+                    "content": output if isinstance(output, str) else orjson.dumps(output).decode(),
+                }
+            )
+        elif kind == "reasoning":
+            continue  # a model's reasoning summary: not part of the conversation it continues
+        else:
+            raise _bad(f"input.{i}.type", f"Unsupported input item type {kind!r}.")
+    return messages
+
+
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise _bad("tools", "Invalid value for 'tools': expected a list.")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else tool
+            raise _bad(f"tools.{i}.type", f"Only function tools are supported here, not {kind!r}.")
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    return choice
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        return {"type": "json_schema", "json_schema": schema}
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    raise _bad("text.format.type", f"Unsupported text format {fmt['type']!r}.")
+
+
+def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The chat request a Responses request asks; `history` is the conversation of
+    `previous_response_id` (its messages and answer), resolved by the caller."""
+    messages: list[dict[str, Any]] = []
+    if isinstance(body.get("instructions"), str) and body["instructions"]:
+        messages.append({"role": "system", "content": body["instructions"]})
+    messages += [m for m in history or [] if m.get("role") not in ("system", "developer")]
+    messages += input_messages(body.get("input"))
+    chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    for name in _SAMPLING:
+        if name in body:
+            chat[name] = body[name]
+    if "max_output_tokens" in body:
+        chat["max_tokens"] = body["max_output_tokens"]
+    if "tools" in body:
+        chat["tools"] = _tools(body["tools"])
+    if "tool_choice" in body:
+        chat["tool_choice"] = _tool_choice(body["tool_choice"])
+    fmt = _response_format(body.get("text"))
+    if fmt is not None:
+        chat["response_format"] = fmt
+    for name in ("metadata", "tags", "flywheel_metadata", "flywheel_tags"):
+        if name in body:
+            chat[name] = body[name]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+def response_id(request_id: str) -> str:
+    return "resp_" + request_id.replace("-", "")
+
+
+def request_id_of(resp_id: str) -> str | None:
+    """The gateway request id behind a `resp_...` id this gateway issued."""
+    raw = resp_id.removeprefix("resp_")
+    if len(raw) != 32 or not all(c in "0123456789abcdef" for c in raw):
+        return None
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
+    if not isinstance(usage, dict):
+        return None
+    i, o = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return {
+        "input_tokens": i,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": o,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": i + o,
+    }
+
+
+def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    fn = call.get("function") or {}
+    return {
+        "type": "function_call",
+        "id": "fc_" + str(call.get("id", "")),
+        "call_id": str(call.get("id", "")),
+        "name": str(fn.get("name", "")),
+        "arguments": str(fn.get("arguments", "")),
+        "status": status,
+    }
+
+
+def _envelope(
+    rid: str, body: dict[str, Any], status: str, output: list[dict[str, Any]], usage: Any
+) -> dict[str, Any]:
+    text_format = (
+        (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    )
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": body.get("model"),
+        "output": output,
+        "usage": usage,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "text": {"format": text_format or {"type": "text"}},
+        "previous_response_id": body.get("previous_response_id"),
+    }
+
+
+def from_chat(answer: dict[str, Any], body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    """A chat completion as the Responses object for `body`."""
+    rid = response_id(request_id)
+    choice = (answer.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    if message.get("content"):
+        output.append(_message_item("msg_" + rid[5:], str(message["content"])))
+    output += [_call_item(c) for c in message.get("tool_calls") or []]
+    status = "incomplete" if choice.get("finish_reason") == "length" else "completed"
+    out = _envelope(rid, body, status, output, _usage(answer.get("usage")))
+    if status == "incomplete":
+        out["incomplete_details"] = {"reason": "max_output_tokens"}
+    return out
+
+
+class StreamTranslator:
+    """Chat completion chunks in, Responses events out (one translator per stream)."""
+
+    def __init__(self, body: dict[str, Any], request_id: str) -> None:
+        self.body = body
+        self.rid = response_id(request_id)
+        self.msg_id = "msg_" + self.rid[5:]
+        self.seq = 0
+        self.text = ""
+        self.text_open = False
+        self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> item
+        self.order: list[tuple[str, Any]] = []  # ("text", None) | ("call", index)
+        self.usage: Any = None
+        self.finish = ""
+
+    def _event(self, kind: str, **data: Any) -> bytes:
+        payload = {"type": kind, "sequence_number": self.seq, **data}
+        self.seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+    def start(self) -> list[bytes]:
+        shell = _envelope(self.rid, self.body, "in_progress", [], None)
+        return [
+            self._event("response.created", response=shell),
+            self._event("response.in_progress", response=shell),
+        ]
+
+    def _index(self, kind: str, key: Any) -> int:
+        return self.order.index((kind, key))
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if not self.text_open:
+                    self.text_open = True
+                    self.order.append(("text", None))
+                    idx = self._index("text", None)
+                    out.append(
+                        self._event(
+                            "response.output_item.added",
+                            output_index=idx,
+                            item=_message_item(self.msg_id, "", "in_progress") | {"content": []},
+                        )
+                    )
+                    out.append(
+                        self._event(
+                            "response.content_part.added",
+                            item_id=self.msg_id,
+                            output_index=idx,
+                            content_index=0,
+                            part={"type": "output_text", "text": "", "annotations": []},
+                        )
+                    )
+                self.text += delta["content"]
+                out.append(
+                    self._event(
+                        "response.output_text.delta",
+                        item_id=self.msg_id,
+                        output_index=self._index("text", None),
+                        content_index=0,
+                        delta=delta["content"],
+                        logprobs=[],
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                out += self._call_delta(call)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+        return out
+
+    def _call_delta(self, call: dict[str, Any]) -> list[bytes]:
+        i = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        out = []
+        if i not in self.calls:
+            item = _call_item(
+                {"id": call.get("id", f"call_{i}"), "function": {"name": fn.get("name", "")}},
+                "in_progress",
+            )
+            item["arguments"] = ""
+            self.calls[i] = item
+            self.order.append(("call", i))
+            out.append(
+                self._event(
+                    "response.output_item.added", output_index=self._index("call", i), item=item
+                )
+            )
+        item = self.calls[i]
+        if fn.get("arguments"):
+            item["arguments"] += fn["arguments"]
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self._index("call", i),
+                    delta=fn["arguments"],
+                )
+            )
+        return out
+
+    def _output(self) -> list[dict[str, Any]]:
+        items = []
+        for kind, key in self.order:
+            items.append(
+                _message_item(self.msg_id, self.text)
+                if kind == "text"
+                else {**self.calls[key], "status": "completed"}
+            )
+        return items
+
+    def finish_events(self) -> list[bytes]:
+        out: list[bytes] = []
+        for idx, (kind, key) in enumerate(self.order):
+            if kind == "text":
+                part = {"type": "output_text", "text": self.text, "annotations": []}
+                common = {"item_id": self.msg_id, "output_index": idx, "content_index": 0}
+                out.append(
+                    self._event("response.output_text.done", text=self.text, logprobs=[], **common)
+                )
+                out.append(self._event("response.content_part.done", part=part, **common))
+                out.append(
+                    self._event(
+                        "response.output_item.done",
+                        output_index=idx,
+                        item=_message_item(self.msg_id, self.text),
+                    )
+                )
+            else:
+                item = {**self.calls[key], "status": "completed"}
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.done",
+                        item_id=item["id"],
+                        output_index=idx,
+                        arguments=item["arguments"],
+                        name=item["name"],
+                    )
+                )
+                out.append(self._event("response.output_item.done", output_index=idx, item=item))
+        status = "incomplete" if self.finish == "length" else "completed"
+        final = _envelope(self.rid, self.body, status, self._output(), _usage(self.usage))
+        if status == "incomplete":
+            final["incomplete_details"] = {"reason": "max_output_tokens"}
+        kind = "response.incomplete" if status == "incomplete" else "response.completed"
+        out.append(self._event(kind, response=final))
+        return out
+
+    def error(self, error: dict[str, Any]) -> list[bytes]:
+        """An upstream failure mid-stream: `error`, then `response.failed`."""
+        failed = _envelope(self.rid, self.body, "failed", self._output(), _usage(self.usage))
+        failed["error"] = {
+            "code": error.get("code") or "server_error",
+            "message": error.get("message", ""),
+        }
+        return [
+            self._event(
+                "error",
+                code=error.get("code"),
+                message=error.get("message", ""),
+                param=error.get("param"),
+            ),
+            self._event("response.failed", response=failed),
+        ]

@@ -1,0 +1,241 @@
+"""API surfaces: the shapes a client speaks, around the one chat request path.
+
+Chat completions, completions and embeddings are the path's own shapes. The Responses API
+and Anthropic's Messages API are translated at the edge: the body into a chat request
+before routing (so routing, guardrails, logging, pricing and distillation see one form), the
+finished response (answer, refusal, error or stream) back into the client's shape.
+
+Invariant: a surface touches only the request body on the way in and the `Response` on the
+way out; nothing between them knows which API the client used except the row's `api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from contracts import anthropic_shapes, responses_shapes
+from contracts.errors import ApiError
+from gateway.auth import Principal
+from gateway.bodies import MessagesRequest, ResponsesRequest, validate
+from gateway.request_log import Endpoint
+from store import Store, StoreUnavailable
+
+Api = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
+
+_CONVERSATIONS = 10_000  # recent Responses conversations kept for previous_response_id
+
+
+class Conversations:
+    """Recent Responses conversations by request id, so `previous_response_id` works at
+    once (ClickHouse has the row a moment later; older ones are read from there)."""
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
+
+    def put(self, request_id: str, app: str, messages: list[dict[str, Any]]) -> None:
+        self._recent[request_id] = (app, messages)
+        if len(self._recent) > _CONVERSATIONS:
+            self._recent.popitem(last=False)
+
+    async def get(self, store: Store, request_id: str, app: str) -> list[dict[str, Any]] | None:
+        known = self._recent.get(request_id)
+        if known is not None:
+            return known[1] if known[0] == app else None
+        try:
+            rows = await asyncio.to_thread(
+                store.query_rows,
+                "SELECT messages, response FROM requests WHERE request_id = {id:UUID}"
+                " AND app = {app:String} AND kind = 'request' AND status = 'ok' LIMIT 1",
+                {"id": request_id, "app": app},
+            )
+        except StoreUnavailable as e:
+            raise ApiError(
+                503, "ClickHouse is unavailable; retry shortly.", code="store_unavailable"
+            ) from e
+        if not rows:
+            return None
+        messages = orjson.loads(rows[0][0] or "[]")
+        choices = (orjson.loads(rows[0][1] or "{}") or {}).get("choices") or [{}]
+        return [*messages, choices[0].get("message") or {"role": "assistant", "content": ""}]
+
+
+class Surface(Protocol):
+    api: Api  # what the client speaks
+    endpoint: Endpoint  # what the request path runs
+
+    async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]: ...
+
+    def respond(self, response: Response, request_id: str) -> Response: ...
+
+
+class Native:
+    """The path's own shapes: nothing to translate."""
+
+    def __init__(self, api: Api, endpoint: Endpoint) -> None:
+        self.api, self.endpoint = api, endpoint
+
+    async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        return body
+
+    def respond(self, response: Response, request_id: str) -> Response:
+        return response
+
+
+def _json_body(response: Response) -> Any:
+    try:
+        return orjson.loads(bytes(response.body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _rebuilt(response: Response, body: Any) -> Response:
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(
+        orjson.dumps(body),
+        status_code=response.status_code,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+class _Translated:
+    """Common to the translated surfaces: chat answer / stream / error back to the client."""
+
+    api: Api
+    endpoint: Endpoint = "chat.completions"
+
+    def __init__(self, store: Store, conversations: Conversations) -> None:
+        self.store = store
+        self.conversations = conversations
+        self.body: dict[str, Any] = {}
+        self.chat: dict[str, Any] = {}
+        self.app = ""
+
+    def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
+        raise NotImplementedError
+
+    def _translator(self, request_id: str) -> Any:
+        raise NotImplementedError
+
+    def _error(self, status: int, body: Any) -> Any:
+        return body
+
+    def respond(self, response: Response, request_id: str) -> Response:
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._stream(response.body_iterator, request_id)  # type: ignore[arg-type]
+            return response
+        body = _json_body(response)
+        if body is None:
+            return response
+        if response.status_code >= 400:
+            return _rebuilt(response, self._error(response.status_code, body))
+        self._remember(request_id, body)
+        return _rebuilt(response, self._answer(body, request_id))
+
+    def _remember(self, request_id: str, answer: dict[str, Any]) -> None:
+        message = ((answer.get("choices") or [{}])[0]).get("message")
+        if message:
+            self.conversations.put(request_id, self.app, [*self.chat.get("messages", []), message])
+
+    async def _stream(self, events: AsyncIterator[Any], request_id: str) -> AsyncIterator[bytes]:
+        tr = self._translator(request_id)
+        for out in tr.start():
+            yield out
+        async for raw in events:
+            event = raw if isinstance(raw, bytes) else str(raw).encode()
+            payload = event.removeprefix(b"data: ").strip()
+            if payload == b"[DONE]":
+                for out in tr.finish_events():
+                    yield out
+                continue
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if "error" in chunk:
+                for out in tr.error(chunk["error"] or {}):
+                    yield out
+                continue
+            for out in tr.chunk(chunk):
+                yield out
+
+
+class Responses(_Translated):
+    api: Api = "responses"
+
+    async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        validate(ResponsesRequest, body)
+        self.body, self.app = body, principal.app
+        history = None
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            rid = responses_shapes.request_id_of(str(previous))
+            history = await self.conversations.get(self.store, rid, principal.app) if rid else None
+            if history is None:
+                raise ApiError(
+                    400,
+                    f"Previous response with id '{previous}' not found.",
+                    code="previous_response_not_found",
+                    param="previous_response_id",
+                )
+        self.chat = responses_shapes.to_chat(body, history)
+        return self.chat
+
+    def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
+        return responses_shapes.from_chat(answer, self.body, request_id)
+
+    def _translator(self, request_id: str) -> Any:
+        return _Remembering(
+            self, responses_shapes.StreamTranslator(self.body, request_id), request_id
+        )
+
+
+class _Remembering:
+    """A Responses stream translator that keeps the finished conversation."""
+
+    def __init__(
+        self, surface: Responses, inner: responses_shapes.StreamTranslator, request_id: str
+    ) -> None:
+        self.surface, self.inner, self.request_id = surface, inner, request_id
+        self.start, self.chunk, self.error = inner.start, inner.chunk, inner.error
+
+    def finish_events(self) -> list[bytes]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.inner.text or None}
+        if self.inner.calls:
+            message["tool_calls"] = [
+                {
+                    "id": c["call_id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in self.inner.calls.values()
+            ]
+        self.surface._remember(self.request_id, {"choices": [{"message": message}]})
+        return self.inner.finish_events()
+
+
+class Messages(_Translated):
+    api: Api = "messages"
+
+    async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+        validate(MessagesRequest, body)
+        self.body, self.app = body, principal.app
+        self.chat = anthropic_shapes.to_chat(body)
+        return self.chat
+
+    def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
+        return anthropic_shapes.from_chat(answer, self.body.get("model"), request_id)
+
+    def _translator(self, request_id: str) -> Any:
+        return anthropic_shapes.StreamTranslator(self.body.get("model"), request_id)
+
+    def _error(self, status: int, body: Any) -> Any:
+        err = body.get("error") if isinstance(body, dict) else None
+        message = err.get("message") if isinstance(err, dict) else str(body)
+        return anthropic_shapes.error_body(status, str(message))

@@ -1,0 +1,353 @@
+"""Clients that only swap their base URL: the Responses API and Anthropic's Messages API
+through the real SDKs, each a row in the one chat form the distiller reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from distiller.curation import curate
+from tests.support.gateway import (
+    ADMIN_KEY,
+    APP_KEY,
+    FINANCE_KEY,
+    OTHER_KEY,
+    RunningGateway,
+    gateway_config,
+    start_gateway,
+)
+
+TOOLS = [
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": "Find an order",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+    }
+]
+ANTHROPIC_TOOLS = [
+    {"name": "lookup", "description": "Find an order", "input_schema": TOOLS[0]["parameters"]}
+]
+
+
+def _openai(gw: RunningGateway, key: str = APP_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+def _anthropic(gw: RunningGateway, key: str = APP_KEY) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.base_url.removesuffix("/v1"), api_key=key, max_retries=0)
+
+
+def _rid(resp_id: str) -> str:
+    raw = resp_id.split("_", 1)[1]
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
+def test_responses_plain_and_streamed_are_rows(gateway: RunningGateway, upstream) -> None:
+    client = _openai(gateway)
+    resp = client.responses.create(
+        model="gpt-4o", input="where is parcel 7301", instructions="You are a courier desk."
+    )
+    assert resp.output_text == "echo: where is parcel 7301"
+    assert resp.usage is not None and resp.usage.output_tokens > 0
+    sent = upstream.fake.requests[-1]
+    assert sent["messages"][0] == {"role": "system", "content": "You are a courier desk."}
+    row = gateway.row(_rid(resp.id))
+    assert row["api"] == "responses" and row["endpoint"] == "chat.completions"
+    assert row["input_tokens"] == resp.usage.input_tokens and row["cost_usd"] > 0
+    assert json.loads(row["messages"])[-1]["content"] == "where is parcel 7301"
+
+    events = list(client.responses.create(model="gpt-4o", input="stream parcel 7302", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed" and "response.output_text.delta" in kinds
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output_text == "echo: stream parcel 7302" and final.usage.output_tokens > 0
+    row = gateway.row(_rid(final.id))
+    assert row["api"] == "responses" and row["is_stream"] and row["output_tokens"] > 0
+    # The distiller reads them as chat examples of their route.
+    ids = {e.request_id for e in curate(gateway.state.store, "support").examples}
+    assert {_rid(resp.id), _rid(final.id)} <= ids
+
+
+def test_responses_tools_previous_response_and_structured_output(
+    gateway: RunningGateway, upstream
+) -> None:
+    client = _openai(gateway)
+    first = client.responses.create(model="gpt-4o", input="order 88 [[tool]]", tools=TOOLS)  # type: ignore[arg-type]
+    call = first.output[0]
+    assert call.type == "function_call" and call.name == "lookup"
+    assert json.loads(call.arguments) == {"q": "order 88"}
+    follow = client.responses.create(
+        model="gpt-4o",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "shipped"}],
+        tools=TOOLS,  # type: ignore[arg-type]
+    )
+    assert follow.output  # the fake answers the last user turn again
+    sent = upstream.fake.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["function"]["name"] == "lookup"
+    with client.responses.stream(model="gpt-4o", input="order 89 [[tool]]", tools=TOOLS) as s:  # type: ignore[arg-type]
+        streamed = s.get_final_response()
+    assert streamed.output[0].type == "function_call"
+    assert json.loads(streamed.output[0].arguments) == {"q": "order 89"}  # type: ignore[union-attr]
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    client.responses.create(
+        model="gpt-4o",
+        input="structured 90",
+        text={"format": {"type": "json_schema", "name": "out", "schema": schema, "strict": True}},
+    )
+    assert upstream.fake.requests[-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": schema, "strict": True},
+    }
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="gpt-4o", previous_response_id="resp_nope", input="x")
+    assert bad.value.body["param"] == "previous_response_id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="gpt-4o", input="x", tools=[{"type": "web_search"}])  # type: ignore[list-item]
+    assert bad.value.body["param"] == "tools.0.type"  # type: ignore[index]
+
+
+def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGateway) -> None:
+    client = _anthropic(gateway)
+    msg = client.messages.create(
+        model="gpt-4o",
+        max_tokens=64,
+        system="You are a courier desk.",
+        messages=[{"role": "user", "content": "parcel 7401"}],
+    )
+    assert msg.content[0].type == "text" and msg.content[0].text == "echo: parcel 7401"
+    assert msg.stop_reason == "end_turn" and msg.usage.output_tokens > 0
+    row = gateway.row(_rid(msg.id))
+    assert row["api"] == "messages" and row["input_tokens"] == msg.usage.input_tokens
+    with client.messages.stream(
+        model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "parcel 7402"}]
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "echo: parcel 7402" and final.usage.output_tokens > 0
+    used = client.messages.create(
+        model="gpt-4o",
+        max_tokens=64,
+        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "parcel 7403 [[tool]]"}],
+    )
+    assert used.stop_reason == "tool_use" and used.content[0].type == "tool_use"
+    assert used.content[0].input == {"q": "parcel 7403"}
+    with client.messages.stream(
+        model="gpt-4o",
+        max_tokens=64,
+        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "parcel 7404 [[tool]]"}],
+    ) as s:
+        streamed = s.get_final_message()
+    assert streamed.content[0].type == "tool_use" and streamed.stop_reason == "tool_use"
+    with pytest.raises(anthropic.AuthenticationError) as denied:
+        _anthropic(gateway, "sk-wrong").messages.create(
+            model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert denied.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(model="gpt-4o", max_tokens=0, messages=[])
+    assert bad.value.body["type"] == "error"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_anthropic_sdk_against_an_anthropic_upstream(
+    tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
+    config = gateway_config(tmp_path, upstream.base_url)
+    config.models["claude"] = config.models["teacher"].model_copy(
+        update={
+            "model": "anthropic/claude-sonnet-4-5",
+            "api_base": upstream.base_url.removesuffix("/v1"),
+            "api_key_env": "FAKE_ANTHROPIC_KEY",
+        }
+    )
+    route = config.routes[0].model_copy(
+        update={
+            "name": "claude",
+            "teacher": "claude",
+            "match": config.routes[0].match.model_copy(update={"models": ["claude"]}),
+        }
+    )
+    config.routes.append(route)
+    gw = start_gateway(config)
+    try:
+        client = _anthropic(gw)
+        msg = client.messages.create(
+            model="claude", max_tokens=64, messages=[{"role": "user", "content": "hello claude"}]
+        )
+        assert msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
+        with client.messages.stream(
+            model="claude", max_tokens=64, messages=[{"role": "user", "content": "stream claude"}]
+        ) as s:
+            assert "".join(s.text_stream) == "echo: stream claude"
+        used = client.messages.create(
+            model="claude",
+            max_tokens=64,
+            tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "find it [[tool]]"}],
+        )
+        assert used.content[0].type == "tool_use" and used.content[0].name == "lookup"
+        assert upstream.fake.requests[-1]["tools"][0]["name"] == "lookup"  # Anthropic's shape
+        row = gw.row(_rid(msg.id))
+        assert row["api"] == "messages" and row["served_model"] == "claude"
+        assert row["cost_usd"] > 0
+    finally:
+        gw.stop()
+
+
+def test_langchain_responses_api(gateway: RunningGateway) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="gpt-4o",
+        base_url=gateway.base_url,
+        api_key=APP_KEY,  # type: ignore[arg-type]
+        use_responses_api=True,
+        max_retries=0,
+    )
+    answer = llm.invoke("langchain parcel 7501")
+    assert "echo: langchain parcel 7501" in str(answer.content)
+
+
+def test_models_per_key_and_retrieve(gateway: RunningGateway) -> None:
+    shop = {m.id for m in _openai(gateway).models.list()}
+    intranet = {m.id for m in _openai(gateway, OTHER_KEY).models.list()}
+    assert "intranet-model" in intranet and "intranet-model" not in shop
+    assert "gpt-4o" in shop and "gpt-4o" in intranet
+    assert _openai(gateway).models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        _openai(gateway).models.retrieve("intranet-model")
+
+
+def test_dashboard_roles_get_403_on_every_model_api(gateway: RunningGateway) -> None:
+    for key in (ADMIN_KEY, FINANCE_KEY):
+        with pytest.raises(openai.PermissionDeniedError):
+            _openai(gateway, key).responses.create(model="gpt-4o", input="x")
+        with pytest.raises(openai.PermissionDeniedError):
+            _openai(gateway, key).models.list()
+        with pytest.raises(anthropic.PermissionDeniedError) as denied:
+            _anthropic(gateway, key).messages.create(
+                model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+        assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+
+def test_rate_limit_headers_and_retry_after_honoured_by_the_sdk(gateway: RunningGateway) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=OTHER_KEY, max_retries=0)
+    body = {"model": "paced", "messages": [{"role": "user", "content": "paced"}]}
+    raw = client.chat.completions.with_raw_response.create(**body)  # type: ignore[call-overload]
+    assert raw.headers["x-ratelimit-limit-requests"] == "30"
+    remaining = int(raw.headers["x-ratelimit-remaining-requests"])
+    assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+    limited = None
+    for _ in range(remaining + 20):  # the bucket refills one request every 2 s meanwhile
+        try:
+            client.chat.completions.create(**body)  # type: ignore[call-overload]
+        except openai.RateLimitError as e:
+            limited = e
+            break
+    assert limited is not None, "30 requests a minute were never enforced"
+    assert int(limited.response.headers["retry-after"]) >= 1
+    assert limited.response.headers["x-ratelimit-remaining-requests"] == "0"
+    # The SDK's own retry waits what Retry-After says, and then gets through.
+    patient = openai.OpenAI(base_url=gateway.base_url, api_key=OTHER_KEY, max_retries=2)
+    assert patient.chat.completions.create(**body).choices  # type: ignore[call-overload]
+
+
+def test_answers_say_who_served_them(gateway: RunningGateway) -> None:
+    raw = _openai(gateway).chat.completions.with_raw_response.create(
+        model="promoted", messages=[{"role": "user", "content": "who serves 7601"}]
+    )
+    assert raw.headers["x-flywheel-served-by"] == "student"
+    assert raw.headers["x-flywheel-model"].startswith("student-")
+    raw = _openai(gateway).responses.with_raw_response.create(model="gpt-4o", input="who 7602")
+    assert raw.headers["x-flywheel-served-by"] == "teacher"
+
+
+def test_openai_metadata_is_forwarded_and_gateway_fields_are_not(
+    gateway: RunningGateway, upstream
+) -> None:
+    resp = _openai(gateway).chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "metadata 7701"}],
+        metadata={"order": "7701"},
+        extra_body={"flywheel_tags": ["vip"], "flywheel_metadata": {"tier": "gold"}},
+    )
+    sent = upstream.fake.requests[-1]
+    assert sent["metadata"] == {"order": "7701"}
+    assert "flywheel_tags" not in sent and "flywheel_metadata" not in sent
+    row = gateway.row(resp.id)
+    assert row["metadata"] == {"order": "7701", "tier": "gold"} and row["tags"] == ["vip"]
+
+
+def test_an_abandoned_stream_is_priced(gateway: RunningGateway) -> None:
+    body = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a b c d e f g h i j [[drip:0.2]]"}],
+    }
+    headers = {"Authorization": f"Bearer {APP_KEY}"}
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", json=body, headers=headers
+    ) as r:
+        request_id = r.headers["x-request-id"]
+        chunks = r.iter_bytes()
+        next(chunks)
+        next(chunks)
+    row = gateway.row(request_id)
+    assert row["status"] == "client_disconnect"
+    assert row["output_tokens"] > 0 and row["cost_usd"] > 0 and row["usage_estimated"] is True
+
+
+def test_cors_preflight(gateway: RunningGateway) -> None:
+    from tests.support.gateway import CORS_ORIGIN
+
+    url = f"{gateway.base_url}/chat/completions"
+    ok = httpx.options(
+        url,
+        headers={
+            "Origin": CORS_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == CORS_ORIGIN
+    other = httpx.options(
+        url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    answer = _openai(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "cors 7801"}],
+        extra_headers={"Origin": CORS_ORIGIN},
+    )
+    assert answer.headers["access-control-allow-origin"] == CORS_ORIGIN
+    assert "x-flywheel-served-by" in answer.headers["access-control-expose-headers"]
+
+
+def test_upstream_param_code_and_retry_after_reach_the_client(gateway: RunningGateway) -> None:
+    client = _openai(gateway)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x [[status:400]]"}]
+        )
+    assert bad.value.body["param"] == "messages"  # type: ignore[index]
+    assert bad.value.body["code"] == "fake_invalid_messages"  # type: ignore[index]
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x [[status:429]]"}]
+        )
+    assert limited.value.response.headers["retry-after"] == "7"
+    assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
