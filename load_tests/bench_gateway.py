@@ -90,9 +90,29 @@ async def wait_ready(url: str, within_s: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+# The same question in the two translated APIs (the gateway turns both into BODY's chat form).
+SURFACE_BODIES: dict[str, dict[str, Any]] = {
+    "/chat/completions": BODY,
+    "/responses": {
+        "model": "gpt-4o",
+        "instructions": "You classify customer messages.",
+        "input": "My card has not arrived yet, what should I do?",
+        "temperature": 0,
+    },
+    "/messages": {
+        "model": "gpt-4o",
+        "system": "You classify customer messages.",
+        "messages": [{"role": "user", "content": "My card has not arrived yet, what should I do?"}],
+        "max_tokens": 256,
+        "temperature": 0,
+    },
+}
+
+
 async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> tuple[float, bool]:
     """Latency (or time to first byte when streaming) in seconds, and success."""
-    body = {**BODY, "stream": True} if stream else BODY
+    base = next((b for path, b in SURFACE_BODIES.items() if url.endswith(path)), BODY)
+    body = {**base, "stream": True} if stream else base
     t0 = time.perf_counter()
     async with session.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
         if stream:
@@ -173,6 +193,12 @@ async def measure(name: str, base: str, args: argparse.Namespace) -> dict[str, A
         print(f"[{name}] closed loop c={c}", flush=True)
         result["throughput"].append(await closed_loop(url, c, args.seconds))
     result["max_rps"] = max(t["rps"] for t in result["throughput"])
+    if name == "gateway" and not args.skip_surfaces:
+        # The Responses and Messages APIs, translated to the same chat upstream, at the
+        # same rate in the same run: their overhead next to chat completions'.
+        for path in ("/responses", "/messages"):
+            print(f"[{name}] {path} open loop {args.rate}/s", flush=True)
+            result[path] = await open_loop(f"{base}{path}", args.rate, args.seconds)
     print(f"[{name}] {json.dumps(result)}", flush=True)
     return result
 
@@ -255,11 +281,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "gateway_no_journal", tmp, upstream_url, args, journal=False
             )
 
-        if not args.skip_litellm and shutil.which("litellm"):
+        if not args.skip_litellm and shutil.which(args.litellm_bin):
             ll_port = free_port()
             ll = spawn(
                 [
-                    "litellm",
+                    args.litellm_bin,
                     "--config",
                     str(litellm_config(tmp, upstream_url)),
                     "--port",
@@ -293,6 +319,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_rows_logged": g["rows_logged"],
         "direct_max_rps": d["max_rps"],
     }
+    for path in ("/responses", "/messages"):
+        if path in g:
+            summary[f"{path[1:]}_overhead_p50_ms"] = g[path]["p50_ms"] - d["latency"]["p50_ms"]
+            summary[f"{path[1:]}_overhead_p99_ms"] = g[path]["p99_ms"] - d["latency"]["p99_ms"]
+            summary["gateway_requests_answered"] += g[path]["requests"] + 20
     if "gateway_no_journal" in report:
         # The durable path's cost: the same gateway with rows kept in memory only.
         nj = report["gateway_no_journal"]
@@ -332,6 +363,15 @@ if __name__ == "__main__":
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument(
+        "--litellm-bin",
+        default="litellm",
+        help="LiteLLM's proxy command (e.g. from its own venv: litellm>=1.110 moved the "
+        "proxy to a package of its own)",
+    )
+    parser.add_argument(
+        "--skip-surfaces", action="store_true", help="skip /v1/responses and /v1/messages"
+    )
     parser.add_argument(
         "--skip-no-journal", action="store_true", help="skip the journal-off comparison run"
     )

@@ -7,7 +7,7 @@ through clickhouse-connect, so the SQL and the insert path are the same.
 Invariant: every call holds `_lock`; the embedded engine's single connection is never used
 from two threads at once, and a `Store` that lost its server reconnects on the next call.
 Every call is bounded by `timeout_s` (waiting for the lock included): a ClickHouse that
-hangs raises `StoreUnavailable` like one that refuses, so callers spool, retry or answer 503
+hangs raises `StoreUnavailable` like one that refuses, so rows wait in the journal and reads answer 503
 instead of hanging with it.
 """
 
@@ -151,7 +151,7 @@ class StoreProcess(Store):
     the event loop. The child owns the chdb path, runs at the normal CPU priority (never the
     idle class: it must progress on a busy machine), and answers the same calls over a
     pipe. A dead child is restarted on the
-    next call; calls made while it is down raise `StoreUnavailable` (rows then spool).
+    next call; calls made while it is down raise `StoreUnavailable` (rows then wait in the journal).
     """
 
     def __init__(self, dsn: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:

@@ -138,6 +138,23 @@ def test_rejected_requests_and_metadata_are_masked_too(gateway: RunningGateway) 
     assert row["metadata"] == {"customer": "[EMAIL]"} and row["tags"] == ["from [PHONE]"]
 
 
+def test_feedback_comments_are_masked_like_their_request(gateway: RunningGateway) -> None:
+    """Seen: feedback comments were stored as sent, PII and all."""
+    import httpx
+
+    ok = _ask(gateway, "guarded-mask", "hello again")
+    r = httpx.post(
+        f"{gateway.base_url}/feedback",
+        json={"request_id": ok.id, "score": 0, "comment": f"call me on {MASKED_PHONE}"},
+        headers={"Authorization": f"Bearer {APP_KEY}"},
+    )
+    assert r.status_code == 200
+    rows = gateway.rows_eventually(
+        "SELECT comment FROM feedback WHERE request_id = {id:UUID}", 1, id=ok.id
+    )
+    assert rows[0]["comment"] == "call me on [PHONE]"
+
+
 def test_no_raw_pii_in_clickhouse_after_masked_runs(gateway: RunningGateway) -> None:
     leaked = gateway.rows(
         "SELECT count() AS n FROM requests WHERE "

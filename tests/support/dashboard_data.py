@@ -94,7 +94,7 @@ def known(gateway: RunningGateway) -> list[dict[str, Any]]:
     rows = known_rows(7)
     insert_rows(gateway, rows[:150], "dash-batch-1")
     insert_rows(gateway, rows[150:], "dash-batch-2")
-    # A replayed batch (spool replay after an outage) must not count twice in the rollups.
+    # A replayed batch (journal replay after an outage) must not count twice in the rollups.
     insert_rows(gateway, rows[:150], "dash-batch-1")
     return rows
 
