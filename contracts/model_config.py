@@ -29,6 +29,11 @@ class ModelConfig(Strict):
     api_key_env: str | None = None
     price: PriceOverride | None = None
     timeout_s: float = Field(default=120.0, gt=0)
+    responses_api: bool = Field(
+        default=False,
+        description="the upstream serves OpenAI's Responses API itself: /v1/responses "
+        "requests go to it natively (else they are translated to chat completions)",
+    )
 
     @property
     def provider(self) -> str:

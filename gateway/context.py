@@ -21,6 +21,7 @@ from gateway.guardrails.engine import RouteRails
 from gateway.request_log import Endpoint, RequestRecord
 from gateway.routing import Decision, Router
 from gateway.state import GatewayState
+from gateway.surfaces import Surface
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +38,7 @@ class RequestContext:
     finished: bool = False
     streaming: bool = False  # a streamed response owns finishing from here on
     unrecorded: bool = False  # the journal could not take the row: withhold the answer
+    surface: Surface | None = None  # the API the client speaks (translated at the edge)
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:

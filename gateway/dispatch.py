@@ -26,7 +26,8 @@ from gateway.escalation import confidence_of, confidence_reason
 from gateway.request_log import RequestRecord, utc_timestamp
 from gateway.routing import Target
 from gateway.state import GatewayState
-from gateway.streaming import replay
+from gateway.streaming import as_chat_stream, replay
+from gateway.surfaces import Responses
 from gateway.upstream import UpstreamError, UpstreamStream
 
 log = logging.getLogger("flywheel.dispatch")
@@ -103,11 +104,28 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
     upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> bytes:
+        responses = _pass_through(ctx)
+        native = responses.native_body(target.model, _may_pass(ctx, target)) if responses else None
+        if responses is not None and native is not None:
+            raw = await upstreams.call(
+                target.model, "responses", native, timeout_s=target.timeout_s
+            )
+            return responses.took_native(raw)
         return await upstreams.call(
             target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
         )
 
     return await _attempts(ctx, one)
+
+
+def _pass_through(ctx: RequestContext) -> Responses | None:
+    return ctx.surface if isinstance(ctx.surface, Responses) else None
+
+
+def _may_pass(ctx: RequestContext, target: Target) -> bool:
+    """A native answer goes to the client untouched: only where nothing must read or change
+    it first (no output rails; a student's answer is checked, and students speak chat)."""
+    return target.served_by != "student" and not (ctx.rails is not None and ctx.rails.spec.output)
 
 
 async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
@@ -120,6 +138,14 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
     upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> UpstreamStream:
+        responses = _pass_through(ctx)
+        native = responses.native_body(target.model, _may_pass(ctx, target)) if responses else None
+        if responses is not None and native is not None:
+            upstream = await upstreams.stream(
+                target.model, "responses", native, timeout_s=target.timeout_s
+            )
+            responses.native_events = []
+            return as_chat_stream(upstream, responses.native_events)
         return await upstreams.stream(
             target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
         )

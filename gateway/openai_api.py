@@ -78,6 +78,7 @@ async def handle(request: Request, surface: Surface) -> Response:
         return surface.respond(e.response(), "")
     ctx = RequestContext.begin(state, principal, surface.endpoint)
     ctx.record.api = surface.api
+    ctx.surface = surface
     response = await _guarded(ctx, request, surface)
     if ctx.decision is not None:
         # Who answered: teacher, student, backup (a fallback) or cache, and which model.

@@ -2,8 +2,9 @@
 whole answer served as a stream.
 
 The hot path only cuts the upstream byte stream into whole events (so ids can be rewritten
-and the usage chunk dropped without parsing); the log writer's thread later folds the kept
-events into one answer (`contracts.openai_shapes.assemble_chat`).
+and the usage chunk dropped without parsing); the row later folds the kept events into one
+answer (`contracts.openai_shapes.assemble_chat`). A native Responses stream is read as the
+chat chunks it amounts to, its own events kept for the client (`as_chat_stream`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from contracts.openai_shapes import answer_as_events
+from contracts.responses_native import ChatChunks, event_payload
 from gateway.upstream import UpstreamStream
 
 
@@ -42,3 +44,18 @@ def replay(answer: dict[str, Any]) -> UpstreamStream:
             yield event + b"\n\n"
 
     return UpstreamStream(chunks())
+
+
+def as_chat_stream(upstream: UpstreamStream, raw_events: list[bytes]) -> UpstreamStream:
+    """A Responses-API event stream as chat chunks for the request path; each upstream
+    event is also appended, untouched, to `raw_events` for the client."""
+    converter = ChatChunks()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for event in sse_events(aiter(upstream)):
+            raw_events.append(event + b"\n\n")
+            payload = event_payload(event)
+            for chunk in converter.feed(payload) if payload is not None else []:
+                yield chunk + b"\n\n"
+
+    return UpstreamStream(chunks(), upstream.close)

@@ -19,8 +19,9 @@ from typing import Any, Literal, Protocol
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from contracts import anthropic_shapes, responses_shapes
+from contracts import anthropic_shapes, responses_native, responses_shapes
 from contracts.errors import ApiError
+from contracts.model_config import ModelConfig
 from gateway.auth import Principal
 from gateway.bodies import MessagesRequest, ResponsesRequest, validate
 from gateway.request_log import Endpoint
@@ -166,8 +167,22 @@ class _Translated:
                 yield out
 
 
+_NOT_FORWARDED = ("tags", "flywheel_metadata", "flywheel_tags")
+
+
 class Responses(_Translated):
+    """Translated to chat for most upstreams; passed through to one that serves the
+    Responses API itself (`responses_api: true`), the client then getting its object and
+    events untouched while the row keeps the chat form."""
+
     api: Api = "responses"
+
+    def __init__(self, store: Store, conversations: Conversations) -> None:
+        super().__init__(store, conversations)
+        self.remote_previous = ""  # a previous_response_id this gateway did not issue
+        self.local_previous = False
+        self.native_answer: dict[str, Any] | None = None
+        self.native_events: list[bytes] | None = None  # raw upstream events to pass on
 
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(ResponsesRequest, body)
@@ -177,15 +192,52 @@ class Responses(_Translated):
         if previous is not None:
             rid = responses_shapes.request_id_of(str(previous))
             history = await self.conversations.get(self.store, rid, principal.app) if rid else None
-            if history is None:
-                raise ApiError(
-                    400,
-                    f"Previous response with id '{previous}' not found.",
-                    code="previous_response_not_found",
-                    param="previous_response_id",
-                )
+            # Not one of ours: only an upstream that serves the Responses API may know it.
+            self.remote_previous = "" if history is not None else str(previous)
+            self.local_previous = history is not None
         self.chat = responses_shapes.to_chat(body, history)
         return self.chat
+
+    def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
+        """The body to send to `model`'s own /responses, or None to translate."""
+        if model.responses_api and model.openai_compatible and may_pass_through:
+            if not self.local_previous:
+                body = {k: v for k, v in self.body.items() if k not in _NOT_FORWARDED}
+                body["model"] = model.upstream_name
+                return body
+        if self.remote_previous:
+            raise ApiError(
+                400,
+                f"Previous response with id '{self.remote_previous}' not found.",
+                code="previous_response_not_found",
+                param="previous_response_id",
+            )
+        return None
+
+    def took_native(self, raw: bytes) -> bytes:
+        """The upstream's own answer, kept for the client; the chat form for the path."""
+        self.native_answer = orjson.loads(raw)
+        return orjson.dumps(responses_native.chat_answer(self.native_answer or {}))
+
+    def respond(self, response: Response, request_id: str) -> Response:
+        if self.native_answer is not None and response.status_code == 200:
+            if not isinstance(response, StreamingResponse):
+                return _rebuilt(response, self.native_answer)
+        return super().respond(response, request_id)
+
+    async def _stream(self, events: AsyncIterator[Any], request_id: str) -> AsyncIterator[bytes]:
+        if self.native_events is None:
+            async for out in super()._stream(events, request_id):
+                yield out
+            return
+        # Passed through: each chat event the path relays stands for upstream events the
+        # client gets as they were.
+        raw = self.native_events
+        async for _ in events:
+            while raw:
+                yield raw.pop(0)
+        while raw:
+            yield raw.pop(0)
 
     def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
         return responses_shapes.from_chat(answer, self.body, request_id)

@@ -27,6 +27,7 @@ ENDPOINT_PATHS = {
     "chat.completions": "/chat/completions",
     "completions": "/completions",
     "embeddings": "/embeddings",
+    "responses": "/responses",  # only for models with `responses_api: true`
 }
 
 _OPENAI_BASE = "https://api.openai.com/v1"

@@ -7,8 +7,8 @@ through clickhouse-connect, so the SQL and the insert path are the same.
 Invariant: every call holds `_lock`; the embedded engine's single connection is never used
 from two threads at once, and a `Store` that lost its server reconnects on the next call.
 Every call is bounded by `timeout_s` (waiting for the lock included): a ClickHouse that
-hangs raises `StoreUnavailable` like one that refuses, so rows wait in the journal and reads answer 503
-instead of hanging with it.
+hangs raises `StoreUnavailable` like one that refuses, so rows wait in the journal and
+reads answer 503 instead of hanging with it.
 """
 
 from __future__ import annotations

@@ -351,3 +351,36 @@ def test_upstream_param_code_and_retry_after_reach_the_client(gateway: RunningGa
         )
     assert limited.value.response.headers["retry-after"] == "7"
     assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_responses_pass_through_to_an_upstream_that_serves_them(
+    gateway: RunningGateway, upstream
+) -> None:
+    client = _openai(gateway)
+    raw = client.responses.with_raw_response.create(model="native-responses", input="parcel 7901")
+    first = raw.parse()
+    assert first.id.startswith("resp_native_"), "the upstream's own object, untouched"
+    assert first.output_text == "native: parcel 7901"
+    sent = upstream.fake.requests[-1]
+    assert sent["input"] == "parcel 7901" and sent["model"] == "gpt-4o" and "messages" not in sent
+    row = gateway.row(raw.headers["x-request-id"])
+    assert row["api"] == "responses" and row["served_model"] == "native-responses"
+    assert row["input_tokens"] == first.usage.input_tokens  # type: ignore[union-attr]
+    assert "native: parcel 7901" in row["response"] and row["cost_usd"] > 0
+    # The upstream keeps the conversation: its id goes back to it.
+    follow = client.responses.create(
+        model="native-responses", input="and then", previous_response_id=first.id
+    )
+    assert follow.output_text == f"native: and then (after {first.id})"
+    events = list(
+        client.responses.create(model="native-responses", input="parcel 7902", stream=True)
+    )
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.id.startswith("resp_native_")  # type: ignore[union-attr]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = gateway.rows_eventually(
+        "SELECT output_tokens, response FROM requests WHERE api = 'responses'"
+        " AND position(response, 'parcel 7902') > 0",
+        1,
+    )
+    assert streamed[0]["output_tokens"] > 0

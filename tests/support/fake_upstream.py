@@ -64,6 +64,9 @@ class FakeUpstream:
         self.app.router.add_get("/v1/models", self.models)
         # Anthropic's Messages API: a provider that only litellm's path speaks.
         self.app.router.add_post("/v1/messages", self.anthropic_messages)
+        # OpenAI's Responses API, served natively (answers say "native:"; ids are its own).
+        self.app.router.add_post("/v1/responses", self.responses)
+        self.responses_by_id: dict[str, str] = {}
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
@@ -198,6 +201,106 @@ class FakeUpstream:
                 b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
             )
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json(loads=orjson.loads)
+        self.requests.append(body)
+        items = body.get("input")
+        text = items if isinstance(items, str) else ""
+        if isinstance(items, list):
+            for item in items:
+                content = item.get("content") if isinstance(item, dict) else None
+                if isinstance(content, str):
+                    text = content
+                elif item.get("type") == "function_call_output":
+                    text = f"tool said {item.get('output')}"
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.responses_by_id:
+            err = {
+                "error": {
+                    "message": "Previous response not found.",
+                    "type": "invalid_request_error",
+                    "param": "previous_response_id",
+                    "code": None,
+                }
+            }
+            return web.json_response(err, status=400)
+        rid = f"resp_native_{len(self.responses_by_id) + 1}"
+        answer = f"native: {_MARK.sub('', text).strip()}"
+        if previous is not None:
+            answer += f" (after {previous})"
+        self.responses_by_id[rid] = answer
+        words = answer.split(" ")
+        usage = {
+            "input_tokens": _words(items),
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": len(words),
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": _words(items) + len(words),
+        }
+        message = {
+            "type": "message",
+            "id": "msg_native",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": answer, "annotations": []}],
+        }
+        final = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body.get("model"),
+            "output": [message],
+            "usage": usage,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "metadata": {},
+            "parallel_tool_calls": True,
+            "temperature": None,
+            "top_p": None,
+            "tool_choice": "auto",
+            "tools": [],
+            "previous_response_id": previous,
+            "text": {"format": {"type": "text"}},
+            "reasoning": {"effort": None, "summary": None},  # an item chat has no word for
+        }
+        if not body.get("stream"):
+            return web.json_response(final, dumps=lambda o: orjson.dumps(o).decode())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        seq = 0
+
+        async def emit(kind: str, **data: Any) -> None:
+            nonlocal seq
+            payload = orjson.dumps({"type": kind, "sequence_number": seq, **data})
+            seq += 1
+            await resp.write(f"event: {kind}\n".encode() + b"data: " + payload + b"\n\n")
+
+        shell = {**final, "status": "in_progress", "output": [], "usage": None}
+        await emit("response.created", response=shell)
+        await emit(
+            "response.output_item.added",
+            output_index=0,
+            item={**message, "status": "in_progress", "content": []},
+        )
+        part = {"type": "output_text", "text": "", "annotations": []}
+        ids = {"item_id": "msg_native", "output_index": 0, "content_index": 0}
+        await emit("response.content_part.added", part=part, **ids)
+        for k, word in enumerate(words):
+            await emit(
+                "response.output_text.delta",
+                delta=word if k == 0 else " " + word,
+                logprobs=[],
+                **ids,
+            )
+        await emit("response.output_text.done", text=answer, logprobs=[], **ids)
+        await emit("response.content_part.done", part={**part, "text": answer}, **ids)
+        await emit("response.output_item.done", output_index=0, item=message)
+        await emit("response.completed", response=final)
         await resp.write_eof()
         return resp
 

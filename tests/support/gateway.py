@@ -35,7 +35,11 @@ models:
                    price: {input_per_million: "0.01", output_per_million: "0.02"}}
   student-slow: {model: openai/slow-student, api_base: "%(up)s",
                  price: {input_per_million: "0.01", output_per_million: "0.02"}}
+  native-responses: {model: openai/gpt-4o, api_base: "%(up)s", responses_api: true}
 routes:
+  - name: native
+    match: {models: [native-responses]}
+    teacher: native-responses
   - name: promoted
     match: {models: [promoted]}
     teacher: teacher
