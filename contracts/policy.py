@@ -178,8 +178,8 @@ class RateLimit(_Strict):
     tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
-Entity = Literal["email", "phone", "card", "iban", "national_id", "secret"]
-_ENTITIES: tuple[Entity, ...] = ("email", "phone", "card", "iban", "national_id", "secret")
+Entity = Literal["email", "phone", "card", "iban", "national_id", "secret", "ip"]
+_ENTITIES: tuple[Entity, ...] = ("email", "phone", "card", "iban", "national_id", "secret", "ip")
 
 
 class Rail(_Strict):

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from contracts.errors import ApiError
 from contracts.states import RowStatus
 from gateway.context import RequestContext
-from gateway.guardrails.detectors import ENTITIES
+from gateway.guardrails.pii import ENTITIES
 from gateway.state import GatewayState
 from gateway.upstream import UpstreamError
 

@@ -6,15 +6,9 @@ import re
 
 import pytest
 
-from gateway.guardrails.detectors import (
-    JAILBREAK_PATTERNS,
-    find_pii,
-    iban_ok,
-    luhn_ok,
-    mask,
-    topic_patterns,
-)
+from gateway.guardrails.detectors import JAILBREAK_PATTERNS, topic_patterns
 from gateway.guardrails.engine import _mask_segments, _segments, _with_texts
+from gateway.guardrails.pii import find_pii, iban_ok, luhn_ok, mask
 
 
 def _entities(text: str) -> list[tuple[str, str]]:
@@ -31,7 +25,20 @@ def _entities(text: str) -> list[tuple[str, str]]:
         ("Pay to DE89 3704 0044 0532 0130 00 today", [("iban", "DE89 3704 0044 0532 0130 00")]),
         ("GB82WEST12345698765432", [("iban", "GB82WEST12345698765432")]),
         ("Call +44 20 7946 0958 after 5", [("phone", "+44 20 7946 0958")]),
-        ("US office: (555) 123-4567", [("phone", "(555) 123-4567")]),
+        # (555 is a fictional area code; libphonenumber knows it is not a real number.)
+        ("US office: (415) 555-2671", [("phone", "(415) 555-2671")]),
+        # Found before only in part (the public-corpus run in the guardrails issue):
+        ("UK mobile 07700 063 966 after six", [("phone", "07700 063 966")]),
+        ("Berlin office 030 12345678", [("phone", "030 12345678")]),
+        ("Diners 3056 9309 0259 04 on file", [("card", "3056 9309 0259 04")]),
+        ("JCB 2131 0000 0000 001 expires", [("card", "2131 0000 0000 001")]),
+        ("Maestro 6759 6498 2648 please", [("card", "6759 6498 2648")]),
+        ("UnionPay 6212 3456 7890 1232", [("card", "6212 3456 7890 1232")]),
+        ("iban de89 3704 0044 0532 0130 00 (lower case)", [("iban", "de89 3704 0044 0532 0130 00")]),
+        ("server 192.168.1.10 is down", [("ip", "192.168.1.10")]),
+        ("v6 2001:db8::1 too", [("ip", "2001:db8::1")]),
+        ("DNI 12345678Z", [("national_id", "12345678Z")]),
+        ("CF RSSMRA85T10A562S", [("national_id", "RSSMRA85T10A562S")]),
         ("SSN 123-45-6789 on the form", [("national_id", "123-45-6789")]),
         ("NI number AB 12 34 56 C", [("national_id", "AB 12 34 56 C")]),
         (
@@ -59,6 +66,9 @@ def test_pii_found(text: str, found: list[tuple[str, str]]) -> None:
         "SSN 000-12-3456 is not valid",  # area 000 is never issued
         "Use the sk- prefix for keys",  # no key after the prefix
         "Room 555-1234",  # 7 digits: too short for a phone
+        "Release 1.2.3.4.5 of the app",  # five dotted parts: not an IP address
+        "Address 300.1.2.3 is not one",  # an octet over 255
+        "DNI 12345678A",  # wrong check letter
     ],
 )
 def test_pii_not_found(text: str) -> None:

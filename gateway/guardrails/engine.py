@@ -20,8 +20,9 @@ from typing import Any
 
 from contracts.model_config import ModelConfig
 from contracts.policy import Guardrails, PolicySet, Rail
-from gateway.guardrails.detectors import JAILBREAK_PATTERNS, Span, find_pii, mask, topic_patterns
+from gateway.guardrails.detectors import JAILBREAK_PATTERNS, topic_patterns
 from gateway.guardrails.nemo import NemoRails
+from gateway.guardrails.pii import Span, find_pii, mask
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from contracts.model_config import ModelConfig
-from gateway.guardrails.detectors import find_pii
+from gateway.guardrails.pii import find_pii
 
 log = logging.getLogger("flywheel.guardrails")
 

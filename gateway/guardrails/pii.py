@@ -1,0 +1,177 @@
+"""PII and secrets: where they are in a text, and the text with them masked.
+
+Candidates come from patterns; well-kept libraries decide where a pattern alone would be
+wrong: `phonenumbers` (Google's libphonenumber) finds and validates phone numbers in every
+national format of the regions in `PHONE_REGIONS` and any number written with a `+`
+country code; `python-stdnum` validates IBANs of every country in any case (ISO 13616),
+Luhn for cards, and national ids (Spanish DNI/NIE, Italian codice fiscale, French NIR; US
+SSN and UK NINO by their issuing rules). Cards pass Luhn and carry the prefix and length of a card network (Visa,
+Mastercard, Amex, Discover, Diners, JCB, Maestro, UnionPay, Mir, RuPay, Troy). IP addresses
+are their own entity (`ip`), never a phone. E-mail addresses need a real domain.
+
+Invariant: `find_pii(text)` returns non-overlapping spans sorted by start, and `mask`
+replaces exactly those spans, so masked text never contains a detected value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from stdnum import iban as std_iban
+from stdnum import luhn
+from stdnum.es import dni, nie
+from stdnum.fr import nir
+from stdnum.it import codicefiscale
+
+ENTITIES = ("email", "phone", "card", "iban", "national_id", "secret", "ip")
+
+# Regions whose national formats (no `+` prefix) are recognised; numbers written with a
+# country code are found whatever the region.
+PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "AU", "BR")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start: int
+    end: int
+    entity: str
+
+
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
+_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){11,18}\d(?![\d-])")
+_IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?\b")
+_SSN = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+_NINO = re.compile(r"\b[A-Za-z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-Da-d]\b")
+# HMRC's rules for a NINO's two letters (stdnum has no UK NINO module).
+_NINO_PREFIX = re.compile(r"(?![DFIQUV])[A-CEGHJ-PR-TW-Z](?![DFIQUVO])[A-CEGHJ-NPR-TW-Z]")
+_DNI = re.compile(r"\b(?:\d{8}|[XYZxyz]\d{7})-?[A-Za-z]\b")
+_CODICE = re.compile(r"\b[A-Za-z]{6}\d{2}[A-Za-z]\d{2}[A-Za-z]\d{3}[A-Za-z]\b")
+_NIR = re.compile(r"\b[12] ?\d{2} ?\d{2} ?(?:\d{2}|2[AB]) ?\d{3} ?\d{3} ?\d{2}\b")
+_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
+_SECRET = re.compile(
+    r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"
+    r"|AKIA[0-9A-Z]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|(?i:(?:api[_-]?key|secret|token|password|passwd)[\"']?\s*[:=]\s*[\"']?)"
+    r"[A-Za-z0-9_\-/+=]{12,}"
+)
+_ENOUGH_DIGITS = re.compile(r"(?:\d\D{0,3}){7}")
+
+
+def luhn_ok(digits: str) -> bool:
+    return luhn.is_valid(digits)
+
+
+def _card_network(digits: str) -> bool:
+    """A card network's issuer prefix and a length it issues."""
+    n = len(digits)
+    two, three, four = int(digits[:2]), int(digits[:3]), int(digits[:4])
+    return (
+        (digits[0] == "4" and n in (13, 16, 19))  # Visa
+        or ((51 <= two <= 55 or 2221 <= four <= 2720) and n == 16)  # Mastercard
+        or (two in (34, 37) and n == 15)  # Amex
+        or ((four == 6011 or 644 <= three <= 649 or two == 65) and 16 <= n <= 19)  # Discover
+        or ((300 <= three <= 305 or two in (36, 38, 39)) and 14 <= n <= 19)  # Diners
+        or (3528 <= four <= 3589 and 16 <= n <= 19)  # JCB
+        or (four in (1800, 2131) and n == 15)  # JCB, 15 digits
+        or ((two == 50 or 56 <= two <= 69) and 12 <= n <= 19)  # Maestro, UnionPay, RuPay
+        or (2200 <= four <= 2204 and 16 <= n <= 19)  # Mir
+        or (four == 9792 and n == 16)  # Troy
+    )
+
+
+def iban_ok(raw: str) -> bool:
+    return std_iban.is_valid(raw.upper())
+
+
+def _nino_ok(value: str) -> bool:
+    return bool(_NINO_PREFIX.match(value))
+
+
+def _national_id_spans(text: str) -> list[Span]:
+    spans = [Span(m.start(), m.end(), "national_id") for m in _SSN.finditer(text)]
+    checks = ((_NINO, _nino_ok), (_CODICE, codicefiscale.is_valid), (_NIR, nir.is_valid))
+    for pattern, valid in checks:
+        spans += [
+            Span(m.start(), m.end(), "national_id")
+            for m in pattern.finditer(text)
+            if valid(m.group().upper())
+        ]
+    for m in _DNI.finditer(text):
+        value = m.group().upper()
+        if (nie if value[0] in "XYZ" else dni).is_valid(value):
+            spans.append(Span(m.start(), m.end(), "national_id"))
+    return spans
+
+
+def _ip_spans(text: str) -> list[Span]:
+    spans = []
+    for m in [*_IPV4.finditer(text), *_IPV6.finditer(text)]:
+        try:
+            ipaddress.ip_address(m.group())
+        except ValueError:
+            continue
+        spans.append(Span(m.start(), m.end(), "ip"))
+    return spans
+
+
+def _phone_spans(text: str, ips: list[Span]) -> list[Span]:
+    if not _ENOUGH_DIGITS.search(text):
+        return []  # cheap exit: no phone has fewer than seven digits
+    found: dict[tuple[int, int], Span] = {}
+    for region in PHONE_REGIONS:
+        for match in phonenumbers.PhoneNumberMatcher(text, region):
+            key = (match.start, match.end)
+            if key not in found and not any(
+                s.start < match.end and match.start < s.end for s in ips
+            ):
+                found[key] = Span(match.start, match.end, "phone")
+    return list(found.values())
+
+
+def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> list[Span]:
+    """Every PII/secret span in `text`, without overlaps (the earlier, longer one wins)."""
+    spans: list[Span] = []
+    want = set(entities)
+    if "secret" in want:
+        spans += [Span(m.start(), m.end(), "secret") for m in _SECRET.finditer(text)]
+    if "email" in want:
+        spans += [Span(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
+    if "iban" in want:
+        spans += [
+            Span(m.start(), m.end(), "iban") for m in _IBAN.finditer(text) if iban_ok(m.group())
+        ]
+    if "card" in want:
+        for m in _CARD.finditer(text):
+            digits = re.sub(r"\D", "", m.group())
+            if _card_network(digits) and luhn_ok(digits):
+                spans.append(Span(m.start(), m.end(), "card"))
+    if "national_id" in want:
+        spans += _national_id_spans(text)
+    ips = _ip_spans(text) if ("ip" in want or "phone" in want) else []
+    if "ip" in want:
+        spans += ips
+    if "phone" in want:
+        spans += _phone_spans(text, ips)
+    spans.sort(key=lambda s: (s.start, -(s.end - s.start)))
+    out: list[Span] = []
+    for span in spans:
+        if not out or span.start >= out[-1].end:
+            out.append(span)
+    return out
+
+
+def mask(text: str, spans: list[Span]) -> str:
+    parts, last = [], 0
+    for s in spans:
+        parts.append(text[last : s.start])
+        parts.append(f"[{s.entity.upper()}]")
+        last = s.end
+    parts.append(text[last:])
+    return "".join(parts)
