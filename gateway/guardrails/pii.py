@@ -5,9 +5,10 @@ wrong: `phonenumbers` (Google's libphonenumber) finds and validates phone number
 national format of the regions in `PHONE_REGIONS` and any number written with a `+`
 country code; `python-stdnum` validates IBANs of every country in any case (ISO 13616),
 Luhn for cards, and national ids (Spanish DNI/NIE, Italian codice fiscale, French NIR; US
-SSN and UK NINO by their issuing rules). Cards pass Luhn and carry the prefix and length of a card network (Visa,
-Mastercard, Amex, Discover, Diners, JCB, Maestro, UnionPay, Mir, RuPay, Troy). IP addresses
-are their own entity (`ip`), never a phone. E-mail addresses need a real domain.
+SSN and UK NINO by their issuing rules). Cards pass Luhn and carry the prefix and length
+of a card network (Visa, Mastercard, Amex, Discover, Diners, JCB, Maestro, UnionPay, Mir,
+RuPay, Troy). IP addresses are their own entity (`ip`), never a phone. E-mail addresses
+need a real domain.
 
 Invariant: `find_pii(text)` returns non-overlapping spans sorted by start, and `mask`
 replaces exactly those spans, so masked text never contains a detected value.
