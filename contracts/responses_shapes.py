@@ -2,7 +2,8 @@
 
 A Responses request becomes the chat request every upstream (teacher, student, vLLM,
 litellm provider) speaks; the chat answer becomes a Responses object, and a chat stream the
-Responses event stream (`response.created` ... `response.completed`). The gateway logs the
+Responses event stream (`response.created` ... `response.completed`, in
+`contracts/responses_events.py`). The gateway logs the
 chat form, so the distiller learns from a Responses request exactly as from a chat one.
 
 Invariant: pure functions of JSON values; a request this cannot express in chat terms is an
@@ -171,7 +172,7 @@ def request_id_of(resp_id: str) -> str | None:
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
-def _usage(usage: Any) -> dict[str, Any] | None:
+def usage_of(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
     i, o = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -184,7 +185,7 @@ def _usage(usage: Any) -> dict[str, Any] | None:
     }
 
 
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
     return {
         "type": "message",
         "id": item_id,
@@ -194,7 +195,7 @@ def _message_item(item_id: str, text: str, status: str = "completed") -> dict[st
     }
 
 
-def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+def call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
     fn = call.get("function") or {}
     return {
         "type": "function_call",
@@ -206,7 +207,7 @@ def _call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any
     }
 
 
-def _envelope(
+def envelope(
     rid: str, body: dict[str, Any], status: str, output: list[dict[str, Any]], usage: Any
 ) -> dict[str, Any]:
     text_format = (
@@ -241,181 +242,10 @@ def from_chat(answer: dict[str, Any], body: dict[str, Any], request_id: str) -> 
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     if message.get("content"):
-        output.append(_message_item("msg_" + rid[5:], str(message["content"])))
-    output += [_call_item(c) for c in message.get("tool_calls") or []]
+        output.append(message_item("msg_" + rid[5:], str(message["content"])))
+    output += [call_item(c) for c in message.get("tool_calls") or []]
     status = "incomplete" if choice.get("finish_reason") == "length" else "completed"
-    out = _envelope(rid, body, status, output, _usage(answer.get("usage")))
+    out = envelope(rid, body, status, output, usage_of(answer.get("usage")))
     if status == "incomplete":
         out["incomplete_details"] = {"reason": "max_output_tokens"}
     return out
-
-
-class StreamTranslator:
-    """Chat completion chunks in, Responses events out (one translator per stream)."""
-
-    def __init__(self, body: dict[str, Any], request_id: str) -> None:
-        self.body = body
-        self.rid = response_id(request_id)
-        self.msg_id = "msg_" + self.rid[5:]
-        self.seq = 0
-        self.text = ""
-        self.text_open = False
-        self.calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> item
-        self.order: list[tuple[str, Any]] = []  # ("text", None) | ("call", index)
-        self.usage: Any = None
-        self.finish = ""
-
-    def _event(self, kind: str, **data: Any) -> bytes:
-        payload = {"type": kind, "sequence_number": self.seq, **data}
-        self.seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-
-    def start(self) -> list[bytes]:
-        shell = _envelope(self.rid, self.body, "in_progress", [], None)
-        return [
-            self._event("response.created", response=shell),
-            self._event("response.in_progress", response=shell),
-        ]
-
-    def _index(self, kind: str, key: Any) -> int:
-        return self.order.index((kind, key))
-
-    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        out: list[bytes] = []
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if not self.text_open:
-                    self.text_open = True
-                    self.order.append(("text", None))
-                    idx = self._index("text", None)
-                    out.append(
-                        self._event(
-                            "response.output_item.added",
-                            output_index=idx,
-                            item=_message_item(self.msg_id, "", "in_progress") | {"content": []},
-                        )
-                    )
-                    out.append(
-                        self._event(
-                            "response.content_part.added",
-                            item_id=self.msg_id,
-                            output_index=idx,
-                            content_index=0,
-                            part={"type": "output_text", "text": "", "annotations": []},
-                        )
-                    )
-                self.text += delta["content"]
-                out.append(
-                    self._event(
-                        "response.output_text.delta",
-                        item_id=self.msg_id,
-                        output_index=self._index("text", None),
-                        content_index=0,
-                        delta=delta["content"],
-                        logprobs=[],
-                    )
-                )
-            for call in delta.get("tool_calls") or []:
-                out += self._call_delta(call)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
-        return out
-
-    def _call_delta(self, call: dict[str, Any]) -> list[bytes]:
-        i = int(call.get("index", 0))
-        fn = call.get("function") or {}
-        out = []
-        if i not in self.calls:
-            item = _call_item(
-                {"id": call.get("id", f"call_{i}"), "function": {"name": fn.get("name", "")}},
-                "in_progress",
-            )
-            item["arguments"] = ""
-            self.calls[i] = item
-            self.order.append(("call", i))
-            out.append(
-                self._event(
-                    "response.output_item.added", output_index=self._index("call", i), item=item
-                )
-            )
-        item = self.calls[i]
-        if fn.get("arguments"):
-            item["arguments"] += fn["arguments"]
-            out.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=self._index("call", i),
-                    delta=fn["arguments"],
-                )
-            )
-        return out
-
-    def _output(self) -> list[dict[str, Any]]:
-        items = []
-        for kind, key in self.order:
-            items.append(
-                _message_item(self.msg_id, self.text)
-                if kind == "text"
-                else {**self.calls[key], "status": "completed"}
-            )
-        return items
-
-    def finish_events(self) -> list[bytes]:
-        out: list[bytes] = []
-        for idx, (kind, key) in enumerate(self.order):
-            if kind == "text":
-                part = {"type": "output_text", "text": self.text, "annotations": []}
-                common = {"item_id": self.msg_id, "output_index": idx, "content_index": 0}
-                out.append(
-                    self._event("response.output_text.done", text=self.text, logprobs=[], **common)
-                )
-                out.append(self._event("response.content_part.done", part=part, **common))
-                out.append(
-                    self._event(
-                        "response.output_item.done",
-                        output_index=idx,
-                        item=_message_item(self.msg_id, self.text),
-                    )
-                )
-            else:
-                item = {**self.calls[key], "status": "completed"}
-                out.append(
-                    self._event(
-                        "response.function_call_arguments.done",
-                        item_id=item["id"],
-                        output_index=idx,
-                        arguments=item["arguments"],
-                        name=item["name"],
-                    )
-                )
-                out.append(self._event("response.output_item.done", output_index=idx, item=item))
-        status = "incomplete" if self.finish == "length" else "completed"
-        final = _envelope(self.rid, self.body, status, self._output(), _usage(self.usage))
-        if status == "incomplete":
-            final["incomplete_details"] = {"reason": "max_output_tokens"}
-        kind = "response.incomplete" if status == "incomplete" else "response.completed"
-        out.append(self._event(kind, response=final))
-        return out
-
-    def error(self, error: dict[str, Any]) -> list[bytes]:
-        """An upstream failure mid-stream: `error`, then `response.failed`."""
-        failed = _envelope(self.rid, self.body, "failed", self._output(), _usage(self.usage))
-        failed["error"] = {
-            "code": error.get("code") or "server_error",
-            "message": error.get("message", ""),
-        }
-        return [
-            self._event(
-                "error",
-                code=error.get("code"),
-                message=error.get("message", ""),
-                param=error.get("param"),
-            ),
-            self._event("response.failed", response=failed),
-        ]

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from contracts import anthropic_shapes, responses_native, responses_shapes
+from contracts import anthropic_shapes, responses_events, responses_native, responses_shapes
 from contracts.errors import ApiError
 from contracts.model_config import ModelConfig
 from gateway.auth import Principal
@@ -244,7 +244,7 @@ class Responses(_Translated):
 
     def _translator(self, request_id: str) -> Any:
         return _Remembering(
-            self, responses_shapes.StreamTranslator(self.body, request_id), request_id
+            self, responses_events.StreamTranslator(self.body, request_id), request_id
         )
 
 
@@ -252,7 +252,7 @@ class _Remembering:
     """A Responses stream translator that keeps the finished conversation."""
 
     def __init__(
-        self, surface: Responses, inner: responses_shapes.StreamTranslator, request_id: str
+        self, surface: Responses, inner: responses_events.StreamTranslator, request_id: str
     ) -> None:
         self.surface, self.inner, self.request_id = surface, inner, request_id
         self.start, self.chunk, self.error = inner.start, inner.chunk, inner.error
