@@ -218,6 +218,16 @@ class Guardrails(_Strict):
     refusal_message: str = "I can't help with that request."
 
 
+class Cache(_Strict):
+    """Exact-match response cache for a route: a repeated request (same model, messages,
+    tools, response_format and sampling parameters) is answered without an upstream call.
+    Only `temperature: 0` requests (and embeddings) are cached, or a request that opts in
+    with the header `x-flywheel-cache: allow`; `x-flywheel-cache: skip` bypasses it."""
+
+    ttl_s: float = Field(default=3600.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+
+
 class Route(_Strict):
     name: str
     match: Match = Field(default_factory=Match)
@@ -230,6 +240,7 @@ class Route(_Strict):
     escalation: Escalation = Field(default_factory=Escalation)
     retries: Retries = Field(default_factory=Retries)
     rate_limit: RateLimit | None = None
+    cache: Cache | None = Field(default=None, description="off unless given")
     guardrails: Guardrails = Field(default_factory=Guardrails)
     training: Training = Field(default_factory=Training, description="read by the distiller")
 

@@ -26,7 +26,7 @@ SERVING_STATES: tuple[CandidateState, ...] = ("canary", "promoted")
 
 # Who answered a row: the route's teacher, a candidate student, a backup after the teacher
 # failed, or (on `shadow` rows) the shadowed candidate.
-ServedBy = Literal["teacher", "student", "fallback", "shadow"]
+ServedBy = Literal["teacher", "student", "fallback", "shadow", "cache"]
 
 # What a row is: a user's request, or one of the flywheel's own calls made for it.
 RowKind = Literal[

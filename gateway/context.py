@@ -39,6 +39,7 @@ class RequestContext:
     streaming: bool = False  # a streamed response owns finishing from here on
     unrecorded: bool = False  # the journal could not take the row: withhold the answer
     surface: Surface | None = None  # the API the client speaks (translated at the edge)
+    cache_key: str = ""  # set when this request may be answered from / stored in the cache
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:

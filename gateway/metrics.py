@@ -56,6 +56,9 @@ class GatewayMetrics:
             ["table"],
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "flywheel_cache_lookups", "Response cache lookups", ["route", "result"], registry=r
+        )
         self.thread_restarts = Counter(
             "flywheel_thread_restarts",
             "Background threads found dead and restarted",

@@ -22,6 +22,7 @@ from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
 from gateway import dispatch
 from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
+from gateway.caching import cache_lookup, cache_store
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
 from gateway.outcome import fail, failed_upstream, internal_error, reject, unrecordable
@@ -151,6 +152,9 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
         verdict = await guard_input(ctx)
         if verdict is not None:
             return blocked(ctx, verdict)
+    cached = cache_lookup(ctx, request.headers.get("x-flywheel-cache", ""))
+    if cached is not None:
+        return await _answer_from_cache(ctx, cached)
     if ctx.chosen.shadow is not None:
         dispatch.spawn(state, dispatch.shadow(ctx))
     if rec.is_stream and ctx.endpoint == "chat.completions" and _checks_before_sending(ctx):
@@ -194,8 +198,26 @@ async def _answer_whole(ctx: RequestContext) -> Response:
             return blocked(ctx, verdict)
     out = orjson.dumps(data)
     ctx.finish("ok", 200)
+    cache_store(ctx, rec.response)
     maybe_audit(ctx, ctx.upstream_body, rec.response)
     return Response(out, media_type="application/json", headers=ctx.headers)
+
+
+async def _answer_from_cache(ctx: RequestContext, answer: dict[str, Any]) -> Response:
+    """A cache hit: no upstream call; output checks still run on the answer."""
+    rec = ctx.record
+    if rec.is_stream and ctx.endpoint == "chat.completions":
+        return await checked_stream(ctx, answer)
+    if ctx.endpoint != "embeddings":
+        answer["id"] = rec.request_id
+    rec.response = answer
+    if ctx.endpoint == "chat.completions":
+        answer, verdict = await checked(ctx, answer)
+        rec.response = answer
+        if verdict is not None:
+            return blocked(ctx, verdict)
+    ctx.finish("ok", 200)
+    return Response(orjson.dumps(answer), media_type="application/json", headers=ctx.headers)
 
 
 def _novelty_escalation(ctx: RequestContext) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from contracts.prompt_index import PromptIndex
 from gateway.auth import KeyRing
+from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.dashboard.session import Sessions
 from gateway.log_writer import LogWriter
@@ -38,5 +39,6 @@ class GatewayState:
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
     conversations: Conversations = field(default_factory=Conversations)
+    cache: ResponseCache = field(default_factory=ResponseCache)
     # (route, candidate) -> (dataset id, index of its training prompts)
     prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from contracts.openai_shapes import DONE, assemble_chat, event_json, is_usage_only, without_stream
 from gateway import dispatch
+from gateway.caching import cache_store
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_output
 from gateway.outcome import failed_upstream, status_of, unrecordable, upstream_error
@@ -77,12 +78,13 @@ async def relay_stream(ctx: RequestContext) -> Response:
     )
 
 
-async def checked_stream(ctx: RequestContext) -> Response:
+async def checked_stream(ctx: RequestContext, cached: dict[str, Any] | None = None) -> Response:
+    """The whole answer first (from the upstream, or the cache), checked, then streamed."""
     rec = ctx.record
     plain = without_stream(ctx.upstream_body)
     t_call = time.perf_counter()
     try:
-        answer = orjson.loads(await dispatch.call(ctx, plain))
+        answer = cached if cached is not None else orjson.loads(await dispatch.call(ctx, plain))
     except (UpstreamError, orjson.JSONDecodeError) as e:
         uerr = e if isinstance(e, UpstreamError) else UpstreamError("http", "not JSON", 502)
         return failed_upstream(ctx, uerr, t_call)
@@ -151,6 +153,8 @@ async def _relay(
     if ctx.unrecorded:
         yield b"data: " + orjson.dumps(unrecordable(ctx.state).body()) + b"\n\n"
         return
+    if status == "ok":
+        cache_store(ctx, assemble_chat(events)[0])
     if done:
         yield DONE + b"\n\n"
     if after is not None and status == "ok":

@@ -67,6 +67,16 @@ routes:
     match: {models: [limited]}
     teacher: teacher
     rate_limit: {requests_per_minute: 3}
+  - name: cached
+    match: {models: [cached]}
+    teacher: teacher
+    cache: {ttl_s: 1.5, max_entries: 100}
+  - name: cached-logmask
+    match: {models: [cached-logmask]}
+    teacher: teacher
+    cache: {}
+    guardrails:
+      input: [{rail: pii, action: mask, mask_upstream: false}]
   - name: paced
     match: {models: [paced]}
     teacher: teacher
