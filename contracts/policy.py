@@ -176,6 +176,11 @@ class Retries(_Strict):
 class RateLimit(_Strict):
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    when_redis_down: Literal["open", "closed"] = Field(
+        default="open",
+        description="with `redis.url` set: admit (open) or refuse with 503 (closed) while the "
+        "shared buckets cannot be read",
+    )
 
 
 Entity = Literal["email", "phone", "card", "iban", "national_id", "secret", "ip"]

@@ -130,3 +130,4 @@ class GatewayThread:
     def stop(self, timeout_s: float = 60) -> None:
         self.server.should_exit = True
         self.thread.join(timeout_s)
+        self.state.store.close()  # its embedded engine's path is free for the next owner

@@ -28,6 +28,7 @@ from contracts import anthropic_shapes
 from contracts.errors import ApiError
 from gateway import admin, models_api, openai_api, openapi
 from gateway.auth import KeyRing
+from gateway.budgets import BudgetBook
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
@@ -38,6 +39,8 @@ from gateway.journal import Journal
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyReloader, build_router
+from gateway.rate_limit import RateLimiter
+from gateway.redis_link import RedisLink
 from gateway.state import GatewayState
 from gateway.upstream import Upstreams
 from store import Store, StoreUnavailable, server_store
@@ -61,11 +64,17 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
     keys = KeyRing(config)
     metrics_ = GatewayMetrics()
     store = store or server_store(config.clickhouse_dsn, config.clickhouse.timeout_s)
+    link = (
+        RedisLink(config.redis.url, config.redis.timeout_s)
+        if config.redis is not None and config.redis.url
+        else None
+    )
     journal = (
         Journal(config.journal_dir, config.log.journal_segment_bytes)
         if config.log.journal
         else None
     )
+    metrics_.redis_up.set_function(lambda: 1 if link is None or link.ok else 0)
     return GatewayState(
         config=config,
         keys=keys,
@@ -75,6 +84,9 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
         writer=LogWriter(store, journal, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
         sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
+        limiter=RateLimiter(link),
+        budgets=BudgetBook(config.budgets, link),
+        redis=link,
     )
 
 
@@ -141,6 +153,10 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
         except StoreUnavailable as e:
             log.warning("ClickHouse unavailable at start, rows wait in the journal: %s", e)
         await state.upstreams.start(state.router.policies.models)
+        try:
+            await state.budgets.seed(state.store)
+        except StoreUnavailable as e:
+            log.warning("budgets not seeded from ClickHouse (unavailable): %s", e)
         state.writer.start()
         reloader = PolicyReloader(state)
         reloader.mark_loaded(state.router)
@@ -164,6 +180,8 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
                 await asyncio.wait(state.background, timeout=10)
             await asyncio.to_thread(state.writer.close)
             await state.upstreams.close()
+            if state.redis is not None:
+                await state.redis.close()
             if state.router.nemo is not None:
                 await state.router.nemo.stop()
 
@@ -184,6 +202,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/api/me", dashboard_api.get_me, methods=["GET"]),
             Route("/admin/api/finance", dashboard_api.get_finance, methods=["GET"]),
+            Route("/admin/api/budgets", dashboard_api.get_budgets, methods=["GET"]),
             Route("/admin/api/routes", dashboard_api.get_routes, methods=["GET"]),
             Route("/admin/api/candidates", dashboard_api.get_candidates, methods=["GET"]),
             Route("/admin/api/history", dashboard_api.get_history, methods=["GET"]),

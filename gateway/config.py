@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
+from contracts.budgets import Budget
 from contracts.model_config import ModelConfig, PriceOverride, Strict
 from contracts.policy import PolicySet, Route, load_policies
 from contracts.yaml_source import (
@@ -155,6 +156,14 @@ class LogConfig(Strict):
     )
 
 
+class RedisConfig(Strict):
+    """Redis or Valkey for state shared by workers and replicas: rate-limit buckets and
+    budget counters (without it they live in each gateway process)."""
+
+    url: str = Field(description="e.g. redis://127.0.0.1:6379/0; empty: off")
+    timeout_s: float = Field(default=0.5, gt=0, description="per call; slower counts as down")
+
+
 class RouterConfig(Strict):
     policy_reload_s: float = Field(default=1.0, gt=0, description="how often files are checked")
     state_refresh_s: float = Field(
@@ -185,6 +194,10 @@ class GatewayConfig(Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     clickhouse: ClickHouseConfig = Field(default_factory=ClickHouseConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    redis: RedisConfig | None = None
+    budgets: list[Budget] = Field(
+        default_factory=list, description="spend budgets per key, app, team or route"
+    )
     router: RouterConfig = Field(default_factory=RouterConfig)
     distiller: DistillerConfig = Field(default_factory=DistillerConfig)
     students: StudentsConfig = Field(default_factory=StudentsConfig)

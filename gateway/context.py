@@ -17,6 +17,7 @@ from uuid_utils import uuid7
 from contracts.openai_shapes import event_json
 from contracts.states import RowStatus
 from gateway.auth import Principal
+from gateway.budgets import Reservation
 from gateway.guardrails.engine import RouteRails
 from gateway.request_log import Endpoint, RequestRecord
 from gateway.routing import Decision, Router
@@ -40,6 +41,7 @@ class RequestContext:
     unrecorded: bool = False  # the journal could not take the row: withhold the answer
     surface: Surface | None = None  # the API the client speaks (translated at the edge)
     cache_key: str = ""  # set when this request may be answered from / stored in the cache
+    reservation: Reservation | None = None  # cost held on the budgets covering it
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:
@@ -81,9 +83,6 @@ class RequestContext:
         self.finished = True
         rec = self.record
         rec.finish(status, http_status)
-        limit = self.decision.route.rate_limit if self.decision is not None else None
-        if limit is not None and limit.tokens_per_minute:
-            self.state.limiter.charge_tokens(rec.key_id, rec.route, usage_tokens(rec))
         m = self.state.metrics
         if status == "rejected":
             m.errors.labels(status).inc()
@@ -98,6 +97,19 @@ class RequestContext:
         refuse = writer.config.when_unrecordable == "refuse"
         if not writer.submit(rec, _withheld if refuse and status == "ok" else None):
             self.unrecorded = refuse
+        self._settle()
+
+    def _settle(self) -> None:
+        """Shared counters learn what the request really used (in the background: they may
+        live in Redis): the route's token bucket and the budgets' held estimate."""
+        state, rec = self.state, self.record
+        limit = self.decision.route.rate_limit if self.decision is not None else None
+        if limit is not None and limit.tokens_per_minute:
+            state.spawn(
+                state.limiter.charge_tokens(rec.key_id, rec.route, limit, usage_tokens(rec))
+            )
+        if self.reservation is not None:
+            state.spawn(state.budgets.settle(self.reservation, rec.cost_nano))
 
 
 def _withheld(rec: RequestRecord) -> None:

@@ -8,7 +8,6 @@ not retried elsewhere. Shadow and audit calls never delay or alter the user's an
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -206,9 +205,7 @@ async def _confident_student(
 
 def spawn(state: GatewayState, coro: Awaitable[None]) -> None:
     """Run in the background, keeping a reference so the task is not collected mid-flight."""
-    task = asyncio.ensure_future(coro)
-    state.background.add(task)
-    task.add_done_callback(state.background.discard)
+    state.spawn(coro)  # type: ignore[arg-type]
 
 
 def _child(parent: RequestRecord, kind: RowKind, target: Target, reason: str) -> RequestRecord:

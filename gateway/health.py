@@ -33,9 +33,16 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
     probed = [v for v in upstreams.values() if v is not None]
     writer = state.writer
     pending = writer.backlog_rows()
+    redis = state.redis
+    if redis is not None:
+        try:
+            await redis.client.ping()
+            redis.ok, redis.error = True, ""
+        except Exception as e:  # any failure: down, and said so
+            redis.ok, redis.error = False, f"{type(e).__name__}: {e}"
     if writer.refusing or (probed and not any(probed)):
         status = "down"
-    elif not clickhouse_ok or pending or not all(probed):
+    elif not clickhouse_ok or pending or not all(probed) or (redis is not None and not redis.ok):
         status = "degraded"
     else:
         status = "ok"
@@ -53,6 +60,7 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
             "refusing_traffic": writer.refusing,
         },
         "upstreams": upstreams,
+        "redis": None if redis is None else {"ok": redis.ok, "error": redis.error},
     }
 
 

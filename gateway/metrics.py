@@ -56,6 +56,15 @@ class GatewayMetrics:
             ["table"],
             registry=r,
         )
+        self.budget_exceeded = Counter(
+            "flywheel_budget_exceeded",
+            "Requests past a budget: refused (hard) or flagged (soft)",
+            ["budget", "kind"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "flywheel_redis_up", "1 while shared state (Redis) answers, 0 when not", registry=r
+        )
         self.cache_lookups = Counter(
             "flywheel_cache_lookups", "Response cache lookups", ["route", "result"], registry=r
         )

@@ -22,6 +22,7 @@ from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
 from gateway import dispatch
 from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
+from gateway.budgets import estimate_nano
 from gateway.caching import cache_lookup, cache_store
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
@@ -141,8 +142,11 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
     if ctx.rails is not None:
         rec.mask_entities = ctx.rails.log_mask  # from here on, whatever the outcome
     ctx.headers.update(
-        state.limiter.admit(ctx.principal.key_id, decision.route.name, decision.route.rate_limit)
+        await state.limiter.admit(
+            ctx.principal.key_id, decision.route.name, decision.route.rate_limit
+        )
     )
+    await _reserve_budget(ctx, body)
     novelty = _novelty_escalation(ctx)
     if novelty is not None:
         ctx.decide(decision.escalate(novelty))
@@ -162,6 +166,20 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
     if rec.is_stream:
         return await relay_stream(ctx)
     return await _answer_whole(ctx)
+
+
+async def _reserve_budget(ctx: RequestContext, body: dict[str, Any]) -> None:
+    """Hold the request's estimated cost on its budgets (a hard one may refuse it)."""
+    book, p, route = ctx.state.budgets, ctx.principal, ctx.chosen.route.name
+    covering = book.covering(p.key_id, p.app, p.team, route)
+    if not covering:
+        return
+    price = ctx.router.prices.get(ctx.chosen.primary.model_name)
+    ctx.reservation = await book.reserve(covering, estimate_nano(price, body))
+    if ctx.reservation is not None and ctx.reservation.over:
+        ctx.record.budgets_over = ctx.reservation.over
+        for name in ctx.reservation.over:
+            ctx.state.metrics.budget_exceeded.labels(name, "soft").inc()
 
 
 def _checks_before_sending(ctx: RequestContext) -> bool:

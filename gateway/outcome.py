@@ -66,6 +66,8 @@ def reject(ctx: RequestContext, err: ApiError) -> Response:
         ctx.record.mask_entities = ENTITIES
     else:
         ctx.record.route_reason = f"rejected after routing: {err.code or err.status}"
+        if err.code == "insufficient_quota":
+            ctx.state.metrics.budget_exceeded.labels(err.message.split("`")[1], "hard").inc()
     return fail(ctx, err, "rejected")
 
 

@@ -158,6 +158,7 @@ class PolicyReloader:
                     await self.refresh_states()
                     next_states = time.monotonic() + cfg.state_refresh_s
                 self.state.writer.ensure_running()
+                await self.state.budgets.seed_pending(self.state.store)
             except Exception:
                 # The watcher outlives any bad edit or store failure; it says so and goes on.
                 log.exception("policy watcher pass failed; it goes on")

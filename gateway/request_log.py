@@ -72,6 +72,8 @@ class RequestRecord:
     mask_entities: tuple[str, ...] = ()  # masked out of the logged messages and answer
     parent_id: str = ""
     candidate: str = ""
+    budgets_over: list[str] = field(default_factory=list)  # soft budgets this request is past
+    cost_nano: int = 0  # what it cost, set when the row is finalised
 
     def finish(self, status: RowStatus | None = None, http_status: int | None = None) -> None:
         if status is not None:
@@ -104,6 +106,7 @@ class RequestRecord:
         tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
         tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         cost = _cost(prices, self.served_model, tokens_in, tokens_out)
+        self.cost_nano = int(cost * 1_000_000_000)
         # Shadow and audit calls are extra spend; only a user's request has a baseline.
         baseline = (
             _cost(prices, self.teacher_model, tokens_in, tokens_out)
@@ -156,6 +159,7 @@ class RequestRecord:
             "candidate": self.candidate,
             "confidence": self.confidence,
             "guardrail_flagged": self.guardrail_flagged,
+            "budgets_over": self.budgets_over,
         }
 
     def _answer(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

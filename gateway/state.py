@@ -7,17 +7,20 @@ and keeps that snapshot, so a swap never changes a decision half-way.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.prompt_index import PromptIndex
 from gateway.auth import KeyRing
+from gateway.budgets import BudgetBook
 from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.dashboard.session import Sessions
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
+from gateway.redis_link import RedisLink
 from gateway.routing import Router
 from gateway.surfaces import Conversations
 from gateway.upstream import Upstreams
@@ -35,6 +38,8 @@ class GatewayState:
     upstreams: Upstreams
     sessions: Sessions
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    budgets: BudgetBook = field(default_factory=lambda: BudgetBook([]))
+    redis: RedisLink | None = None
     policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
@@ -42,3 +47,9 @@ class GatewayState:
     cache: ResponseCache = field(default_factory=ResponseCache)
     # (route, candidate) -> (dataset id, index of its training prompts)
     prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run in the background, keeping a reference so the task is not collected."""
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)

@@ -95,6 +95,13 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+async def get_budgets(request: Request) -> Response:
+    """Each budget next to its spend: used, held for requests in flight, remaining, when
+    it resets and when it runs out at this period's rate."""
+    state, _ = _auth(request, *FINANCE_ROLES)
+    return _respond(request, {"budgets": await state.budgets.status()}, "budgets")
+
+
 async def get_finance(request: Request) -> Response:
     state, _ = _auth(request, *FINANCE_ROLES)
     f = Filters.from_query(request.query_params)

@@ -31,6 +31,7 @@ def serve_config(tmp: Path, upstream_url: str, **sections: Any) -> tuple[Path, i
         "routes": [{"name": "support", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"}],
     }
     config.update(sections)
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, port
