@@ -29,6 +29,7 @@ from contracts.errors import ApiError
 from gateway import admin, models_api, openai_api, openapi
 from gateway.auth import KeyRing
 from gateway.budgets import BudgetBook
+from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
@@ -86,6 +87,7 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
         sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
         limiter=RateLimiter(link),
         budgets=BudgetBook(config.budgets, link),
+        cache=ResponseCache(link),
         redis=link,
     )
 

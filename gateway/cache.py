@@ -6,8 +6,9 @@ misses. Only deterministic requests are cached (`temperature: 0`, embeddings) un
 client opts in (`x-flywheel-cache: allow`). A route that masks PII caches only answers with
 no PII in them, so the cache never holds raw personal data.
 
-Invariant: in memory, bounded (`max_entries` per route, least recently used out first) and
-expiring (`ttl_s`); entries are whole answers, copied out, never shared with a request.
+Invariant: bounded (`max_entries` per route, oldest out first) and expiring (`ttl_s`), in
+this process or in Redis; entries are whole answers, copied out, never shared with a
+request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from contracts.policy import Cache
+from gateway.redis_link import RedisLink, SharedStateDown
 
 # Fields that do not change the answer (or are the gateway's own).
 _NOT_IN_KEY = frozenset(
@@ -41,9 +43,53 @@ def cache_key(route: str, endpoint: str, body: dict[str, Any], opt_in: bool) -> 
     return hashlib.sha256(blob).hexdigest()
 
 
+# KEYS[1]: the entry, KEYS[2]: the route's index. ARGV: answer, ttl ms, max entries, now ms.
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local extra = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+if extra > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, extra - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1)
+  redis.call('DEL', unpack(old))
+end
+return 1
+"""
+
+
 class ResponseCache:
-    def __init__(self) -> None:
+    """In this process, or in Redis (shared by every worker and replica) when given a
+    link; a Redis that does not answer is a miss, never an error."""
+
+    def __init__(self, link: RedisLink | None = None) -> None:
+        self.link = link
         self._routes: dict[str, OrderedDict[str, tuple[float, dict[str, Any]]]] = {}
+
+    async def lookup(self, route: str, key: str) -> dict[str, Any] | None:
+        if self.link is None:
+            return self.get(route, key)
+        try:
+            raw = await self.link.client.get(f"fw:cache:{route}:{key}")
+        except Exception:  # down or slow: answer from the upstream instead
+            return None
+        return orjson.loads(raw) if raw else None
+
+    async def store(self, route: str, key: str, answer: dict[str, Any], policy: Cache) -> None:
+        if self.link is None:
+            self.put(route, key, answer, policy)
+            return
+        entry = f"fw:cache:{route}:{key}"
+        args = [
+            orjson.dumps(answer),
+            int(policy.ttl_s * 1000),
+            policy.max_entries,
+            int(time.time() * 1000),
+        ]
+        try:
+            await self.link.run(_PUT, [entry, f"fw:cache-index:{route}"], args)
+        except SharedStateDown:
+            pass  # not cached this time; the link reports Redis down
 
     def get(self, route: str, key: str) -> dict[str, Any] | None:
         entries = self._routes.get(route)

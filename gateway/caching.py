@@ -23,14 +23,14 @@ def _key(ctx: RequestContext, header: str) -> str | None:
     return cache_key(decision.route.name, ctx.endpoint, ctx.upstream_body, header == "allow")
 
 
-def cache_lookup(ctx: RequestContext, header: str) -> dict[str, Any] | None:
+async def cache_lookup(ctx: RequestContext, header: str) -> dict[str, Any] | None:
     """The cached answer for this request (the record then says the cache served it)."""
     key = _key(ctx, header)
     ctx.cache_key = key or ""
     if key is None:
         return None
     route = ctx.chosen.route.name
-    hit = ctx.state.cache.get(route, key)
+    hit = await ctx.state.cache.lookup(route, key)
     ctx.state.metrics.cache_lookups.labels(route, "hit" if hit else "miss").inc()
     if hit is None:
         return None
@@ -46,4 +46,4 @@ def cache_store(ctx: RequestContext, answer: dict[str, Any] | None) -> None:
         return
     if rec.mask_entities and find_pii(answer_text(answer), rec.mask_entities):
         return  # a masking route never keeps raw personal data in the cache
-    ctx.state.cache.put(ctx.chosen.route.name, ctx.cache_key, answer, policy)
+    ctx.state.spawn(ctx.state.cache.store(ctx.chosen.route.name, ctx.cache_key, answer, policy))

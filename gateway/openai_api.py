@@ -156,7 +156,7 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
         verdict = await guard_input(ctx)
         if verdict is not None:
             return blocked(ctx, verdict)
-    cached = cache_lookup(ctx, request.headers.get("x-flywheel-cache", ""))
+    cached = await cache_lookup(ctx, request.headers.get("x-flywheel-cache", ""))
     if cached is not None:
         return await _answer_from_cache(ctx, cached)
     if ctx.chosen.shadow is not None:

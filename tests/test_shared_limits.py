@@ -188,3 +188,33 @@ def test_redis_down_fails_open_or_closed_as_each_route_says(
         assert r.status_code == 503 and r.json()["error"]["code"] == "rate_limit_unavailable"
     finally:
         gw.stop()
+
+
+def test_two_gateway_processes_share_one_response_cache(
+    tmp_path: Path, upstream, redis_url
+) -> None:
+    route = {
+        "name": "support",
+        "match": {"models": ["gpt-4o"]},
+        "teacher": "teacher",
+        "cache": {"ttl_s": 60},
+    }
+    procs, bases = [], []
+    try:
+        for i in range(2):
+            config, port = serve_config(
+                tmp_path / f"gw{i}", upstream.base_url, redis={"url": redis_url}, routes=[route]
+            )
+            procs.append(start_serve(config, port))
+            bases.append(f"http://127.0.0.1:{port}/v1")
+        first = _chat(bases[0], "shared cache 8501", temperature=0)
+        time.sleep(0.3)  # the entry is written just after the answer
+        second = _chat(bases[1], "shared cache 8501", temperature=0)
+    finally:
+        for proc in procs:
+            stop_serve(proc)
+    assert first.headers["x-flywheel-served-by"] == "teacher"
+    assert second.headers["x-flywheel-served-by"] == "cache"
+    assert second.json()["choices"] == first.json()["choices"]
+    calls = [b for b in upstream.fake.requests if "shared cache 8501" in str(b.get("messages"))]
+    assert len(calls) == 1
