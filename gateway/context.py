@@ -42,6 +42,7 @@ class RequestContext:
     surface: Surface | None = None  # the API the client speaks (translated at the edge)
     cache_key: str = ""  # set when this request may be answered from / stored in the cache
     reservation: Reservation | None = None  # cost held on the budgets covering it
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # its rate-limit state
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:

@@ -111,7 +111,11 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
             )
             return responses.took_native(raw)
         return await upstreams.call(
-            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+            target.model,
+            ctx.endpoint,
+            _upstream_body(body, target),
+            timeout_s=target.timeout_s,
+            relay=ctx.upstream_headers,
         )
 
     return await _attempts(ctx, one)
@@ -146,7 +150,11 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
             responses.native_events = []
             return as_chat_stream(upstream, responses.native_events)
         return await upstreams.stream(
-            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+            target.model,
+            ctx.endpoint,
+            _upstream_body(body, target),
+            timeout_s=target.timeout_s,
+            relay=ctx.upstream_headers,
         )
 
     return await _attempts(ctx, one)

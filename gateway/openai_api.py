@@ -87,6 +87,10 @@ async def handle(request: Request, surface: Surface) -> Response:
         response.headers["x-flywheel-served-by"] = ctx.record.served_by
         response.headers["x-flywheel-model"] = ctx.record.served_model
         response.headers["x-flywheel-route"] = ctx.record.route
+        if ctx.decision.route.rate_limit is None:
+            # No limit of the gateway's own here: the upstream's tells the app its state.
+            for name, value in ctx.upstream_headers.items():
+                response.headers.setdefault(name, value)
     return surface.respond(response, ctx.record.request_id)
 
 

@@ -57,6 +57,11 @@ class UpstreamError(Exception):
 _RELAYED = ("retry-after", "retry-after-ms")
 
 
+def rate_headers(headers: Any) -> dict[str, str]:
+    """The upstream's own rate-limit state, which the gateway relays when it has none."""
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+
+
 def _http_error(body: bytes, status: int, headers: Any) -> UpstreamError:
     relayed = {
         k.lower(): v
@@ -169,6 +174,7 @@ class Upstreams:
         endpoint: str,
         body: dict[str, Any],
         timeout_s: float | None = None,
+        relay: dict[str, str] | None = None,
     ) -> bytes:
         """A whole (non-streamed) answer as the upstream's JSON bytes."""
         timeout = timeout_s or model.timeout_s
@@ -184,6 +190,8 @@ class Upstreams:
                 data = await resp.read()
                 if resp.status >= 400:
                     raise _http_error(data, resp.status, resp.headers)
+                if relay is not None:
+                    relay.update(rate_headers(resp.headers))
                 return data
         except TimeoutError as e:
             raise UpstreamError("timeout", f"upstream did not answer in {timeout}s") from e
@@ -196,6 +204,7 @@ class Upstreams:
         endpoint: str,
         body: dict[str, Any],
         timeout_s: float | None = None,
+        relay: dict[str, str] | None = None,
     ) -> UpstreamStream:
         """An open event stream; errors before the first byte raise here."""
         timeout = timeout_s or model.timeout_s
@@ -216,6 +225,8 @@ class Upstreams:
             data = await resp.read()
             resp.release()
             raise _http_error(data, resp.status, resp.headers)
+        if relay is not None:
+            relay.update(rate_headers(resp.headers))
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

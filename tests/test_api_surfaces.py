@@ -384,3 +384,16 @@ def test_responses_pass_through_to_an_upstream_that_serves_them(
         1,
     )
     assert streamed[0]["output_tokens"] > 0
+
+
+def test_the_upstreams_rate_limit_headers_are_relayed_where_the_gateway_has_none(
+    gateway: RunningGateway,
+) -> None:
+    raw = _openai(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "relay 8601"}]
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "10000"  # the upstream's
+    raw = _openai(gateway).chat.completions.with_raw_response.create(  # its own bucket
+        model="paced", messages=[{"role": "user", "content": "relay 8602"}]
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "30"  # the gateway's own

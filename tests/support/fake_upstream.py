@@ -155,6 +155,11 @@ class FakeUpstream:
                 **({} if "nousage" in marks else {"usage": usage}),
             },
             dumps=lambda o: orjson.dumps(o).decode(),
+            # A provider's own rate-limit state, as OpenAI sends it.
+            headers={
+                "x-ratelimit-limit-requests": "10000",
+                "x-ratelimit-remaining-requests": "9999",
+            },
         )
 
     async def _stream(
