@@ -116,9 +116,9 @@ class Journal:
         except OSError as e:
             self.error = f"cannot write the request journal in {self.dir}: {e.strerror or e}"
             self._failed_at = time.monotonic()
-            # The next try starts a new segment: once the writer deletes this one (all its
-            # rows in ClickHouse) the space it held is free again.
-            self._rotate_wanted = True
+            # Seal the segment now: once the writer has its rows in ClickHouse it deletes
+            # it, which frees the space, and the next try starts a new one.
+            self._seal_active()
             raise JournalUnavailable(self.error) from e
         self.error = ""
         seg.rows += 1
@@ -130,11 +130,7 @@ class Journal:
         """Seal the active segment (on the loop, between appends, so its end is final)
         and open a new one. The old one is sealed first, even if opening the new one
         fails: on a full disk, sealing is what lets the writer delete it and free space."""
-        if self._active is not None:
-            self._active.sealed = True
-            self._active = None
-            os.close(self._fd)
-            self._fd = -1
+        self._seal_active()
         name = f"{time.time_ns():020d}-{os.urandom(3).hex()}"
         path = self.dir / f"{name}{_SUFFIX}"
         # The batch record is written now, while there is room: on a full disk the writer
@@ -146,6 +142,14 @@ class Journal:
         self._active = Segment(name, path, 0, 0, sealed=False)
         self.segments.append(self._active)
         return self._active
+
+    def _seal_active(self) -> None:
+        if self._active is not None:
+            self._active.sealed = True
+            self._active = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     # --- the writer thread -------------------------------------------------------------
 

@@ -142,6 +142,7 @@ class LogWriter:
             self.journal.append(table, line)
         except JournalUnavailable as e:
             self.metrics.journal_errors.inc()
+            self._wake.set()  # drain and delete what is sealed: that frees the space
             now = time.monotonic()
             if now - self._last_journal_log >= 10:  # loud, but not once per request
                 self._last_journal_log = now
