@@ -12,18 +12,40 @@ from gateway.config import ConfigError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
     import uvicorn
 
-    from flywheel.serve import build_gateway
+    from flywheel.serve import build_gateway, build_worker
+    from flywheel.workers import AUTHKEY_ENV, SOCKET_ENV, Supervisor, usable_cores
     from gateway.http_protocol import bounded_protocol
+    from store.remote import RemoteStore
 
     config = _load(args.config)
     if args.host:
         config.server.host = args.host
     if args.port:
         config.server.port = args.port
+    workers = args.workers if args.workers > 0 else usable_cores()
+    if workers > 1 and args.worker_index is None:
+        if config.redis is None or not config.redis.url:
+            logging.getLogger("flywheel").warning(
+                "%d workers without redis.url: each enforces rate limits and budgets alone",
+                workers,
+            )
+        return asyncio.run(Supervisor(args.config, config, workers, args.log_level).run())
     try:
-        state, app = build_gateway(config)
+        if args.worker_index is not None:
+            remote = RemoteStore(
+                config.clickhouse_dsn,
+                os.environ[SOCKET_ENV],
+                os.environ[AUTHKEY_ENV].encode(),
+                config.clickhouse.timeout_s,
+            )
+            state, app = build_worker(config, args.worker_index, remote)
+        else:
+            state, app = build_gateway(config)
     except ConfigError as e:
         print(f"config error:\n{e}", file=sys.stderr)
         return 2
@@ -35,6 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app,
             host=config.server.host,
             port=config.server.port,
+            fd=args.fd,
             loop="uvloop",
             http=bounded_protocol(config.server.max_head_bytes, config.server.head_timeout_s),
             access_log=False,
@@ -153,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on the port (0: one per usable core); with more than one, "
+        "set redis.url so limits and budgets are shared",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(fn=cmd_serve)
 
     query = sub.add_parser("query", help="run SQL against the configured ClickHouse")

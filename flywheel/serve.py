@@ -82,6 +82,13 @@ def build_gateway(
     return state, app
 
 
+def build_worker(config: GatewayConfig, index: int, store: Store) -> tuple[GatewayState, Starlette]:
+    """One of `--workers N`: a whole gateway on the supervisor's store, with a journal of
+    its own and no companions (the supervisor runs those once)."""
+    state = build_state(config, store, journal_dir=config.journal_dir / f"w{index}", worker=index)
+    return state, build_app(state, [])
+
+
 def build_gateway_with(
     config: GatewayConfig, store: Store | None = None
 ) -> tuple[GatewayState, Starlette, list[Companion]]:

@@ -12,6 +12,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -58,7 +59,12 @@ class Companion(Protocol):
     def stop(self) -> None: ...
 
 
-def build_state(config: GatewayConfig, store: Store | None = None) -> GatewayState:
+def build_state(
+    config: GatewayConfig,
+    store: Store | None = None,
+    journal_dir: Path | None = None,
+    worker: int | None = None,
+) -> GatewayState:
     """Everything the app needs, built once; raises ConfigError (PolicyError) for a config
     or policy that cannot be served."""
     router = build_router(config)
@@ -71,7 +77,7 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
         else None
     )
     journal = (
-        Journal(config.journal_dir, config.log.journal_segment_bytes)
+        Journal(journal_dir or config.journal_dir, config.log.journal_segment_bytes)
         if config.log.journal
         else None
     )
@@ -89,6 +95,7 @@ def build_state(config: GatewayConfig, store: Store | None = None) -> GatewaySta
         budgets=BudgetBook(config.budgets, link),
         cache=ResponseCache(link),
         redis=link,
+        worker=worker,
     )
 
 

@@ -61,6 +61,7 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
         },
         "upstreams": upstreams,
         "redis": None if redis is None else {"ok": redis.ok, "error": redis.error},
+        "worker": state.worker,
     }
 
 

@@ -75,7 +75,11 @@ class LogWriter:
         self._recovered = journal.backlog_rows if journal is not None else 0
         self._catching_up = bool(self._recovered)
         if self._recovered:
-            log.warning("%d rows of an earlier run wait in the journal; replaying", self._recovered)
+            log.warning(
+                "the journal holds %d rows of an earlier run (those ClickHouse already has "
+                "are deduplicated); replaying",
+                self._recovered,
+            )
         metrics.log_queue_depth.set_function(self.backlog_rows)
         metrics.journal_writable.set_function(lambda: 0 if self.refusing else 1)
 

@@ -40,6 +40,7 @@ class GatewayState:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     budgets: BudgetBook = field(default_factory=lambda: BudgetBook([]))
     redis: RedisLink | None = None
+    worker: int | None = None  # this process's index under `flywheel serve --workers N`
     policy_status: dict[str, Any] = field(default_factory=dict)
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)

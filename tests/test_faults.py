@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import APP_KEY, gateway_config, start_gateway
+from tests.support.load import Load
 from tests.support.net import free_port
 from tests.support.serve_process import (
     kill_hard,
@@ -33,46 +33,6 @@ from tests.support.serve_process import (
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Requests from several threads until stopped; keeps the ids of every 200."""
-
-    def __init__(self, port: int, threads: int = 8) -> None:
-        self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        self.answered: list[str] = []
-        self.failures = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, worker: int) -> None:
-        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {APP_KEY}"}) as c:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                body = {
-                    "model": "gpt-4o",
-                    "messages": [{"role": "user", "content": f"w{worker} {i}"}],
-                }
-                try:
-                    r = c.post(self.url, json=body)
-                except httpx.HTTPError:
-                    self.failures += 1
-                    continue
-                if r.status_code == 200:
-                    self.answered.append(r.json()["id"])
-                else:
-                    self.failures += 1
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
 
 
 def _assert_all_stored(config: Path, answered: list[str]) -> None:
