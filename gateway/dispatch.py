@@ -103,11 +103,11 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
     upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> bytes:
-        responses = _pass_through(ctx)
-        native = responses.native_body(target.model, _may_pass(ctx, target)) if responses else None
-        if responses is not None and native is not None:
+        native = _native(ctx, target)
+        if native is not None:
+            responses, native_body = native
             raw = await upstreams.call(
-                target.model, "responses", native, timeout_s=target.timeout_s
+                target.model, "responses", native_body, timeout_s=target.timeout_s
             )
             return responses.took_native(raw)
         return await upstreams.call(
@@ -121,14 +121,16 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
     return await _attempts(ctx, one)
 
 
-def _pass_through(ctx: RequestContext) -> Responses | None:
-    return ctx.surface if isinstance(ctx.surface, Responses) else None
-
-
-def _may_pass(ctx: RequestContext, target: Target) -> bool:
-    """A native answer goes to the client untouched: only where nothing must read or change
-    it first (no output rails; a student's answer is checked, and students speak chat)."""
-    return target.served_by != "student" and not (ctx.rails is not None and ctx.rails.spec.output)
+def _native(ctx: RequestContext, target: Target) -> tuple[Responses, dict[str, Any]] | None:
+    """The Responses surface and the body for `target`'s own /responses, when the request
+    passes through natively. Only where nothing must read or change the answer first: no
+    output rails, and not a student (its answer is checked; students speak chat)."""
+    responses = ctx.surface if isinstance(ctx.surface, Responses) else None
+    if responses is None:
+        return None
+    checked = target.served_by == "student" or (ctx.rails is not None and ctx.rails.spec.output)
+    body = responses.native_body(target.model, may_pass_through=not checked)
+    return None if body is None else (responses, body)
 
 
 async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
@@ -141,11 +143,11 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
     upstreams = ctx.state.upstreams
 
     async def one(target: Target) -> UpstreamStream:
-        responses = _pass_through(ctx)
-        native = responses.native_body(target.model, _may_pass(ctx, target)) if responses else None
-        if responses is not None and native is not None:
+        native = _native(ctx, target)
+        if native is not None:
+            responses, native_body = native
             upstream = await upstreams.stream(
-                target.model, "responses", native, timeout_s=target.timeout_s
+                target.model, "responses", native_body, timeout_s=target.timeout_s
             )
             responses.native_events = []
             return as_chat_stream(upstream, responses.native_events)

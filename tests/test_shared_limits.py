@@ -4,6 +4,7 @@ requests cannot overshoot, spend seeded from ClickHouse, and a Redis that goes a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -67,6 +68,25 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     proc.wait(10)
 
 
+@contextlib.contextmanager
+def _two_gateways(
+    tmp: Path, upstream: Any, redis_url: str, route: dict[str, Any]
+) -> Iterator[list[str]]:
+    """Two `flywheel serve` processes, each with its own store, sharing one Redis."""
+    procs, bases = [], []
+    try:
+        for i in range(2):
+            config, port = serve_config(
+                tmp / f"gw{i}", upstream.base_url, redis={"url": redis_url}, routes=[route]
+            )
+            procs.append(start_serve(config, port))
+            bases.append(f"http://127.0.0.1:{port}/v1")
+        yield bases
+    finally:
+        for proc in procs:
+            stop_serve(proc)
+
+
 def _chat(base: str, content: str, key: str = APP_KEY, **extra: Any) -> httpx.Response:
     return httpx.post(
         f"{base}/chat/completions",
@@ -83,19 +103,9 @@ def test_two_gateway_processes_enforce_one_limit(tmp_path: Path, upstream, redis
         "teacher": "teacher",
         "rate_limit": {"requests_per_minute": 10},
     }
-    procs, bases = [], []
-    try:
-        for i in range(2):
-            config, port = serve_config(
-                tmp_path / f"gw{i}", upstream.base_url, redis={"url": redis_url}, routes=[route]
-            )
-            procs.append(start_serve(config, port))
-            bases.append(f"http://127.0.0.1:{port}/v1")
+    with _two_gateways(tmp_path, upstream, redis_url, route) as bases:
         # 24 requests alternating between the two, well inside the 6 s a refill takes.
         statuses = [_chat(bases[i % 2], f"limit {i}").status_code for i in range(24)]
-    finally:
-        for proc in procs:
-            stop_serve(proc)
     assert statuses.count(200) == 10 and statuses.count(429) == 14, statuses
 
 
@@ -199,20 +209,10 @@ def test_two_gateway_processes_share_one_response_cache(
         "teacher": "teacher",
         "cache": {"ttl_s": 60},
     }
-    procs, bases = [], []
-    try:
-        for i in range(2):
-            config, port = serve_config(
-                tmp_path / f"gw{i}", upstream.base_url, redis={"url": redis_url}, routes=[route]
-            )
-            procs.append(start_serve(config, port))
-            bases.append(f"http://127.0.0.1:{port}/v1")
+    with _two_gateways(tmp_path, upstream, redis_url, route) as bases:
         first = _chat(bases[0], "shared cache 8501", temperature=0)
         time.sleep(0.3)  # the entry is written just after the answer
         second = _chat(bases[1], "shared cache 8501", temperature=0)
-    finally:
-        for proc in procs:
-            stop_serve(proc)
     assert first.headers["x-flywheel-served-by"] == "teacher"
     assert second.headers["x-flywheel-served-by"] == "cache"
     assert second.json()["choices"] == first.json()["choices"]
