@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from contracts.bases import CandidateKind, base_problem, default_base
+from contracts.budgets import Budget
 from contracts.model_config import ModelConfig
 from contracts.training import Training
 from contracts.yaml_source import (
@@ -254,6 +255,9 @@ class PolicyFile(_Strict):
     description: str = ""
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
+    budgets: list[Budget] = Field(
+        default_factory=list, description="spend budgets, hot-reloaded with the file"
+    )
 
 
 class PolicyError(ConfigError):
@@ -268,6 +272,7 @@ class PolicySet:
     models: dict[str, ModelConfig]
     version: str
     files: list[str] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
 
 
 @dataclass
@@ -345,6 +350,7 @@ def load_policies(
     written in the gateway config itself; they come first."""
     problems: list[str] = []
     routes: list[tuple[_Source, int, Route]] = []
+    budgets: list[Budget] = []
     models = dict(base_models or {})
     blobs: list[bytes] = []
     if inline is not None:
@@ -371,6 +377,7 @@ def load_policies(
         for name, model in policy.models.items():
             models[name] = model
         routes += [(src, i, r) for i, r in enumerate(policy.routes)]
+        budgets += policy.budgets
     if not problems:
         problems = _check(routes, models)
     if problems:
@@ -380,4 +387,5 @@ def load_policies(
         models=models,
         version=_version(blobs),
         files=[str(p) for p in files],
+        budgets=budgets,
     )

@@ -92,7 +92,7 @@ def build_state(
         upstreams=Upstreams(config.server.upstream_connections),
         sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
         limiter=RateLimiter(link),
-        budgets=BudgetBook(config.budgets, link),
+        budgets=BudgetBook(config.budgets + router.policies.budgets, link),
         cache=ResponseCache(link),
         redis=link,
         worker=worker,

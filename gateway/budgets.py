@@ -102,6 +102,11 @@ class BudgetBook:
         self._local: dict[str, int] = {}
         self._seeded: set[str] = set()
 
+    def replace(self, budgets: list[Budget]) -> None:
+        """A policy edit's budgets (counters are per name and period, so a budget whose
+        limit changed keeps what was spent; a new one is seeded on the next pass)."""
+        self.budgets = budgets
+
     def covering(self, key_id: str, app: str, team: str, route: str) -> list[Budget]:
         return [b for b in self.budgets if b.covers(key_id, app, team, route)]
 
@@ -173,7 +178,7 @@ class BudgetBook:
             out.append(
                 {
                     "name": budget.name,
-                    "scope": dict([budget.scope]),
+                    "scope": "=".join(budget.scope),
                     "period": budget.period,
                     "kind": budget.kind,
                     "period_start": start.isoformat(),

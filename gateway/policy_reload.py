@@ -104,6 +104,7 @@ class PolicyReloader:
         await self.state.upstreams.prepare(router.policies.models)
         self.state.writer.prices = router.prices
         old, self.state.router = self.state.router, router
+        self.state.budgets.replace(self.state.config.budgets + router.policies.budgets)
         if old.nemo is not None:
             task = asyncio.create_task(self._retire(old.nemo))
             self._retiring.add(task)

@@ -218,3 +218,24 @@ def test_two_gateway_processes_share_one_response_cache(
     assert second.json()["choices"] == first.json()["choices"]
     calls = [b for b in upstream.fake.requests if "shared cache 8501" in str(b.get("messages"))]
     assert len(calls) == 1
+
+
+def test_budgets_in_a_policy_file_are_hot_reloaded(gateway: RunningGateway, hot_policy) -> None:
+    """A budget added to a policy file applies to the next request, without a restart."""
+    body = {"model": "hot", "messages": [{"role": "user", "content": "budgeted"}]}
+    headers = {"Authorization": f"Bearer {APP_KEY}"}
+    assert (
+        httpx.post(f"{gateway.base_url}/chat/completions", json=body, headers=headers).status_code
+        == 200
+    )
+    version = gateway.state.router.policy_version
+    hot_policy.write_text(
+        hot_policy.read_text()
+        + '\nbudgets:\n  - {name: hot-tiny, route: hot, period: day, limit_usd: "0.000001"}\n'
+    )
+    from tests.support.wait import eventually
+
+    eventually(lambda: gateway.state.router.policy_version, 10, lambda v: v != version)
+    r = httpx.post(f"{gateway.base_url}/chat/completions", json=body, headers=headers)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+    assert "hot-tiny" in r.json()["error"]["message"]

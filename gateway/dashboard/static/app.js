@@ -164,8 +164,11 @@ async function loadFinance() {
   });
 
   const csv = (name) => `/admin/api/finance?${filterQuery({ split, format: "csv", table: name })}`;
+  const budgets = (await api("/admin/api/budgets")).budgets;
   const money = ["requests", "user_requests", "student_requests", "student_share_pct", "spend_usd", "baseline_usd", "savings_usd", "savings_pct", "overhead_usd", "input_tokens", "output_tokens"];
   document.getElementById("finance-tables").replaceChildren(
+    ...(budgets.length ? [table("Budgets (this period)", budgets, "/admin/api/budgets?format=csv&table=budgets",
+      ["name", "scope", "period", "kind", "limit_usd", "spent_usd", "held_usd", "remaining_usd", "resets_at", "exhausted_at"])] : []),
     table("Quality next to savings", r.quality, csv("quality")),
     table("By app", r.by_app, csv("by_app"), ["app", ...money]),
     table("By team", r.by_team, csv("by_team"), ["team", ...money]),
