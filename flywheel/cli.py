@@ -34,7 +34,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "%d workers without redis.url: each enforces rate limits and budgets alone",
                 workers,
             )
-        return asyncio.run(Supervisor(args.config, config, workers, args.log_level).run())
+        try:
+            return asyncio.run(Supervisor(args.config, config, workers, args.log_level).run())
+        except ConfigError as e:
+            print(f"config error:\n{e}", file=sys.stderr)
+            return 2
     try:
         if args.worker_index is not None:
             remote = RemoteStore(
