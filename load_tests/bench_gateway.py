@@ -109,9 +109,11 @@ SURFACE_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
-async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> tuple[float, bool]:
+async def one(
+    session: aiohttp.ClientSession, url: str, stream: bool, body: dict[str, Any] | None = None
+) -> tuple[float, bool]:
     """Latency (or time to first byte when streaming) in seconds, and success."""
-    base = next((b for path, b in SURFACE_BODIES.items() if url.endswith(path)), BODY)
+    base = body or next((b for path, b in SURFACE_BODIES.items() if url.endswith(path)), BODY)
     body = {**base, "stream": True} if stream else base
     t0 = time.perf_counter()
     async with session.post(url, json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
@@ -124,17 +126,19 @@ async def one(session: aiohttp.ClientSession, url: str, stream: bool) -> tuple[f
         return time.perf_counter() - t0, r.status == 200
 
 
-async def open_loop(url: str, rate: float, seconds: float, stream: bool = False) -> dict[str, Any]:
+async def open_loop(
+    url: str, rate: float, seconds: float, stream: bool = False, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for _ in range(20):  # warm the connection pool
-            await one(session, url, stream)
+        for _ in range(20):  # warm the connection pool (and, on a cached route, the cache)
+            await one(session, url, stream, body)
 
         async def fire() -> None:
             nonlocal errors
             try:
-                latency, ok = await one(session, url, stream)
+                latency, ok = await one(session, url, stream, body)
                 latencies.append(latency)
                 errors += 0 if ok else 1
             except aiohttp.ClientError:
@@ -199,6 +203,12 @@ async def measure(name: str, base: str, args: argparse.Namespace) -> dict[str, A
         for path in ("/responses", "/messages"):
             print(f"[{name}] {path} open loop {args.compare_rate}/s", flush=True)
             result[path] = await open_loop(f"{base}{path}", args.compare_rate, args.seconds)
+        # The same request on a route with a response cache: every call after the first
+        # is a hit, answered without the upstream.
+        print(f"[{name}] cache hits open loop {args.compare_rate}/s", flush=True)
+        result["cache_hits"] = await open_loop(
+            url, args.compare_rate, args.seconds, body={**BODY, "model": "gpt-4o-cached"}
+        )
     print(f"[{name}] {json.dumps(result)}", flush=True)
     return result
 
@@ -212,7 +222,15 @@ def gateway_config(tmp: Path, upstream: str, port: int, journal: bool = True) ->
         "models": {"teacher": {"model": "openai/gpt-4o", "api_base": upstream}},
         "apps": {"bench": {"team": "bench", "train_on_traffic": True}},
         "keys": [{"id": "bench", "key": KEY, "app": "bench"}],
-        "routes": [{"name": "bench", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"}],
+        "routes": [
+            {"name": "bench", "match": {"models": ["gpt-4o"]}, "teacher": "teacher"},
+            {
+                "name": "bench-cached",
+                "match": {"models": ["gpt-4o-cached"]},
+                "teacher": "teacher",
+                "cache": {"ttl_s": 3600},
+            },
+        ],
     }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -325,6 +343,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"{path[1:]}_overhead_p50_ms"] = g[path]["p50_ms"] - low_direct["p50_ms"]
             summary[f"{path[1:]}_overhead_p99_ms"] = g[path]["p99_ms"] - low_direct["p99_ms"]
             summary["gateway_requests_answered"] += g[path]["requests"] + 20
+    if "cache_hits" in g:  # gateway time of a hit: no upstream call to subtract
+        summary["cache_hit_latency_p50_ms"] = g["cache_hits"]["p50_ms"]
+        summary["cache_hit_latency_p99_ms"] = g["cache_hits"]["p99_ms"]
+        summary["gateway_requests_answered"] += g["cache_hits"]["requests"] + 20
     if "gateway_no_journal" in report:
         # The durable path's cost: the same gateway with rows kept in memory only.
         nj = report["gateway_no_journal"]
