@@ -248,7 +248,7 @@ async def run_gateway(
         result = await measure(name, f"http://127.0.0.1:{port}/v1", args)
     finally:
         stop(gw)
-    result["rows_logged"] = logged_rows(config)
+    result["rows_logged"], result["ids_logged"], result["rows_by_status"] = logged_rows(config)
     return result
 
 
@@ -268,14 +268,18 @@ def litellm_config(tmp: Path, upstream: str) -> Path:
     return path
 
 
-def logged_rows(config: Path) -> int:
+def logged_rows(config: Path) -> tuple[int, int, dict[str, int]]:
+    """Rows, distinct request ids, and rows by status in the gateway's store."""
     code = (
-        "from gateway.config import load_config; from store import open_store;"
+        "import json; from gateway.config import load_config; from store import open_store;"
         f"s = open_store(load_config({str(config)!r}).clickhouse_dsn);"
-        "print(s.query_rows('SELECT count() FROM requests')[0][0])"
+        "n, u = s.query_rows('SELECT count(), uniqExact(request_id) FROM requests')[0];"
+        "st = dict(s.query_rows('SELECT status, count() FROM requests GROUP BY status'));"
+        "print(json.dumps([n, u, st]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    n, u, by_status = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(n), int(u), {str(k): int(v) for k, v in by_status.items()}
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -335,6 +339,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         + sum(t["ok"] + t["errors"] for t in g["throughput"]),
         "gateway_rows_logged": g["rows_logged"],
+        "gateway_distinct_ids_logged": g["ids_logged"],
+        "gateway_rows_by_status": g["rows_by_status"],
         "direct_max_rps": d["max_rps"],
     }
     for path in ("/responses", "/messages"):
