@@ -26,7 +26,7 @@ from gateway.request_log import RequestRecord, utc_timestamp
 from gateway.routing import Target
 from gateway.state import GatewayState
 from gateway.streaming import as_chat_stream, replay
-from gateway.surfaces import Responses
+from gateway.surfaces import Translated
 from gateway.upstream import UpstreamError, UpstreamStream
 
 log = logging.getLogger("flywheel.dispatch")
@@ -105,11 +105,11 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
     async def one(target: Target) -> bytes:
         native = _native(ctx, target)
         if native is not None:
-            responses, native_body = native
+            surface, native_body = native
             raw = await upstreams.call(
-                target.model, "responses", native_body, timeout_s=target.timeout_s
+                target.model, surface.native_endpoint, native_body, timeout_s=target.timeout_s
             )
-            return responses.took_native(raw)
+            return surface.took_native(raw)
         return await upstreams.call(
             target.model,
             ctx.endpoint,
@@ -121,16 +121,17 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
     return await _attempts(ctx, one)
 
 
-def _native(ctx: RequestContext, target: Target) -> tuple[Responses, dict[str, Any]] | None:
-    """The Responses surface and the body for `target`'s own /responses, when the request
-    passes through natively. Only where nothing must read or change the answer first: no
-    output rails, and not a student (its answer is checked; students speak chat)."""
-    responses = ctx.surface if isinstance(ctx.surface, Responses) else None
-    if responses is None:
+def _native(ctx: RequestContext, target: Target) -> tuple[Translated, dict[str, Any]] | None:
+    """The surface and the body for `target`'s own endpoint of the client's API (Responses,
+    Anthropic Messages), when the request passes through natively. Only where nothing must
+    read or change the answer first: no output rails, and not a student (its answer is
+    checked; students speak chat)."""
+    surface = ctx.surface if isinstance(ctx.surface, Translated) else None
+    if surface is None:
         return None
     checked = target.served_by == "student" or (ctx.rails is not None and ctx.rails.spec.output)
-    body = responses.native_body(target.model, may_pass_through=not checked)
-    return None if body is None else (responses, body)
+    body = surface.native_body(target.model, may_pass_through=not checked)
+    return None if body is None else (surface, body)
 
 
 async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
@@ -145,12 +146,12 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
     async def one(target: Target) -> UpstreamStream:
         native = _native(ctx, target)
         if native is not None:
-            responses, native_body = native
+            surface, native_body = native
             upstream = await upstreams.stream(
-                target.model, "responses", native_body, timeout_s=target.timeout_s
+                target.model, surface.native_endpoint, native_body, timeout_s=target.timeout_s
             )
-            responses.native_events = []
-            return as_chat_stream(upstream, responses.native_events)
+            surface.native_events = []
+            return as_chat_stream(upstream, surface.native_events, surface.native_reader())
         return await upstreams.stream(
             target.model,
             ctx.endpoint,

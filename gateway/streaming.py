@@ -3,17 +3,17 @@ whole answer served as a stream.
 
 The hot path only cuts the upstream byte stream into whole events (so ids can be rewritten
 and the usage chunk dropped without parsing); the row later folds the kept events into one
-answer (`contracts.openai_shapes.assemble_chat`). A native Responses stream is read as the
-chat chunks it amounts to, its own events kept for the client (`as_chat_stream`).
+answer (`contracts.openai_shapes.assemble_chat`). A native stream (Responses, Anthropic) is
+read as the chat chunks it amounts to, its own events kept for the client (`as_chat_stream`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from contracts.openai_shapes import answer_as_events
-from contracts.responses_native import ChatChunks, event_payload
+from contracts.responses_native import event_payload
 from gateway.upstream import UpstreamStream
 
 
@@ -46,10 +46,18 @@ def replay(answer: dict[str, Any]) -> UpstreamStream:
     return UpstreamStream(chunks())
 
 
-def as_chat_stream(upstream: UpstreamStream, raw_events: list[bytes]) -> UpstreamStream:
-    """A Responses-API event stream as chat chunks for the request path; each upstream
-    event is also appended, untouched, to `raw_events` for the client."""
-    converter = ChatChunks()
+class ChatReader(Protocol):
+    """Reads a native event stream as the chat chunks it amounts to."""
+
+    def feed(self, event: dict[str, Any]) -> list[bytes]: ...
+
+
+def as_chat_stream(
+    upstream: UpstreamStream, raw_events: list[bytes], converter: ChatReader
+) -> UpstreamStream:
+    """A native event stream (Responses API, Anthropic Messages) as chat chunks for the
+    request path; each upstream event is also appended, untouched, to `raw_events` for the
+    client."""
 
     async def chunks() -> AsyncIterator[bytes]:
         async for event in sse_events(aiter(upstream)):

@@ -19,17 +19,25 @@ from typing import Any, Literal, Protocol
 import orjson
 from starlette.responses import Response, StreamingResponse
 
-from contracts import anthropic_shapes, responses_events, responses_native, responses_shapes
+from contracts import (
+    anthropic_native,
+    anthropic_shapes,
+    responses_events,
+    responses_native,
+    responses_shapes,
+)
 from contracts.errors import ApiError
 from contracts.model_config import ModelConfig
 from gateway.auth import Principal
 from gateway.bodies import MessagesRequest, ResponsesRequest, validate
 from gateway.request_log import Endpoint
+from gateway.streaming import ChatReader
 from store import Store, StoreUnavailable
 
 Api = Literal["chat.completions", "completions", "embeddings", "responses", "messages"]
 
 _CONVERSATIONS = 10_000  # recent Responses conversations kept for previous_response_id
+_NOT_FORWARDED = ("tags", "flywheel_metadata", "flywheel_tags")  # the gateway's own fields
 
 
 class Conversations:
@@ -105,11 +113,14 @@ def _rebuilt(response: Response, body: Any) -> Response:
     )
 
 
-class _Translated:
-    """Common to the translated surfaces: chat answer / stream / error back to the client."""
+class Translated:
+    """Common to the translated surfaces: chat answer / stream / error back to the client,
+    or, passed through to an upstream that speaks the client's API itself, the upstream's
+    own answer and events untouched (the request path still gets the chat form)."""
 
     api: Api
     endpoint: Endpoint = "chat.completions"
+    native_endpoint: str = ""  # the upstream endpoint a pass-through calls
 
     def __init__(self, store: Store, conversations: Conversations) -> None:
         self.store = store
@@ -117,6 +128,28 @@ class _Translated:
         self.body: dict[str, Any] = {}
         self.chat: dict[str, Any] = {}
         self.app = ""
+        self.native_answer: dict[str, Any] | None = None
+        self.native_events: list[bytes] | None = None  # raw upstream events to pass on
+
+    def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
+        """The body for `model`'s own endpoint, or None to translate."""
+        return None
+
+    def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def native_reader(self) -> ChatReader:
+        raise NotImplementedError
+
+    def _forwarded(self, model: ModelConfig) -> dict[str, Any]:
+        body = {k: v for k, v in self.body.items() if k not in _NOT_FORWARDED}
+        body["model"] = model.upstream_name
+        return body
+
+    def took_native(self, raw: bytes) -> bytes:
+        """The upstream's own answer, kept for the client; the chat form for the path."""
+        self.native_answer = orjson.loads(raw)
+        return orjson.dumps(self._chat_of_native(self.native_answer or {}))
 
     def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
         raise NotImplementedError
@@ -128,6 +161,9 @@ class _Translated:
         return body
 
     def respond(self, response: Response, request_id: str) -> Response:
+        if self.native_answer is not None and response.status_code == 200:
+            if not isinstance(response, StreamingResponse):
+                return _rebuilt(response, self.native_answer)
         if isinstance(response, StreamingResponse):
             response.body_iterator = self._stream(response.body_iterator, request_id)  # type: ignore[arg-type]
             return response
@@ -145,6 +181,16 @@ class _Translated:
             self.conversations.put(request_id, self.app, [*self.chat.get("messages", []), message])
 
     async def _stream(self, events: AsyncIterator[Any], request_id: str) -> AsyncIterator[bytes]:
+        if self.native_events is not None:
+            # Passed through: each chat event the path relays stands for upstream events
+            # the client gets as they were.
+            raw = self.native_events
+            async for _ in events:
+                while raw:
+                    yield raw.pop(0)
+            while raw:
+                yield raw.pop(0)
+            return
         tr = self._translator(request_id)
         for out in tr.start():
             yield out
@@ -167,10 +213,7 @@ class _Translated:
                 yield out
 
 
-_NOT_FORWARDED = ("tags", "flywheel_metadata", "flywheel_tags")
-
-
-class Responses(_Translated):
+class Responses(Translated):
     """Translated to chat for most upstreams; passed through to one that serves the
     Responses API itself (`responses_api: true`), the client then getting its object and
     events untouched while the row keeps the chat form."""
@@ -181,8 +224,6 @@ class Responses(_Translated):
         super().__init__(store, conversations)
         self.remote_previous = ""  # a previous_response_id this gateway did not issue
         self.local_previous = False
-        self.native_answer: dict[str, Any] | None = None
-        self.native_events: list[bytes] | None = None  # raw upstream events to pass on
 
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(ResponsesRequest, body)
@@ -198,13 +239,13 @@ class Responses(_Translated):
         self.chat = responses_shapes.to_chat(body, history)
         return self.chat
 
+    native_endpoint = "responses"
+
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
         """The body to send to `model`'s own /responses, or None to translate."""
         if model.responses_api and model.openai_compatible and may_pass_through:
             if not self.local_previous:
-                body = {k: v for k, v in self.body.items() if k not in _NOT_FORWARDED}
-                body["model"] = model.upstream_name
-                return body
+                return self._forwarded(model)
         if self.remote_previous:
             raise ApiError(
                 400,
@@ -214,30 +255,11 @@ class Responses(_Translated):
             )
         return None
 
-    def took_native(self, raw: bytes) -> bytes:
-        """The upstream's own answer, kept for the client; the chat form for the path."""
-        self.native_answer = orjson.loads(raw)
-        return orjson.dumps(responses_native.chat_answer(self.native_answer or {}))
+    def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return responses_native.chat_answer(answer)
 
-    def respond(self, response: Response, request_id: str) -> Response:
-        if self.native_answer is not None and response.status_code == 200:
-            if not isinstance(response, StreamingResponse):
-                return _rebuilt(response, self.native_answer)
-        return super().respond(response, request_id)
-
-    async def _stream(self, events: AsyncIterator[Any], request_id: str) -> AsyncIterator[bytes]:
-        if self.native_events is None:
-            async for out in super()._stream(events, request_id):
-                yield out
-            return
-        # Passed through: each chat event the path relays stands for upstream events the
-        # client gets as they were.
-        raw = self.native_events
-        async for _ in events:
-            while raw:
-                yield raw.pop(0)
-        while raw:
-            yield raw.pop(0)
+    def native_reader(self) -> ChatReader:
+        return responses_native.ChatChunks()
 
     def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
         return responses_shapes.from_chat(answer, self.body, request_id)
@@ -272,7 +294,7 @@ class _Remembering:
         return self.inner.finish_events()
 
 
-class Messages(_Translated):
+class Messages(Translated):
     api: Api = "messages"
 
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
@@ -280,6 +302,21 @@ class Messages(_Translated):
         self.body, self.app = body, principal.app
         self.chat = anthropic_shapes.to_chat(body)
         return self.chat
+
+    native_endpoint = "messages"
+
+    def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
+        """An Anthropic upstream gets the client's own body (cache_control, thinking and
+        every other Anthropic field kept)."""
+        return (
+            self._forwarded(model) if model.provider == "anthropic" and may_pass_through else None
+        )
+
+    def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return anthropic_native.chat_answer(answer)
+
+    def native_reader(self) -> ChatReader:
+        return anthropic_native.ChatChunks()
 
     def _answer(self, answer: dict[str, Any], request_id: str) -> Any:
         return anthropic_shapes.from_chat(answer, self.body.get("model"), request_id)

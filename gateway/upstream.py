@@ -28,7 +28,10 @@ ENDPOINT_PATHS = {
     "completions": "/completions",
     "embeddings": "/embeddings",
     "responses": "/responses",  # only for models with `responses_api: true`
+    "messages": "/v1/messages",  # Anthropic's own API, for `anthropic/...` models
 }
+_ANTHROPIC_BASE = "https://api.anthropic.com"
+_ANTHROPIC_VERSION = "2023-06-01"
 
 _OPENAI_BASE = "https://api.openai.com/v1"
 
@@ -159,14 +162,27 @@ class Upstreams:
     # --- fast path -----------------------------------------------------------------------
 
     def _url(self, model: ModelConfig, endpoint: str) -> str:
+        if endpoint == "messages":  # litellm's api_base for Anthropic has no /v1
+            base = (model.api_base or _ANTHROPIC_BASE).rstrip("/").removesuffix("/v1")
+            return base + ENDPOINT_PATHS[endpoint]
         return (model.api_base or _OPENAI_BASE).rstrip("/") + ENDPOINT_PATHS[endpoint]
 
-    def _headers(self, model: ModelConfig) -> dict[str, str]:
+    def _headers(self, model: ModelConfig, endpoint: str = "") -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         key = model.api_key()
-        if key:
+        if endpoint == "messages":
+            headers["anthropic-version"] = _ANTHROPIC_VERSION
+            if key:
+                headers["x-api-key"] = key
+        elif key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    @staticmethod
+    def _native(model: ModelConfig, endpoint: str) -> bool:
+        """Served by the pooled HTTP path: OpenAI-compatible upstreams, and Anthropic's
+        own API when a Messages request passes through."""
+        return model.openai_compatible or endpoint == "messages"
 
     async def call(
         self,
@@ -178,13 +194,13 @@ class Upstreams:
     ) -> bytes:
         """A whole (non-streamed) answer as the upstream's JSON bytes."""
         timeout = timeout_s or model.timeout_s
-        if not model.openai_compatible:
+        if not self._native(model, endpoint):
             return await self._litellm_call(model, endpoint, body, timeout)
         try:
             async with self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
-                headers=self._headers(model),
+                headers=self._headers(model, endpoint),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
@@ -208,13 +224,13 @@ class Upstreams:
     ) -> UpstreamStream:
         """An open event stream; errors before the first byte raise here."""
         timeout = timeout_s or model.timeout_s
-        if not model.openai_compatible:
+        if not self._native(model, endpoint):
             return await self._litellm_stream(model, endpoint, body, timeout)
         try:
             resp = await self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
-                headers=self._headers(model),
+                headers=self._headers(model, endpoint),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout),
             )
         except TimeoutError as e:

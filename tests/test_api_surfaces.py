@@ -184,14 +184,23 @@ def test_anthropic_sdk_against_an_anthropic_upstream(
     gw = start_gateway(config)
     try:
         client = _anthropic(gw)
-        msg = client.messages.create(
-            model="claude", max_tokens=64, messages=[{"role": "user", "content": "hello claude"}]
+        system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+        raw = client.messages.with_raw_response.create(
+            model="claude",
+            max_tokens=64,
+            system=system,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "hello claude"}],
         )
-        assert msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
+        msg = raw.parse()
+        # Passed through: the upstream's own message, and it got the client's own body.
+        assert msg.id == "msg_fake" and msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
+        sent = upstream.fake.requests[-1]
+        assert sent["system"] == system and sent["model"] == "claude-sonnet-4-5"
         with client.messages.stream(
             model="claude", max_tokens=64, messages=[{"role": "user", "content": "stream claude"}]
         ) as s:
             assert "".join(s.text_stream) == "echo: stream claude"
+            assert s.get_final_message().id == "msg_fake"
         used = client.messages.create(
             model="claude",
             max_tokens=64,
@@ -199,10 +208,15 @@ def test_anthropic_sdk_against_an_anthropic_upstream(
             messages=[{"role": "user", "content": "find it [[tool]]"}],
         )
         assert used.content[0].type == "tool_use" and used.content[0].name == "lookup"
-        assert upstream.fake.requests[-1]["tools"][0]["name"] == "lookup"  # Anthropic's shape
-        row = gw.row(_rid(msg.id))
+        assert upstream.fake.requests[-1]["tools"] == ANTHROPIC_TOOLS  # as the client sent
+        row = gw.row(raw.headers["x-request-id"])
         assert row["api"] == "messages" and row["served_model"] == "claude"
+        assert "echo: hello claude" in row["response"] and row["input_tokens"] > 0
         assert row["cost_usd"] > 0
+        streamed = gw.rows_eventually(
+            "SELECT output_tokens FROM requests WHERE position(response, 'stream claude') > 0", 1
+        )
+        assert streamed[0]["output_tokens"] > 0
     finally:
         gw.stop()
 
