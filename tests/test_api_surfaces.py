@@ -4,7 +4,6 @@ through the real SDKs, each a row in the one chat form the distiller reads."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -12,44 +11,18 @@ import openai
 import pytest
 
 from distiller.curation import curate
+from tests.support.clients import TOOLS, anthropic_client, openai_client, request_id_of
 from tests.support.gateway import (
     ADMIN_KEY,
     APP_KEY,
     FINANCE_KEY,
     OTHER_KEY,
     RunningGateway,
-    gateway_config,
-    start_gateway,
 )
-
-TOOLS = [
-    {
-        "type": "function",
-        "name": "lookup",
-        "description": "Find an order",
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-    }
-]
-ANTHROPIC_TOOLS = [
-    {"name": "lookup", "description": "Find an order", "input_schema": TOOLS[0]["parameters"]}
-]
-
-
-def _openai(gw: RunningGateway, key: str = APP_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
-
-
-def _anthropic(gw: RunningGateway, key: str = APP_KEY) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=gw.base_url.removesuffix("/v1"), api_key=key, max_retries=0)
-
-
-def _rid(resp_id: str) -> str:
-    raw = resp_id.split("_", 1)[1]
-    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
 def test_responses_plain_and_streamed_are_rows(gateway: RunningGateway, upstream) -> None:
-    client = _openai(gateway)
+    client = openai_client(gateway)
     resp = client.responses.create(
         model="gpt-4o", input="where is parcel 7301", instructions="You are a courier desk."
     )
@@ -57,7 +30,7 @@ def test_responses_plain_and_streamed_are_rows(gateway: RunningGateway, upstream
     assert resp.usage is not None and resp.usage.output_tokens > 0
     sent = upstream.fake.requests[-1]
     assert sent["messages"][0] == {"role": "system", "content": "You are a courier desk."}
-    row = gateway.row(_rid(resp.id))
+    row = gateway.row(request_id_of(resp.id))
     assert row["api"] == "responses" and row["endpoint"] == "chat.completions"
     assert row["input_tokens"] == resp.usage.input_tokens and row["cost_usd"] > 0
     assert json.loads(row["messages"])[-1]["content"] == "where is parcel 7301"
@@ -68,17 +41,17 @@ def test_responses_plain_and_streamed_are_rows(gateway: RunningGateway, upstream
     assert kinds[-1] == "response.completed" and "response.output_text.delta" in kinds
     final = events[-1].response  # type: ignore[union-attr]
     assert final.output_text == "echo: stream parcel 7302" and final.usage.output_tokens > 0
-    row = gateway.row(_rid(final.id))
+    row = gateway.row(request_id_of(final.id))
     assert row["api"] == "responses" and row["is_stream"] and row["output_tokens"] > 0
     # The distiller reads them as chat examples of their route.
     ids = {e.request_id for e in curate(gateway.state.store, "support").examples}
-    assert {_rid(resp.id), _rid(final.id)} <= ids
+    assert {request_id_of(resp.id), request_id_of(final.id)} <= ids
 
 
 def test_responses_tools_previous_response_and_structured_output(
     gateway: RunningGateway, upstream
 ) -> None:
-    client = _openai(gateway)
+    client = openai_client(gateway)
     first = client.responses.create(model="gpt-4o", input="order 88 [[tool]]", tools=TOOLS)  # type: ignore[arg-type]
     call = first.output[0]
     assert call.type == "function_call" and call.name == "lookup"
@@ -116,111 +89,6 @@ def test_responses_tools_previous_response_and_structured_output(
     assert bad.value.body["param"] == "tools.0.type"  # type: ignore[index]
 
 
-def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGateway) -> None:
-    client = _anthropic(gateway)
-    msg = client.messages.create(
-        model="gpt-4o",
-        max_tokens=64,
-        system="You are a courier desk.",
-        messages=[{"role": "user", "content": "parcel 7401"}],
-    )
-    assert msg.content[0].type == "text" and msg.content[0].text == "echo: parcel 7401"
-    assert msg.stop_reason == "end_turn" and msg.usage.output_tokens > 0
-    row = gateway.row(_rid(msg.id))
-    assert row["api"] == "messages" and row["input_tokens"] == msg.usage.input_tokens
-    with client.messages.stream(
-        model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "parcel 7402"}]
-    ) as s:
-        text = "".join(s.text_stream)
-        final = s.get_final_message()
-    assert text == "echo: parcel 7402" and final.usage.output_tokens > 0
-    used = client.messages.create(
-        model="gpt-4o",
-        max_tokens=64,
-        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
-        messages=[{"role": "user", "content": "parcel 7403 [[tool]]"}],
-    )
-    assert used.stop_reason == "tool_use" and used.content[0].type == "tool_use"
-    assert used.content[0].input == {"q": "parcel 7403"}
-    with client.messages.stream(
-        model="gpt-4o",
-        max_tokens=64,
-        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
-        messages=[{"role": "user", "content": "parcel 7404 [[tool]]"}],
-    ) as s:
-        streamed = s.get_final_message()
-    assert streamed.content[0].type == "tool_use" and streamed.stop_reason == "tool_use"
-    with pytest.raises(anthropic.AuthenticationError) as denied:
-        _anthropic(gateway, "sk-wrong").messages.create(
-            model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
-        )
-    assert denied.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
-    with pytest.raises(anthropic.BadRequestError) as bad:
-        client.messages.create(model="gpt-4o", max_tokens=0, messages=[])
-    assert bad.value.body["type"] == "error"  # type: ignore[index]
-
-
-@pytest.mark.slow
-def test_anthropic_sdk_against_an_anthropic_upstream(
-    tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
-    config = gateway_config(tmp_path, upstream.base_url)
-    config.models["claude"] = config.models["teacher"].model_copy(
-        update={
-            "model": "anthropic/claude-sonnet-4-5",
-            "api_base": upstream.base_url.removesuffix("/v1"),
-            "api_key_env": "FAKE_ANTHROPIC_KEY",
-        }
-    )
-    route = config.routes[0].model_copy(
-        update={
-            "name": "claude",
-            "teacher": "claude",
-            "match": config.routes[0].match.model_copy(update={"models": ["claude"]}),
-        }
-    )
-    config.routes.append(route)
-    gw = start_gateway(config)
-    try:
-        client = _anthropic(gw)
-        system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
-        raw = client.messages.with_raw_response.create(
-            model="claude",
-            max_tokens=64,
-            system=system,  # type: ignore[arg-type]
-            messages=[{"role": "user", "content": "hello claude"}],
-        )
-        msg = raw.parse()
-        # Passed through: the upstream's own message, and it got the client's own body.
-        assert msg.id == "msg_fake" and msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
-        sent = upstream.fake.requests[-1]
-        assert sent["system"] == system and sent["model"] == "claude-sonnet-4-5"
-        with client.messages.stream(
-            model="claude", max_tokens=64, messages=[{"role": "user", "content": "stream claude"}]
-        ) as s:
-            assert "".join(s.text_stream) == "echo: stream claude"
-            assert s.get_final_message().id == "msg_fake"
-        used = client.messages.create(
-            model="claude",
-            max_tokens=64,
-            tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
-            messages=[{"role": "user", "content": "find it [[tool]]"}],
-        )
-        assert used.content[0].type == "tool_use" and used.content[0].name == "lookup"
-        assert upstream.fake.requests[-1]["tools"] == ANTHROPIC_TOOLS  # as the client sent
-        row = gw.row(raw.headers["x-request-id"])
-        assert row["api"] == "messages" and row["served_model"] == "claude"
-        assert "echo: hello claude" in row["response"] and row["input_tokens"] > 0
-        assert row["cost_usd"] > 0
-        streamed = gw.rows_eventually(
-            "SELECT output_tokens FROM requests WHERE position(response, 'stream claude') > 0", 1
-        )
-        assert streamed[0]["output_tokens"] > 0
-    finally:
-        gw.stop()
-
-
 def test_langchain_responses_api(gateway: RunningGateway) -> None:
     from langchain_openai import ChatOpenAI
 
@@ -236,23 +104,23 @@ def test_langchain_responses_api(gateway: RunningGateway) -> None:
 
 
 def test_models_per_key_and_retrieve(gateway: RunningGateway) -> None:
-    shop = {m.id for m in _openai(gateway).models.list()}
-    intranet = {m.id for m in _openai(gateway, OTHER_KEY).models.list()}
+    shop = {m.id for m in openai_client(gateway).models.list()}
+    intranet = {m.id for m in openai_client(gateway, OTHER_KEY).models.list()}
     assert "intranet-model" in intranet and "intranet-model" not in shop
     assert "gpt-4o" in shop and "gpt-4o" in intranet
-    assert _openai(gateway).models.retrieve("gpt-4o").id == "gpt-4o"
+    assert openai_client(gateway).models.retrieve("gpt-4o").id == "gpt-4o"
     with pytest.raises(openai.NotFoundError):
-        _openai(gateway).models.retrieve("intranet-model")
+        openai_client(gateway).models.retrieve("intranet-model")
 
 
 def test_dashboard_roles_get_403_on_every_model_api(gateway: RunningGateway) -> None:
     for key in (ADMIN_KEY, FINANCE_KEY):
         with pytest.raises(openai.PermissionDeniedError):
-            _openai(gateway, key).responses.create(model="gpt-4o", input="x")
+            openai_client(gateway, key).responses.create(model="gpt-4o", input="x")
         with pytest.raises(openai.PermissionDeniedError):
-            _openai(gateway, key).models.list()
+            openai_client(gateway, key).models.list()
         with pytest.raises(anthropic.PermissionDeniedError) as denied:
-            _anthropic(gateway, key).messages.create(
+            anthropic_client(gateway, key).messages.create(
                 model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
             )
         assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
@@ -281,19 +149,21 @@ def test_rate_limit_headers_and_retry_after_honoured_by_the_sdk(gateway: Running
 
 
 def test_answers_say_who_served_them(gateway: RunningGateway) -> None:
-    raw = _openai(gateway).chat.completions.with_raw_response.create(
+    raw = openai_client(gateway).chat.completions.with_raw_response.create(
         model="promoted", messages=[{"role": "user", "content": "who serves 7601"}]
     )
     assert raw.headers["x-flywheel-served-by"] == "student"
     assert raw.headers["x-flywheel-model"].startswith("student-")
-    raw = _openai(gateway).responses.with_raw_response.create(model="gpt-4o", input="who 7602")
+    raw = openai_client(gateway).responses.with_raw_response.create(
+        model="gpt-4o", input="who 7602"
+    )
     assert raw.headers["x-flywheel-served-by"] == "teacher"
 
 
 def test_openai_metadata_is_forwarded_and_gateway_fields_are_not(
     gateway: RunningGateway, upstream
 ) -> None:
-    resp = _openai(gateway).chat.completions.create(
+    resp = openai_client(gateway).chat.completions.create(
         model="gpt-4o",
         messages=[{"role": "user", "content": "metadata 7701"}],
         metadata={"order": "7701"},
@@ -342,7 +212,7 @@ def test_cors_preflight(gateway: RunningGateway) -> None:
         url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
     assert "access-control-allow-origin" not in other.headers
-    answer = _openai(gateway).chat.completions.with_raw_response.create(
+    answer = openai_client(gateway).chat.completions.with_raw_response.create(
         model="gpt-4o",
         messages=[{"role": "user", "content": "cors 7801"}],
         extra_headers={"Origin": CORS_ORIGIN},
@@ -352,7 +222,7 @@ def test_cors_preflight(gateway: RunningGateway) -> None:
 
 
 def test_upstream_param_code_and_retry_after_reach_the_client(gateway: RunningGateway) -> None:
-    client = _openai(gateway)
+    client = openai_client(gateway)
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "x [[status:400]]"}]
@@ -370,7 +240,7 @@ def test_upstream_param_code_and_retry_after_reach_the_client(gateway: RunningGa
 def test_responses_pass_through_to_an_upstream_that_serves_them(
     gateway: RunningGateway, upstream
 ) -> None:
-    client = _openai(gateway)
+    client = openai_client(gateway)
     raw = client.responses.with_raw_response.create(model="native-responses", input="parcel 7901")
     first = raw.parse()
     assert first.id.startswith("resp_native_"), "the upstream's own object, untouched"
@@ -403,11 +273,11 @@ def test_responses_pass_through_to_an_upstream_that_serves_them(
 def test_the_upstreams_rate_limit_headers_are_relayed_where_the_gateway_has_none(
     gateway: RunningGateway,
 ) -> None:
-    raw = _openai(gateway).chat.completions.with_raw_response.create(
+    raw = openai_client(gateway).chat.completions.with_raw_response.create(
         model="gpt-4o", messages=[{"role": "user", "content": "relay 8601"}]
     )
     assert raw.headers["x-ratelimit-limit-requests"] == "10000"  # the upstream's
-    raw = _openai(gateway).chat.completions.with_raw_response.create(  # its own bucket
+    raw = openai_client(gateway).chat.completions.with_raw_response.create(  # its own bucket
         model="paced", messages=[{"role": "user", "content": "relay 8602"}]
     )
     assert raw.headers["x-ratelimit-limit-requests"] == "30"  # the gateway's own

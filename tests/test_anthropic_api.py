@@ -1,0 +1,117 @@
+"""Anthropic-SDK apps that only swap their base URL: the Messages API translated for an
+OpenAI-compatible upstream, passed through to an Anthropic one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.support.clients import ANTHROPIC_TOOLS, anthropic_client, request_id_of
+from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+
+
+def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGateway) -> None:
+    client = anthropic_client(gateway)
+    msg = client.messages.create(
+        model="gpt-4o",
+        max_tokens=64,
+        system="You are a courier desk.",
+        messages=[{"role": "user", "content": "parcel 7401"}],
+    )
+    assert msg.content[0].type == "text" and msg.content[0].text == "echo: parcel 7401"
+    assert msg.stop_reason == "end_turn" and msg.usage.output_tokens > 0
+    row = gateway.row(request_id_of(msg.id))
+    assert row["api"] == "messages" and row["input_tokens"] == msg.usage.input_tokens
+    with client.messages.stream(
+        model="gpt-4o", max_tokens=64, messages=[{"role": "user", "content": "parcel 7402"}]
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "echo: parcel 7402" and final.usage.output_tokens > 0
+    used = client.messages.create(
+        model="gpt-4o",
+        max_tokens=64,
+        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "parcel 7403 [[tool]]"}],
+    )
+    assert used.stop_reason == "tool_use" and used.content[0].type == "tool_use"
+    assert used.content[0].input == {"q": "parcel 7403"}
+    with client.messages.stream(
+        model="gpt-4o",
+        max_tokens=64,
+        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "parcel 7404 [[tool]]"}],
+    ) as s:
+        streamed = s.get_final_message()
+    assert streamed.content[0].type == "tool_use" and streamed.stop_reason == "tool_use"
+    with pytest.raises(anthropic.AuthenticationError) as denied:
+        anthropic_client(gateway, "sk-wrong").messages.create(
+            model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert denied.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(model="gpt-4o", max_tokens=0, messages=[])
+    assert bad.value.body["type"] == "error"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_anthropic_sdk_against_an_anthropic_upstream(
+    tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
+    config = gateway_config(tmp_path, upstream.base_url)
+    config.models["claude"] = config.models["teacher"].model_copy(
+        update={
+            "model": "anthropic/claude-sonnet-4-5",
+            "api_base": upstream.base_url.removesuffix("/v1"),
+            "api_key_env": "FAKE_ANTHROPIC_KEY",
+        }
+    )
+    route = config.routes[0].model_copy(
+        update={
+            "name": "claude",
+            "teacher": "claude",
+            "match": config.routes[0].match.model_copy(update={"models": ["claude"]}),
+        }
+    )
+    config.routes.append(route)
+    gw = start_gateway(config)
+    try:
+        client = anthropic_client(gw)
+        system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+        raw = client.messages.with_raw_response.create(
+            model="claude",
+            max_tokens=64,
+            system=system,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "hello claude"}],
+        )
+        msg = raw.parse()
+        # Passed through: the upstream's own message, and it got the client's own body.
+        assert msg.id == "msg_fake" and msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
+        sent = upstream.fake.requests[-1]
+        assert sent["system"] == system and sent["model"] == "claude-sonnet-4-5"
+        with client.messages.stream(
+            model="claude", max_tokens=64, messages=[{"role": "user", "content": "stream claude"}]
+        ) as s:
+            assert "".join(s.text_stream) == "echo: stream claude"
+            assert s.get_final_message().id == "msg_fake"
+        used = client.messages.create(
+            model="claude",
+            max_tokens=64,
+            tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": "find it [[tool]]"}],
+        )
+        assert used.content[0].type == "tool_use" and used.content[0].name == "lookup"
+        assert upstream.fake.requests[-1]["tools"] == ANTHROPIC_TOOLS  # as the client sent
+        row = gw.row(raw.headers["x-request-id"])
+        assert row["api"] == "messages" and row["served_model"] == "claude"
+        assert "echo: hello claude" in row["response"] and row["input_tokens"] > 0
+        assert row["cost_usd"] > 0
+        streamed = gw.rows_eventually(
+            "SELECT output_tokens FROM requests WHERE position(response, 'stream claude') > 0", 1
+        )
+        assert streamed[0]["output_tokens"] > 0
+    finally:
+        gw.stop()
