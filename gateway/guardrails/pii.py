@@ -1,8 +1,8 @@
 """PII and secrets: where they are in a text, and the text with them masked.
 
 Candidates come from patterns; well-kept libraries decide where a pattern alone would be
-wrong: `phonenumbers` (Google's libphonenumber) finds and validates phone numbers in every
-national format of the regions in `PHONE_REGIONS` and any number written with a `+`
+wrong: `phonenumbers` (Google's libphonenumber) validates each phone-shaped run in the
+national formats of the regions in `PHONE_REGIONS`, or anywhere when written with a `+`
 country code; `python-stdnum` validates IBANs of every country in any case (ISO 13616),
 Luhn for cards, and national ids (Spanish DNI/NIE, Italian codice fiscale, French NIR; US
 SSN and UK NINO by their issuing rules). Cards pass Luhn and carry the prefix and length
@@ -62,7 +62,10 @@ _SECRET = re.compile(
     r"|(?i:(?:api[_-]?key|secret|token|password|passwd)[\"']?\s*[:=]\s*[\"']?)"
     r"[A-Za-z0-9_\-/+=]{12,}"
 )
-_ENOUGH_DIGITS = re.compile(r"(?:\d\D{0,3}){7}")
+# A run of digits with the separators phone numbers are written with (spaces, dots,
+# dashes, brackets, a leading +); libphonenumber decides which runs are numbers.
+_PHONE_SHAPE = re.compile(r"(?<![\w+.-])\+?\(?\d[\d ().-]{5,}\d(?![\w-])")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -122,18 +125,38 @@ def _ip_spans(text: str) -> list[Span]:
     return spans
 
 
+def _phone_number(candidate: str) -> bool:
+    """A valid number in one of the regions (or anywhere, with a `+` country code)."""
+    regions = (None,) if candidate.lstrip("(").startswith("+") else PHONE_REGIONS
+    for region in regions:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return True
+    return False
+
+
 def _phone_spans(text: str, ips: list[Span]) -> list[Span]:
-    if not _ENOUGH_DIGITS.search(text):
-        return []  # cheap exit: no phone has fewer than seven digits
-    found: dict[tuple[int, int], Span] = {}
-    for region in PHONE_REGIONS:
-        for match in phonenumbers.PhoneNumberMatcher(text, region):
-            key = (match.start, match.end)
-            if key not in found and not any(
-                s.start < match.end and match.start < s.end for s in ips
-            ):
-                found[key] = Span(match.start, match.end, "phone")
-    return list(found.values())
+    """Phone-shaped runs (cheap pattern), each validated by libphonenumber: scanning the
+    whole text with its matcher once per region cost ~3 ms a message, this ~0.1 ms."""
+    spans = []
+    for m in _PHONE_SHAPE.finditer(text):
+        if any(s.start < m.end() and m.start() < s.end for s in ips):
+            continue
+        value = m.group()
+        digits = sum(c.isdigit() for c in value)
+        # National numbers in the regions above have 9+ digits with their trunk prefix
+        # (shorter runs are order numbers, amounts, times); with a `+`, 8+.
+        if (
+            _DATE.match(value)
+            or not (8 if value.lstrip("(").startswith("+") else 9) <= digits <= 15
+        ):
+            continue
+        if _phone_number(value):
+            spans.append(Span(m.start(), m.end(), "phone"))
+    return spans
 
 
 def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> list[Span]:
