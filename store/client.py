@@ -232,6 +232,17 @@ class _Rows:
     result_rows: list[tuple[Any, ...]]
 
 
+def answer(store: Store, fn_name: str, args: Any, kwargs: Any) -> tuple[bool, Any]:
+    """A forwarded call's reply, picklable: (True, result) or (False, the error's text)."""
+    try:
+        result = store._call(fn_name, *args, **kwargs)
+    except Exception as e:
+        return False, str(e)
+    if hasattr(result, "result_rows"):  # QueryResult does not pickle
+        result = _Rows(list(result.column_names), list(result.result_rows))
+    return True, result
+
+
 def _serve_store(dsn: str, conn: Any) -> None:
     # At the normal CPU priority: seen, under SCHED_IDLE two CPU-bound neighbours starved
     # the store entirely and the gateway hung at start; at nice 5 rows landed a minute late.
@@ -246,11 +257,5 @@ def _serve_store(dsn: str, conn: Any) -> None:
             store.close()
             conn.send((True, None))
             break
-        try:
-            result = Store._call(store, fn_name, *args, **kwargs)
-            if hasattr(result, "result_rows"):  # QueryResult does not pickle
-                result = _Rows(list(result.column_names), list(result.result_rows))
-            conn.send((True, result))
-        except Exception as e:
-            conn.send((False, str(e)))
+        conn.send(answer(store, fn_name, args, kwargs))
     store.close()

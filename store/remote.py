@@ -18,7 +18,7 @@ import threading
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from store.client import DEFAULT_TIMEOUT_S, Store, StoreUnavailable, _Rows
+from store.client import DEFAULT_TIMEOUT_S, Store, StoreUnavailable, answer
 
 log = logging.getLogger("flywheel.store")
 
@@ -48,13 +48,7 @@ class StoreServer:
                     fn_name, args, kwargs = conn.recv()
                 except (EOFError, OSError):
                     return
-                try:
-                    result = self.store._call(fn_name, *args, **kwargs)
-                    if hasattr(result, "result_rows"):  # QueryResult does not pickle
-                        result = _Rows(list(result.column_names), list(result.result_rows))
-                    reply: tuple[bool, Any] = (True, result)
-                except Exception as e:
-                    reply = (False, str(e))
+                reply = answer(self.store, fn_name, args, kwargs)
                 try:
                     conn.send(reply)
                 except (EOFError, OSError):
