@@ -190,9 +190,11 @@ _ENTITIES: tuple[Entity, ...] = ("email", "phone", "card", "iban", "national_id"
 
 class Rail(_Strict):
     """One guardrail. `pii` masks, blocks or flags personal data and secrets; `jailbreak`
-    and `deny_topics` block or flag; `self_check` asks the route's teacher (LLM rail)."""
+    (regex tripwire) and `deny_topics` block or flag; `prompt_attack` is the learned
+    jailbreak and injection detector, its threshold chosen on the route's own traffic;
+    `self_check` asks the route's teacher (LLM rail)."""
 
-    rail: Literal["pii", "jailbreak", "deny_topics", "self_check"]
+    rail: Literal["pii", "jailbreak", "deny_topics", "prompt_attack", "self_check"]
     action: Literal["block", "mask", "flag"] = "block"
     entities: list[Entity] = Field(default_factory=lambda: list(_ENTITIES))
     mask_upstream: bool = Field(
@@ -203,6 +205,23 @@ class Rail(_Strict):
     topics: dict[str, list[str]] = Field(
         default_factory=dict, description="deny_topics: topic name -> keywords"
     )
+    phone_regions: list[str] | None = Field(
+        default=None,
+        description="pii: regions (ISO 3166 alpha-2) whose national phone formats count; "
+        "default US GB DE FR ES IT NL IN AU BR; any region's with a + country code",
+    )
+    detector: str = Field(
+        default="prompt-attack",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="prompt_attack: the trained detector's name in the model store",
+    )
+    target_fpr: float = Field(
+        default=0.005,
+        gt=0,
+        lt=0.5,
+        description="prompt_attack: the share of this route's logged traffic the chosen "
+        "threshold may flag",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> Rail:
@@ -210,6 +229,13 @@ class Rail(_Strict):
             raise ValueError(f"action `mask` applies to the pii rail only, not {self.rail}")
         if self.rail == "deny_topics" and not self.topics:
             raise ValueError("deny_topics needs `topics`")
+        if self.phone_regions is not None:
+            import phonenumbers
+
+            known = phonenumbers.SUPPORTED_REGIONS
+            bad = [r for r in self.phone_regions if r not in known]
+            if bad:
+                raise ValueError(f"unknown phone_regions {bad}: use ISO 3166 codes like GB, DK")
         return self
 
 
@@ -222,6 +248,12 @@ class Guardrails(_Strict):
         "carrying `refusal_message`",
     )
     refusal_message: str = "I can't help with that request."
+
+    @model_validator(mode="after")
+    def _input_only(self) -> Guardrails:
+        if any(r.rail == "prompt_attack" for r in self.output):
+            raise ValueError("`prompt_attack` reads what users send: it is an input rail")
+        return self
 
 
 class Cache(_Strict):

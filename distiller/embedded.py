@@ -17,7 +17,7 @@ import orjson
 from contracts.policy import PolicySet
 from distiller.evaluation import EvalReport
 from distiller.training import TrainResult
-from distiller.worker import distill_route
+from distiller.worker import distill_route, guard_pass
 from store import Store
 
 log = logging.getLogger("flywheel.distiller")
@@ -118,6 +118,7 @@ class EmbeddedDistiller:
                         self.store, route, policies, self.model_dir, runner=self._subprocess
                     )
                 )
+        out += guard_pass(self.store, policies, self.model_dir)
         self.last = out
         return out
 

@@ -281,6 +281,24 @@ def distill_route(
     return summary
 
 
+def guard_pass(
+    store: Store, policies: PolicySet, model_dir: Path, force: bool = False
+) -> list[dict[str, Any]]:
+    """Train or re-threshold the prompt-attack detectors the policies use (see
+    `guard_training`); reports what it did. Seconds, on this thread."""
+    from dataclasses import asdict
+
+    from distiller.attack_corpora import ensure_fetched
+    from distiller.guard_training import prompt_attack_rails, refresh
+
+    if not prompt_attack_rails(policies):
+        return []
+    corpora = model_dir / "corpora"
+    ensure_fetched(corpora)
+    reports = refresh(store, policies, model_dir / "guards", corpora, force=force)
+    return [{"guard": asdict(r)} for r in reports]
+
+
 def run(
     store: Store,
     policies: PolicySet,
@@ -300,6 +318,8 @@ def run(
                 continue
             out.append(distill_route(store, route, policies, model_dir, force=force))
             log.info("%s", orjson.dumps(out[-1]).decode())
+        if not workload:
+            out += guard_pass(store, policies, model_dir, force=force)
         if once:
             return out
         time.sleep(interval_s)

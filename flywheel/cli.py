@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flywheel.bases_cli import add_command as add_bases
 
     add_bases(sub)
+    from flywheel.guard_cli import add_command as add_guard
+
+    add_guard(sub)
     return parser
 
 

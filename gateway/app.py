@@ -215,6 +215,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/admin/api/routes", dashboard_api.get_routes, methods=["GET"]),
             Route("/admin/api/candidates", dashboard_api.get_candidates, methods=["GET"]),
             Route("/admin/api/history", dashboard_api.get_history, methods=["GET"]),
+            Route("/admin/api/guardrails", dashboard_api.get_guardrails, methods=["GET"]),
             Route("/admin/api/lineage", dashboard_api.get_lineage, methods=["GET"]),
             Route("/admin/api/review", dashboard_api.get_review, methods=["GET"]),
             Route("/admin/api/review/labels", dashboard_api.post_label, methods=["POST"]),

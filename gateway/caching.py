@@ -13,7 +13,7 @@ from typing import Any
 from contracts.openai_shapes import answer_text
 from gateway.cache import cache_key
 from gateway.context import RequestContext
-from gateway.guardrails.pii import find_pii
+from gateway.guardrails.pii import PHONE_REGIONS, find_pii
 
 
 def _key(ctx: RequestContext, header: str) -> str | None:
@@ -44,6 +44,7 @@ def cache_store(ctx: RequestContext, answer: dict[str, Any] | None) -> None:
     rec, policy = ctx.record, ctx.chosen.route.cache if ctx.decision else None
     if not ctx.cache_key or policy is None or answer is None or rec.served_by == "cache":
         return
-    if rec.mask_entities and find_pii(answer_text(answer), rec.mask_entities):
+    regions = rec.mask_regions or PHONE_REGIONS
+    if rec.mask_entities and find_pii(answer_text(answer), rec.mask_entities, regions):
         return  # a masking route never keeps raw personal data in the cache
     ctx.state.spawn(ctx.state.cache.store(ctx.chosen.route.name, ctx.cache_key, answer, policy))

@@ -226,6 +226,18 @@ class GatewayConfig(Strict):
     def journal_dir(self) -> Path:
         return self.data_dir / "journal"
 
+    def model_dir(self) -> Path:
+        return self.distiller.model_dir or self.data_dir / "models"
+
+    def guards_dir(self) -> Path:
+        """Where trained guardrail detectors live (under the model store)."""
+        return self.model_dir() / "guards"
+
+    def watched_paths(self) -> list[Path]:
+        """What the policy watcher rebuilds on: the policy files and each trained detector's
+        `current.json` (a new version or new thresholds)."""
+        return self.policy_paths() + sorted(self.guards_dir().glob("*/current.json"))
+
     def policy_paths(self) -> list[Path]:
         out: list[Path] = []
         for p in self.policies:

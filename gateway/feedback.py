@@ -67,7 +67,7 @@ async def post_feedback(request: Request) -> Response:
     comment = fb.comment
     if rails is not None and rails.log_mask:
         # A comment is stored like the request it judges: masked on a masking route.
-        comment = mask_strings(comment, rails.log_mask)
+        comment = mask_strings(comment, rails.log_mask, rails.phone_regions)
     feedback_id = str(uuid.uuid4())
     score = float(fb.score) if not isinstance(fb.score, bool) else (1.0 if fb.score else 0.0)
     state.writer.submit_row(

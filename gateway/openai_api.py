@@ -145,6 +145,7 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
         ctx.rails = ctx.router.rails.get(decision.route.name)
     if ctx.rails is not None:
         rec.mask_entities = ctx.rails.log_mask  # from here on, whatever the outcome
+        rec.mask_regions = ctx.rails.phone_regions
     ctx.headers.update(
         await state.limiter.admit(
             ctx.principal.key_id, decision.route.name, decision.route.rate_limit

@@ -1,5 +1,8 @@
 """Keeps the router current: policy files hot-reloaded, candidate states refreshed.
 
+A trained detector's `current.json` (a new version, new per-route thresholds) is watched
+like a policy file: the router is rebuilt with it.
+
 Invariant: a changed policy file is validated before it is swapped in, whole and at once; an
 invalid edit leaves the previous policy serving and is reported (log, `GET /admin/policies`,
 `flywheel_policy_valid`). Candidate states are read from ClickHouse here, in the background,
@@ -24,6 +27,7 @@ from contracts.yaml_source import ConfigError
 from gateway.config import GatewayConfig, load_policy_set
 from gateway.guardrails.engine import compile_guardrails
 from gateway.guardrails.nemo import NemoRails
+from gateway.guardrails.prompt_attack import load_detectors
 from gateway.routing import CandidateStates, Router
 from gateway.state import GatewayState
 from store import StoreUnavailable
@@ -55,7 +59,7 @@ def build_router(config: GatewayConfig, states: CandidateStates | None = None) -
     """Load and check every policy, price its models, build its guardrails (nemoguardrails
     engines included); raises PolicyError/ConfigError. Seconds: call off the event loop."""
     policies = load_policy_set(config)
-    rails, nemo = compile_guardrails(policies)
+    rails, nemo = compile_guardrails(policies, load_detectors(config.guards_dir(), policies))
     nemo.start()
     return Router(policies, price_table(policies.models), states, rails=rails, nemo=nemo)
 
@@ -63,7 +67,7 @@ def build_router(config: GatewayConfig, states: CandidateStates | None = None) -
 class PolicyReloader:
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self._stamp = _stamp(state.config.policy_paths())
+        self._stamp = _stamp(state.config.watched_paths())
         self._retiring: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -85,7 +89,7 @@ class PolicyReloader:
 
     async def check(self) -> bool:
         """Reload when a policy file changed; True when a new policy was swapped in."""
-        stamp = _stamp(self.state.config.policy_paths())
+        stamp = _stamp(self.state.config.watched_paths())
         if stamp == self._stamp:
             return False
         self._stamp = stamp

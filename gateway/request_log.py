@@ -70,6 +70,7 @@ class RequestRecord:
     confidence: float = -1.0  # the student's, when it was measured
     guardrail_flagged: bool = False
     mask_entities: tuple[str, ...] = ()  # masked out of the logged messages and answer
+    mask_regions: tuple[str, ...] = ()  # whose national phone formats count (default set)
     parent_id: str = ""
     candidate: str = ""
     budgets_over: list[str] = field(default_factory=list)  # soft budgets this request is past
@@ -90,12 +91,14 @@ class RequestRecord:
             # Raw PII never reaches ClickHouse on a masking route, whatever the model saw and
             # whatever the status: bodies, answers, metadata, tags and error text alike.
             from gateway.guardrails.engine import mask_strings
+            from gateway.guardrails.pii import PHONE_REGIONS
 
-            request = mask_strings(request, self.mask_entities)
-            response = mask_strings(response, self.mask_entities)
-            metadata = mask_strings(metadata, self.mask_entities)
-            tags = mask_strings(tags, self.mask_entities)
-            error = mask_strings(error, self.mask_entities)
+            ents, regions = self.mask_entities, self.mask_regions or PHONE_REGIONS
+            request = mask_strings(request, ents, regions)
+            response = mask_strings(response, ents, regions)
+            metadata = mask_strings(metadata, ents, regions)
+            tags = mask_strings(tags, ents, regions)
+            error = mask_strings(error, ents, regions)
         estimated = usage is None
         if usage is None:
             # No usage from the upstream (some send none; an abandoned or cut stream never

@@ -89,7 +89,15 @@ def test_dashboard_page_in_headless_chromium(
 
     errors, drawn = asyncio.run(visit())
     assert errors == []
-    assert drawn["tabs"] == ["Savings", "Routes", "Candidates", "History", "Lineage", "Review"]
+    assert drawn["tabs"] == [
+        "Savings",
+        "Routes",
+        "Candidates",
+        "History",
+        "Lineage",
+        "Guardrails",
+        "Review",
+    ]
     charts = {k: v for k, v in drawn.items() if k.startswith("chart-")}
     assert len(charts) == 6
     for name, chart in charts.items():

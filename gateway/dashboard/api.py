@@ -1,7 +1,8 @@
 """`/admin/api/*`: the dashboard's figures as JSON, and any of its tables as CSV.
 
-Roles: finance figures for `finance` and `admin` keys; routes, candidates, history and
-lineage for `admin`; the review queue for `reviewer` and `admin`. App keys get 403.
+Roles: finance figures for `finance` and `admin` keys; routes, candidates, history,
+lineage and guardrail rates for `admin`; the review queue for `reviewer` and `admin`. App
+keys get 403.
 Each GET answers JSON, or CSV with `?format=csv&table=NAME` (one of the tables it returns).
 
 Invariant: money leaves as decimal strings (`"0.001250000"`), never floats; ClickHouse work
@@ -24,7 +25,7 @@ from starlette.responses import Response
 from contracts.errors import ApiError
 from gateway.auth import Principal
 from gateway.bodies import read_json, validate
-from gateway.dashboard import finance, lifecycle, review
+from gateway.dashboard import finance, guardrails, lifecycle, review
 from gateway.dashboard.filters import Filters
 from gateway.state import GatewayState
 
@@ -132,6 +133,16 @@ async def get_history(request: Request) -> Response:
     f = Filters.from_query(request.query_params)
     route = request.query_params.get("route", "")
     return _respond(request, await _run(lifecycle.history, state.store, f, route), "history")
+
+
+async def get_guardrails(request: Request) -> Response:
+    """Block, flag and mask rates per route and rail over the date range and per bucket, the
+    rules that fired, and the prompt-attack detector each route serves with."""
+    state, _ = _auth(request, *ADMIN_ROLES)
+    f = Filters.from_query(request.query_params)
+    body = await _run(guardrails.rates, state.store, f)
+    body["detectors"] = guardrails.detectors(state)
+    return _respond(request, body, "guardrails")
 
 
 async def get_lineage(request: Request) -> Response:

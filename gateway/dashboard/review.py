@@ -1,12 +1,15 @@
 """The human review queue: where the system is unsure, a person decides.
 
-Two sources, each item shown with the student's and the teacher's answer:
+Three sources:
 - `audit`: a sampled teacher audit scored the student's answer below `DISAGREE_BELOW`;
 - `low_confidence`: the student's answer fell under its route's confidence bar and the
-  request was escalated to the teacher (the gateway kept the student's answer).
+  request was escalated to the teacher (the gateway kept the student's answer);
+- `guardrail`: a jailbreak or prompt-attack rail in `flag` mode fired on the request.
 
-A reviewer picks the student's answer, the teacher's, writes a correction, or excludes the
-request from training. The label is stored against the user's request id.
+For the first two a reviewer picks the student's answer, the teacher's, writes a correction,
+or excludes the request from training; for a guardrail flag, says `attack` or `not_attack`
+(the prompt-attack detector retrains on these). The label is stored against the user's
+request id.
 
 Invariant: the latest label per request is the one curation uses; its answer text comes
 from the stored answers (or the reviewer's correction), never from the browser's copy.
@@ -58,6 +61,32 @@ _QUEUED_ESCALATED = (
 )
 _ONE_ESCALATED = "parent_id = {rid:String}"
 
+_FLAGGED = """
+SELECT toString(request_id) AS request_id, 'guardrail' AS source, route, '' AS candidate,
+       started_at AS at, arrayMax(arrayMap(v -> JSONExtractFloat(v, 'score'), flags)) AS score,
+       arrayStringConcat(arrayMap(
+           v -> concat(JSONExtractString(v, 'rail'), ': ', JSONExtractString(v, 'detail')), flags
+       ), '; ') AS detail
+FROM (
+    SELECT request_id, route, started_at,
+           arrayFilter(v -> JSONExtractBool(v, 'hit') AND JSONExtractString(v, 'action') = 'flag'
+                            AND JSONExtractString(v, 'rail') IN ('prompt_attack', 'jailbreak'),
+                       JSONExtractArrayRaw(guardrails)) AS flags
+    FROM requests
+    WHERE kind = 'request' AND guardrail_flagged AND {which}
+)
+WHERE notEmpty(flags)
+ORDER BY score DESC, at DESC
+LIMIT {limit:UInt32}
+"""
+_QUEUED_FLAGGED = (
+    "started_at >= {start:DateTime} AND started_at < {end:DateTime}"
+    " AND request_id NOT IN (SELECT request_id FROM review_labels)"
+)
+_ONE_FLAGGED = "request_id = toUUID({rid:String})"
+
+GUARDRAIL_CHOICES = ("attack", "not_attack", "exclude")
+
 _REQUESTS = """
 SELECT toString(r.request_id) AS request_id, app, team, messages, response, served_model
 FROM requests AS r
@@ -69,7 +98,7 @@ class LabelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str
-    choice: Literal["student", "teacher", "correction", "exclude"]
+    choice: Literal["student", "teacher", "correction", "exclude", "attack", "not_attack"]
     answer: str = Field(default="", description="the correct answer, for `correction`")
     note: str = ""
 
@@ -94,7 +123,10 @@ def _attach_requests(store: Store, items: list[dict[str, Any]]) -> list[dict[str
         req = by_id.get(item["request_id"])
         if req is None:  # the request was erased since
             continue
-        if item["source"] == "low_confidence":
+        if item["source"] == "guardrail":
+            item["student_answer"] = ""
+            item["teacher_answer"] = answer_text(orjson.loads(req["response"] or "{}") or {})
+        elif item["source"] == "low_confidence":
             student = orjson.loads(item.pop("student_response") or "{}") or {}
             item["student_answer"] = answer_text(student)
             item["teacher_answer"] = answer_text(orjson.loads(req["response"] or "{}") or {})
@@ -110,18 +142,21 @@ def _attach_requests(store: Store, items: list[dict[str, Any]]) -> list[dict[str
 
 
 def _items(
-    store: Store, audits_which: str, escalated_which: str, params: dict[str, Any]
+    store: Store, which: tuple[str, str, str], params: dict[str, Any]
 ) -> list[dict[str, Any]]:
+    """`which`: the filters for audits, escalations and guardrail flags."""
     params = {"below": DISAGREE_BELOW, **params}
-    items = store.query_dicts(_AUDITS.replace("{which}", audits_which), params)
-    items += store.query_dicts(_ESCALATED.replace("{which}", escalated_which), params)
+    items = store.query_dicts(_AUDITS.replace("{which}", which[0]), params)
+    items += store.query_dicts(_ESCALATED.replace("{which}", which[1]), params)
+    items += store.query_dicts(_FLAGGED.replace("{which}", which[2]), params)
     return _attach_requests(store, items)
 
 
 def review_queue(store: Store, f: Filters, limit: int = 50) -> list[dict[str, Any]]:
     """Unlabelled audit disagreements (least agreement first), then the least confident
     escalated student answers."""
-    items = _items(store, _QUEUED_AUDITS, _QUEUED_ESCALATED, {**f.params(), "limit": limit})
+    which = (_QUEUED_AUDITS, _QUEUED_ESCALATED, _QUEUED_FLAGGED)
+    items = _items(store, which, {**f.params(), "limit": limit})
     return [
         item
         for item in items
@@ -131,7 +166,9 @@ def review_queue(store: Store, f: Filters, limit: int = 50) -> list[dict[str, An
 
 def queue_item(store: Store, request_id: str) -> dict[str, Any] | None:
     """The request's review item, labelled or not; None when it never needed review."""
-    items = _items(store, _ONE_AUDIT, _ONE_ESCALATED, {"rid": request_id, "limit": 1})
+    items = _items(
+        store, (_ONE_AUDIT, _ONE_ESCALATED, _ONE_FLAGGED), {"rid": request_id, "limit": 1}
+    )
     return items[0] if items else None
 
 
@@ -141,16 +178,32 @@ def save_label(store: Store, label: LabelRequest, reviewer: str) -> dict[str, An
     if item is None:
         raise ApiError(
             404,
-            f"Request {label.request_id} is not in the review queue (no audit disagreement "
-            "or escalated student answer recorded for it).",
+            f"Request {label.request_id} is not in the review queue (no audit disagreement, "
+            "escalated student answer or guardrail flag recorded for it).",
             code="not_found",
             param="request_id",
+        )
+    if (item["source"] == "guardrail") != (label.choice in GUARDRAIL_CHOICES[:2]) and (
+        label.choice != "exclude"
+    ):
+        allowed = (
+            GUARDRAIL_CHOICES
+            if item["source"] == "guardrail"
+            else ("student", "teacher", "correction", "exclude")
+        )
+        raise ApiError(
+            400,
+            f"A {item['source']} item takes one of: {', '.join(allowed)}.",
+            code="invalid_choice",
+            param="choice",
         )
     answer = {
         "student": item["student_answer"],
         "teacher": item["teacher_answer"],
         "correction": label.answer,
         "exclude": "",
+        "attack": "",
+        "not_attack": "",
     }[label.choice]
     row = {
         "label_id": str(uuid.uuid4()),

@@ -4,6 +4,8 @@
   as nemoguardrails actions for the Colang engine (`gateway/guardrails/nemo.py`).
 - `jailbreak` and `deny_topics` run as nemoguardrails regex rails on its IORails engine,
   built at start, never per request.
+- `prompt_attack` scores the user's text with the learned detector (`prompt_attack.py`)
+  against the threshold chosen on the route's traffic (~0.1-0.5 ms, inline).
 - `self_check` asks the route's teacher through nemoguardrails' LLMRails; its Colang
   interpreter costs ~14 ms a check, so it runs on a worker thread, off the event loop.
 
@@ -20,9 +22,15 @@ from typing import Any
 
 from contracts.model_config import ModelConfig
 from contracts.policy import Guardrails, PolicySet, Rail
-from gateway.guardrails.detectors import JAILBREAK_PATTERNS, topic_patterns
+from gateway.guardrails.detectors import (
+    JAILBREAK_PATTERNS,
+    JAILBREAK_RULES,
+    first_rule,
+    topic_patterns,
+)
 from gateway.guardrails.nemo import NemoRails
-from gateway.guardrails.pii import Span, find_pii, mask
+from gateway.guardrails.pii import PHONE_REGIONS, Span, find_pii, mask
+from gateway.guardrails.prompt_attack import Loaded, PromptAttackCheck
 
 
 @dataclass(slots=True)
@@ -33,6 +41,8 @@ class Verdict:
     hit: bool
     detail: str = ""
     latency_us: int = 0
+    rule: str = ""  # which detector or named pattern fired (or would have)
+    score: float | None = None  # the learned detector's P(attack); 1.0 for a pattern hit
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +94,7 @@ def _with_texts(messages: list[dict[str, Any]], texts: dict[_Seg, str]) -> list[
 
 
 def _mask_segments(
-    segs: list[tuple[_Seg, str]], entities: list[str]
+    segs: list[tuple[_Seg, str]], entities: list[str], regions: tuple[str, ...] = PHONE_REGIONS
 ) -> tuple[dict[_Seg, str], list[str]]:
     """Detect on the segments joined by spaces (so a number split over two messages is one
     number), then mask each segment's share of every span."""
@@ -93,7 +103,7 @@ def _mask_segments(
         offsets.append(pos)
         joined.append(text)
         pos += len(text) + 1
-    spans = find_pii(" ".join(joined), entities)
+    spans = find_pii(" ".join(joined), entities, regions)
     if not spans:
         return {}, []
     local: dict[int, list[Span]] = {}
@@ -110,11 +120,21 @@ def _mask_segments(
 
 class RouteRails:
     def __init__(
-        self, route_name: str, spec: Guardrails, nemo: NemoRails, teacher: ModelConfig
+        self,
+        route_name: str,
+        spec: Guardrails,
+        nemo: NemoRails,
+        teacher: ModelConfig,
+        detectors: Loaded | None = None,
     ) -> None:
         self.spec = spec
         self.route = route_name
         self.nemo = nemo
+        self.attack_checks = {
+            i: PromptAttackCheck(route_name, rail.detector, detectors or {})
+            for i, rail in enumerate(spec.input)
+            if rail.rail == "prompt_attack"
+        }
         # Entities masked out of everything logged for this route (messages and answers).
         self.log_mask: tuple[str, ...] = tuple(
             sorted(
@@ -125,6 +145,18 @@ class RouteRails:
                     for e in r.entities
                 }
             )
+        )
+        # National phone formats of these regions count, in every pii rail and in the logs.
+        self.phone_regions: tuple[str, ...] = tuple(
+            sorted(
+                {
+                    region
+                    for r in (*spec.input, *spec.output)
+                    if r.rail == "pii"
+                    for region in (r.phone_regions or PHONE_REGIONS)
+                }
+            )
+            or PHONE_REGIONS
         )
         for direction, rails in (("input", spec.input), ("output", spec.output)):
             for i, rail in enumerate(rails):
@@ -156,15 +188,19 @@ class RouteRails:
 
     async def _regex_or_llm(self, key: str, rail: Rail, direction: str, text: str) -> Verdict:
         t0 = time.perf_counter()
+        rule = ""
         if rail.rail == "self_check":
             hit, detail = await self.nemo.self_check(key, direction, text)
         else:
             hit, detail = await self.nemo.check_regex(key, direction, text)
             if hit and rail.rail == "deny_topics":
                 detail = self._topic_of(rail, text) or detail
-        return Verdict(
-            rail.rail, direction, rail.action, hit, detail, int((time.perf_counter() - t0) * 1e6)
-        )
+                rule = detail.removeprefix("topic: ")
+            elif hit:
+                rule = first_rule(JAILBREAK_RULES, text)
+        took = int((time.perf_counter() - t0) * 1e6)
+        score = (1.0 if hit else 0.0) if rail.rail == "jailbreak" else None
+        return Verdict(rail.rail, direction, rail.action, hit, detail, took, rule, score)
 
     @staticmethod
     def _topic_of(rail: Rail, text: str) -> str:
@@ -180,7 +216,11 @@ class RouteRails:
         for i, rail in enumerate(self.spec.input):
             if rail.rail == "pii":
                 t0 = time.perf_counter()
-                masked, found = _mask_segments(_segments(outcome.for_log), list(rail.entities))
+                masked, found = _mask_segments(
+                    _segments(outcome.for_log),
+                    list(rail.entities),
+                    tuple(rail.phone_regions or PHONE_REGIONS),
+                )
                 verdict = Verdict(
                     "pii",
                     "input",
@@ -193,6 +233,11 @@ class RouteRails:
                     outcome.for_log = _with_texts(outcome.for_log, masked)
                     if rail.mask_upstream:
                         outcome.for_peer = _with_texts(outcome.for_peer, masked)
+            elif rail.rail == "prompt_attack":
+                hit, detail, rule, took, score = self.attack_checks[i].check(messages)
+                verdict = Verdict(
+                    "prompt_attack", "input", rail.action, hit, detail, took, rule, score
+                )
             else:
                 text = "\n".join(t for _, t in _segments(messages))
                 verdict = await self._regex_or_llm(self._key("input", i), rail, "input", text)
@@ -207,7 +252,9 @@ class RouteRails:
         for i, rail in enumerate(self.spec.output):
             if rail.rail == "pii":
                 t0 = time.perf_counter()
-                spans = find_pii(outcome.for_log, list(rail.entities))
+                spans = find_pii(
+                    outcome.for_log, list(rail.entities), tuple(rail.phone_regions or PHONE_REGIONS)
+                )
                 verdict = Verdict(
                     "pii",
                     "output",
@@ -227,24 +274,29 @@ class RouteRails:
         return outcome
 
 
-def mask_strings(value: Any, entities: tuple[str, ...]) -> Any:
+def mask_strings(
+    value: Any, entities: tuple[str, ...], regions: tuple[str, ...] = PHONE_REGIONS
+) -> Any:
     """Every string inside `value` with the given entities masked (for log rows)."""
     if isinstance(value, str):
-        spans = find_pii(value, entities)
+        spans = find_pii(value, entities, regions)
         return mask(value, spans) if spans else value
     if isinstance(value, list):
-        return [mask_strings(v, entities) for v in value]
+        return [mask_strings(v, entities, regions) for v in value]
     if isinstance(value, dict):
-        return {k: mask_strings(v, entities) for k, v in value.items()}
+        return {k: mask_strings(v, entities, regions) for k, v in value.items()}
     return value
 
 
-def compile_guardrails(policies: PolicySet) -> tuple[dict[str, RouteRails], NemoRails]:
+def compile_guardrails(
+    policies: PolicySet, detectors: Loaded | None = None
+) -> tuple[dict[str, RouteRails], NemoRails]:
     """The rails of every route that has any, and the nemoguardrails engines they need
-    (not started: call `start()` off the event loop)."""
-    nemo = NemoRails()
+    (not started: call `start()` off the event loop). `detectors`: the trained prompt-attack
+    detectors by name (`prompt_attack.load_detectors`)."""
+    nemo = NemoRails(detectors or {})
     rails = {
-        r.name: RouteRails(r.name, r.guardrails, nemo, policies.models[r.teacher])
+        r.name: RouteRails(r.name, r.guardrails, nemo, policies.models[r.teacher], detectors)
         for r in policies.routes
         if r.guardrails.input or r.guardrails.output
     }

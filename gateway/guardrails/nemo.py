@@ -5,8 +5,9 @@
 - LLM self-checks run on LLMRails with the route's teacher as its model. LLMRails runs the
   Colang interpreter (~14 ms a check), so every LLMRails call goes to one worker thread with
   its own event loop; the gateway's loop only awaits the result.
-- Our PII detector is registered as the action `flywheel_detect_pii`, so Colang flows can use
-  the same code the gateway's hot path calls directly.
+- Our PII detector is registered as the action `flywheel_detect_pii`, and the learned
+  prompt-attack detector as `flywheel_prompt_attack`, so Colang flows can use the same code
+  the gateway's hot path calls directly.
 
 Invariant: nothing here is imported or built per request; `NemoRails.start()` builds all
 engines before the gateway takes traffic.
@@ -25,6 +26,7 @@ import yaml
 
 from contracts.model_config import ModelConfig
 from gateway.guardrails.pii import find_pii
+from gateway.guardrails.prompt_attack import Loaded
 
 log = logging.getLogger("flywheel.guardrails")
 
@@ -47,8 +49,61 @@ async def flywheel_detect_pii(text: str = "", **_: Any) -> bool:
     return bool(find_pii(text or ""))
 
 
+def prompt_attack_action(detectors: Loaded) -> Any:
+    """The nemoguardrails action over the trained detectors: True when `text` scores at or
+    above the threshold (the detector's default, or `threshold` when a flow passes one)."""
+
+    async def flywheel_prompt_attack(
+        text: str = "", detector: str = "prompt-attack", threshold: float | None = None, **_: Any
+    ) -> bool:
+        found = detectors.get(detector)
+        if found is None or not text:
+            return False
+        model, thresholds = found
+        return model.score(text) >= (thresholds.default if threshold is None else threshold)
+
+    return flywheel_prompt_attack
+
+
+def input_flow_rails(flow: str, action: str, actions: dict[str, Any]) -> Any:
+    """LLMRails running one Colang input flow that refuses when `action` (one of ours,
+    registered from `actions`) says True for the user's message; no LLM is ever called.
+    For Colang users, the tests and the benchmark: how a flow reaches our detectors."""
+    from nemoguardrails import LLMRails, RailsConfig
+
+    content = {
+        "models": [
+            {
+                "type": "main",
+                "engine": "openai",
+                "model": "unused",
+                # Never contacted: an input flow that checks and stops needs no model.
+                "parameters": {"base_url": "http://127.0.0.1:9/v1", "api_key": "unused"},
+            }
+        ],
+        "rails": {"input": {"flows": [flow]}},
+    }
+    colang = (
+        f"define flow {flow}\n"
+        f"  $hit = execute {action}(text=$user_message)\n"
+        "  if $hit\n"
+        "    bot refuse to respond\n"
+        "    stop\n"
+    )
+    rails = LLMRails(
+        RailsConfig.from_content(yaml_content=yaml.safe_dump(content), colang_content=colang)
+    )
+    for name, fn in actions.items():
+        rails.register_action(fn, name=name)
+    return rails
+
+
 class NemoRails:
-    def __init__(self) -> None:
+    def __init__(self, detectors: Loaded | None = None) -> None:
+        self.actions: dict[str, Any] = {
+            "flywheel_detect_pii": flywheel_detect_pii,
+            "flywheel_prompt_attack": prompt_attack_action(detectors or {}),
+        }
         self._regex_specs: dict[str, tuple[str, list[str]]] = {}
         self._self_check_specs: dict[str, tuple[str, ModelConfig]] = {}
         self._regex: dict[str, Any] = {}
@@ -119,7 +174,8 @@ class NemoRails:
             ],
         }
         rails = LLMRails(RailsConfig.from_content(yaml_content=yaml.safe_dump(content)))
-        rails.register_action(flywheel_detect_pii, name="flywheel_detect_pii")
+        for name, action in self.actions.items():
+            rails.register_action(action, name=name)
         return rails
 
     def _start_worker(self) -> None:

@@ -16,6 +16,7 @@ replaces exactly those spans, so masked text never contains a detected value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -29,9 +30,29 @@ from stdnum.it import codicefiscale
 
 ENTITIES = ("email", "phone", "card", "iban", "national_id", "secret", "ip")
 
-# Regions whose national formats (no `+` prefix) are recognised; numbers written with a
-# country code are found whatever the region.
+# Regions whose national formats (no `+` prefix) are recognised by default (a rail's
+# `phone_regions` sets its own); numbers written with a country code are found whatever
+# the region.
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "AU", "BR")
+
+
+@functools.cache
+def _national_floor(region: str) -> int:
+    """Fewest digits a national-format candidate needs before it is tried in `region`: the
+    region's shortest fixed-line or mobile number, never under 8 (shorter runs are order
+    numbers, amounts and times far more often than local numbers without an area code), and
+    9 where the plan has numbers under 7 digits (Germany, Italy, Austria): there almost any
+    8-digit run, a build number or a compact date, parses as valid."""
+    from phonenumbers import PhoneMetadata
+
+    md = PhoneMetadata.metadata_for_region(region)
+    if md is None:
+        raise ValueError(f"unknown phone region {region!r}")
+    lengths = [
+        n for desc in (md.fixed_line, md.mobile) if desc for n in desc.possible_length if n > 0
+    ]
+    shortest = min(lengths or [9])
+    return 9 if shortest < 7 else max(8, shortest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,16 +103,31 @@ def _card_network(digits: str) -> bool:
         or (two in (34, 37) and n == 15)  # Amex
         or ((four == 6011 or 644 <= three <= 649 or two == 65) and 16 <= n <= 19)  # Discover
         or ((300 <= three <= 305 or two in (36, 38, 39)) and 14 <= n <= 19)  # Diners
-        or (3528 <= four <= 3589 and 16 <= n <= 19)  # JCB
+        or (two == 35 and 16 <= n <= 19)  # JCB (3528-3589 issued; the 35 range kept whole)
         or (four in (1800, 2131) and n == 15)  # JCB, 15 digits
         or ((two == 50 or 56 <= two <= 69) and 12 <= n <= 19)  # Maestro, UnionPay, RuPay
+        or (digits[:4] == "0604" and 12 <= n <= 19)  # Maestro (UK range)
         or (2200 <= four <= 2204 and 16 <= n <= 19)  # Mir
         or (four == 9792 and n == 16)  # Troy
     )
 
 
 def iban_ok(raw: str) -> bool:
-    return std_iban.is_valid(raw.upper())
+    """ISO 13616 shape and mod-97 check digits. The country's own BBAN check is not asked
+    for: an IBAN with a mistyped bank check digit is still someone's account number."""
+    return std_iban.is_valid(raw.upper(), check_country=False)
+
+
+def _iban_spans(text: str) -> list[Span]:
+    spans = []
+    for m in _IBAN.finditer(text):
+        value = m.group()
+        if not iban_ok(value) and " " in value:
+            # The optional last group may have taken the next short word ("... 1776 for").
+            value = value.rsplit(" ", 1)[0]
+        if iban_ok(value):
+            spans.append(Span(m.start(), m.start() + len(value), "iban"))
+    return spans
 
 
 def _nino_ok(value: str) -> bool:
@@ -125,10 +161,14 @@ def _ip_spans(text: str) -> list[Span]:
     return spans
 
 
-def _phone_number(candidate: str) -> bool:
+def _phone_number(candidate: str, digits: int, regions: tuple[str, ...]) -> bool:
     """A valid number in one of the regions (or anywhere, with a `+` country code)."""
-    regions = (None,) if candidate.lstrip("(").startswith("+") else PHONE_REGIONS
-    for region in regions:
+    tries: tuple[str | None, ...] = (
+        (None,)
+        if candidate.lstrip("(").startswith("+")
+        else tuple(r for r in regions if digits >= _national_floor(r))
+    )
+    for region in tries:
         try:
             number = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
@@ -138,7 +178,7 @@ def _phone_number(candidate: str) -> bool:
     return False
 
 
-def _phone_spans(text: str, ips: list[Span]) -> list[Span]:
+def _phone_spans(text: str, ips: list[Span], regions: tuple[str, ...]) -> list[Span]:
     """Phone-shaped runs (cheap pattern), each validated by libphonenumber: scanning the
     whole text with its matcher once per region cost ~3 ms a message, this ~0.1 ms."""
     spans = []
@@ -147,20 +187,21 @@ def _phone_spans(text: str, ips: list[Span]) -> list[Span]:
             continue
         value = m.group()
         digits = sum(c.isdigit() for c in value)
-        # National numbers in the regions above have 9+ digits with their trunk prefix
-        # (shorter runs are order numbers, amounts, times); with a `+`, 8+.
-        if (
-            _DATE.match(value)
-            or not (8 if value.lstrip("(").startswith("+") else 9) <= digits <= 15
-        ):
+        # Runs under 8 digits are order numbers, amounts and times (see `_national_floor`).
+        if _DATE.match(value) or not 8 <= digits <= 15:
             continue
-        if _phone_number(value):
+        if _phone_number(value, digits, regions):
             spans.append(Span(m.start(), m.end(), "phone"))
     return spans
 
 
-def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> list[Span]:
-    """Every PII/secret span in `text`, without overlaps (the earlier, longer one wins)."""
+def find_pii(
+    text: str,
+    entities: tuple[str, ...] | list[str] = ENTITIES,
+    regions: tuple[str, ...] = PHONE_REGIONS,
+) -> list[Span]:
+    """Every PII/secret span in `text`, without overlaps (the earlier, longer one wins).
+    `regions`: whose national phone formats count (any region's with a `+` code)."""
     spans: list[Span] = []
     want = set(entities)
     if "secret" in want:
@@ -168,9 +209,7 @@ def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> lis
     if "email" in want:
         spans += [Span(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
     if "iban" in want:
-        spans += [
-            Span(m.start(), m.end(), "iban") for m in _IBAN.finditer(text) if iban_ok(m.group())
-        ]
+        spans += _iban_spans(text)
     if "card" in want:
         for m in _CARD.finditer(text):
             digits = re.sub(r"\D", "", m.group())
@@ -182,7 +221,7 @@ def find_pii(text: str, entities: tuple[str, ...] | list[str] = ENTITIES) -> lis
     if "ip" in want:
         spans += ips
     if "phone" in want:
-        spans += _phone_spans(text, ips)
+        spans += _phone_spans(text, ips, regions)
     spans.sort(key=lambda s: (s.start, -(s.end - s.start)))
     out: list[Span] = []
     for span in spans:

@@ -132,6 +132,16 @@ routes:
     teacher: teacher
     guardrails:
       input: [{rail: self_check, action: block}]
+  - name: guarded-attack-flag
+    match: {models: [guarded-attack-flag]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: prompt_attack, action: flag, target_fpr: 0.02}]
+  - name: guarded-attack-block
+    match: {models: [guarded-attack-block]}
+    teacher: teacher
+    guardrails:
+      input: [{rail: jailbreak, action: flag}, {rail: prompt_attack, action: block}]
 """
 
 # The route the hot-reload test edits, in a file of its own: no other test routes through it.

@@ -234,6 +234,31 @@ async function loadLineage() {
   await show();
 }
 
+async function loadGuardrails() {
+  const r = await api(`/admin/api/guardrails?${filterQuery()}`);
+  const keys = [...new Set(r.series.map((s) => `${s.route} / ${s.rail} (${s.action})`))];
+  const buckets = [...new Set(r.series.map((s) => s.bucket))];
+  draw("chart-guardrails", {
+    type: "line",
+    data: { labels: buckets.map((b) => b.slice(0, r.bucket === "hour" ? 13 : 10)), datasets: keys.map((k, i) => ({
+      label: k,
+      data: buckets.map((b) => {
+        const s = r.series.find((x) => x.bucket === b && `${x.route} / ${x.rail} (${x.action})` === k);
+        return s && s.hit_pct !== null ? Number(s.hit_pct) : null;
+      }),
+      borderColor: COLORS[i % COLORS.length], spanGaps: true,
+    })) },
+  });
+  const csv = (name) => `/admin/api/guardrails?${filterQuery({ format: "csv", table: name })}`;
+  document.getElementById("guardrails-tables").replaceChildren(
+    el("p", { class: "note" }, "Rails belong to routes: the app and team filters do not narrow these figures."),
+    table("Rates by route and rail", r.by_rail, csv("by_rail"), ["route", "rail", "direction", "action", "checks", "hits", "hit_pct"]),
+    table("What fired (rule or detector)", r.by_rule, csv("by_rule")),
+    table("Prompt-attack detectors serving now", r.detectors, csv("detectors")),
+    table(`Over time (per ${r.bucket})`, r.series.filter((s) => s.checks > 0), csv("series")),
+  );
+}
+
 // --- review ---------------------------------------------------------------------------
 
 async function label(item, choice, answer = "") {
@@ -245,8 +270,21 @@ async function label(item, choice, answer = "") {
   await loadReview();
 }
 
+function guardrailCard(item, prompt) {
+  return el("div", { class: "review-item", "data-request-id": item.request_id },
+    el("div", {}, el("span", { class: "pill" }, "guardrail"), ` ${item.route} · ${item.app} · ${item.detail} · ${item.at}`),
+    el("pre", { class: "prompt" }, prompt),
+    el("div", {}, el("strong", {}, "Answer given"), el("pre", {}, item.teacher_answer)),
+    el("div", { class: "actions" },
+      el("button", { onclick: () => label(item, "attack") }, "Attack"),
+      el("button", { onclick: () => label(item, "not_attack") }, "Not an attack"),
+      el("button", { class: "secondary", onclick: () => label(item, "exclude") }, "Exclude from training")),
+  );
+}
+
 function reviewCard(item) {
   const prompt = item.messages.map((m) => `${m.role}: ${typeof m.content === "string" ? m.content : JSON.stringify(m.content)}`).join("\n");
+  if (item.source === "guardrail") return guardrailCard(item, prompt);
   const correction = el("textarea", { placeholder: "Or write the correct answer…" });
   const why = item.source === "audit" ? `audit agreement ${item.score}` : `student confidence ${item.score}`;
   return el("div", { class: "review-item", "data-request-id": item.request_id },
@@ -268,7 +306,7 @@ async function loadReview() {
   const r = await api(`/admin/api/review?${filterQuery()}`);
   const view = document.getElementById("view-review");
   view.replaceChildren(
-    el("p", {}, `${r.queue.length} item(s) to review: audit disagreements first, then the student's least confident answers. A label replaces the teacher's answer in the next dataset and eval set.`),
+    el("p", {}, `${r.queue.length} item(s) to review: audit disagreements, the student's least confident answers, then requests a guardrail flagged. A label replaces the teacher's answer in the next dataset and eval set; an attack / not-an-attack label retrains the prompt-attack detector.`),
     ...r.queue.map(reviewCard),
     table("Recent labels", r.labels, `/admin/api/review?${filterQuery({ format: "csv", table: "labels" })}`),
   );
@@ -276,7 +314,7 @@ async function loadReview() {
 
 // --- shell ----------------------------------------------------------------------------
 
-const LOADERS = { finance: loadFinance, routes: loadRoutes, candidates: loadCandidates, history: loadHistory, lineage: loadLineage, review: loadReview };
+const LOADERS = { finance: loadFinance, routes: loadRoutes, candidates: loadCandidates, history: loadHistory, lineage: loadLineage, guardrails: loadGuardrails, review: loadReview };
 let current = null;
 
 async function show(name) {
