@@ -43,6 +43,17 @@ def _regex_hits(texts: list[str]) -> float:
     return sum(any(r.search(t) for r in rx) for t in texts) / max(1, len(texts))
 
 
+def faker_benign(seed: int = 5) -> dict[str, list[str]]:
+    """Synthetic harmless text: faker paragraphs in five languages, and customer messages
+    carrying PII (the PII benchmark's sentences): neither should look like an attack."""
+    from faker import Faker
+
+    fake = Faker(["en_US", "en_GB", "de_DE", "fr_FR", "es_ES"])
+    fake.seed_instance(seed)
+    paragraphs = [fake.paragraph(nb_sentences=4) for _ in range(500)]
+    return {"paragraphs": paragraphs, "pii_messages": pii_sentences()}
+
+
 def _protocol(
     train_pos: list[str],
     test_pos: list[str],
@@ -61,6 +72,10 @@ def _protocol(
         "recall": round(float((det.scores(test_pos) >= threshold).mean()), 4),
         "fpr_banking77_test": round(float((det.scores(b77["test"]) >= threshold).mean()), 4),
         "fpr_public_benign_held_out": round(float((det.scores(neg_check) >= threshold).mean()), 4),
+        **{
+            f"fpr_faker_{kind}": round(float((det.scores(texts) >= threshold).mean()), 4)
+            for kind, texts in faker_benign().items()
+        },
         "regex_rail_recall": round(_regex_hits(test_pos), 4),
         "regex_rail_fpr_banking77_test": round(_regex_hits(b77["test"]), 4),
     }
@@ -166,21 +181,36 @@ def pii_values(seed: int = 7, per_kind: int = 60) -> dict[str, list[str]]:
     }
 
 
-def pii(banking77_test: list[str]) -> dict[str, Any]:
-    rng = random.Random(11)
+def _placed() -> list[tuple[str, str, str]]:
+    """(kind, value, sentence holding it) for every generated value."""
     from faker import Faker
 
+    rng = random.Random(11)
     names = Faker("en_GB")
     names.seed_instance(3)
+    out = []
+    for key, values in pii_values().items():
+        what = key.split("_other")[0].replace("_", " ")
+        for value in values:
+            text = rng.choice(TEMPLATES).format(what=what, value=value, name=names.first_name())
+            out.append((key, value, text))
+    return out
+
+
+def pii_sentences() -> list[str]:
+    return [text for _, _, text in _placed()]
+
+
+def pii(banking77_test: list[str]) -> dict[str, Any]:
     per_entity: dict[str, Any] = {}
     all_regions = tuple(PHONE_REGIONS.split())
-    for key, values in pii_values().items():
+    placed = _placed()
+    for key in dict.fromkeys(k for k, _, _ in placed):
         entity = key.split("_other")[0]
+        values = [(v, t) for k, v, t in placed if k == key]
         found = missed = wrong = with_regions = 0
         examples: list[str] = []
-        for value in values:
-            what = entity.replace("_", " ")
-            text = rng.choice(TEMPLATES).format(what=what, value=value, name=names.first_name())
+        for value, text in values:
             start = text.index(value)
             spans = find_pii(text)
             hit = [s for s in spans if s.start <= start and s.end >= start + len(value)]
@@ -206,7 +236,10 @@ def pii(banking77_test: list[str]) -> dict[str, Any]:
         if key != entity:
             per_entity[key]["recall_with_phone_regions_set"] = round(with_regions / len(values), 4)
     flagged = [t for t in banking77_test if find_pii(t)]
+    paragraphs = faker_benign()["paragraphs"]
     return {
+        "faker_paragraphs_with_pii": sum(1 for t in paragraphs if find_pii(t)),
+        "faker_paragraphs": len(paragraphs),
         "per_entity": per_entity,
         "banking77_test_texts_with_pii": len(flagged),
         "banking77_test_texts": len(banking77_test),
