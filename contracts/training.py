@@ -12,6 +12,15 @@ from pydantic import Field
 from contracts.model_config import Strict
 
 
+class Resources(Strict):
+    """What one training (and its evaluation) needs: a Ray task's `num_cpus`, `num_gpus`
+    and `memory`, a Kubernetes Job's requests and limits. The local backend ignores them."""
+
+    cpus: float = Field(default=1.0, gt=0)
+    gpus: float = Field(default=0.0, ge=0)
+    memory_gb: float | None = Field(default=None, gt=0, description="unset: no request")
+
+
 class Training(Strict):
     """The distiller's settings for a route: when to train, how to split, and the
     hyperparameters. Unknown keys are errors (`epoch: 3` is caught with its line)."""
@@ -50,4 +59,8 @@ class Training(Strict):
     )
     max_labels: int = Field(
         default=500, ge=2, description="classifier: most distinct answers that count as labels"
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(),
+        description="what one training job of this route asks a ray or kubernetes backend for",
     )

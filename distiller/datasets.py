@@ -127,6 +127,32 @@ def build_dataset(
     return DatasetVersion(dataset_id, curated.route, train, frozen_evals, eval_set_id, version)
 
 
+def reload_dataset(store: Store, curated: Curated, dataset_id: str) -> DatasetVersion:
+    """A dataset version built before, from today's curated examples of its requests (a
+    run that died is trained again on the same requests and evaluated on the same frozen
+    eval set; requests erased since are left out, reviewers' newer labels win)."""
+    rows = store.query_rows(
+        "SELECT toString(request_id), split FROM dataset_items WHERE dataset_id = {d:String}",
+        {"d": dataset_id},
+    )
+    split = {str(r[0]): str(r[1]) for r in rows}
+    meta = store.query_rows(
+        "SELECT eval_set_id FROM datasets WHERE dataset_id = {d:String} LIMIT 1",
+        {"d": dataset_id},
+    )
+    eval_set_id = str(meta[0][0]) if meta else ""
+    version = store.query_rows(
+        "SELECT version FROM eval_sets WHERE eval_set_id = {e:String} LIMIT 1",
+        {"e": eval_set_id},
+    )
+    frozen = eval_set_ids(store, eval_set_id)
+    train = [e for e in curated.examples if split.get(e.request_id) == "train"]
+    evals = [e for e in curated.examples if e.request_id in frozen]
+    return DatasetVersion(
+        dataset_id, curated.route, train, evals, eval_set_id, int(version[0][0]) if version else 0
+    )
+
+
 # --- lineage -----------------------------------------------------------------------------
 
 
@@ -134,8 +160,8 @@ def requests_of_candidate(store: Store, route: str, candidate: str) -> list[str]
     """The request ids the candidate's latest training run learned from."""
     rows = store.query_rows(
         "SELECT toString(request_id) FROM dataset_items WHERE split = 'train' AND dataset_id = ("
-        " SELECT argMax(dataset_id, created_at) FROM training_runs"
-        " WHERE route = {r:String} AND candidate = {c:String})",
+        " SELECT argMax(dataset_id, updated_at) FROM training_runs"
+        " WHERE route = {r:String} AND candidate = {c:String} AND status = 'succeeded')",
         {"r": route, "c": candidate},
     )
     return [str(r[0]) for r in rows]

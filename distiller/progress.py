@@ -1,5 +1,6 @@
-"""A run's progress while it runs: its stage (train, evaluate), step, total and latest loss,
-in `<run dir>/progress.json`, for whoever watches (the demo's screen).
+"""A run's progress while it runs: its stage (train, evaluate), step, total, latest loss and
+tokens/s, in `<run dir>/progress.json`, for whoever watches: the distiller turns it into
+`training_runs` rows while the job runs; the demo's screen shows it.
 
 Training and evaluation run in a subprocess (or on another machine); a small file beside
 their artifacts is the one channel every backend shares.
@@ -29,7 +30,13 @@ class RunProgress:
     _last: float = field(default=0.0, repr=False)
 
     def report(
-        self, stage: Stage, step: int, total: int, loss: float | None = None, force: bool = False
+        self,
+        stage: Stage,
+        step: int,
+        total: int,
+        loss: float | None = None,
+        force: bool = False,
+        tokens_per_s: float | None = None,
     ) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.every_s:
@@ -39,10 +46,27 @@ class RunProgress:
         tmp = self.run_dir / f".{FILE}.{os.getpid()}"
         tmp.write_text(
             json.dumps(
-                {"stage": stage, "step": step, "total": total, "loss": loss, "at": time.time()}
+                {
+                    "stage": stage,
+                    "step": step,
+                    "total": total,
+                    "loss": loss,
+                    "tokens_per_s": tokens_per_s,
+                    "pid": os.getpid(),  # the process doing the work (wherever it runs)
+                    "at": time.time(),
+                }
             )
         )
         tmp.replace(self.run_dir / FILE)
+
+
+def read(run_dir: Path) -> dict[str, Any] | None:
+    """The run's latest report, or None before its first."""
+    try:
+        report: dict[str, Any] = json.loads((run_dir / FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return report
 
 
 def latest(runs: Path) -> dict[str, Any] | None:

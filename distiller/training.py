@@ -152,6 +152,7 @@ def train(
     losses: list[float] = []
     t0 = time.perf_counter()
     progress = RunProgress(out_dir)
+    tokens_per_step = [0.0]  # set once the trainer has tokenised the data
 
     class Losses(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
@@ -159,11 +160,15 @@ def train(
                 losses.append(float(logs["loss"]))
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            elapsed = time.perf_counter() - t0
             progress.report(
                 "train",
                 int(state.global_step),
                 int(state.max_steps),
                 losses[-1] if losses else None,
+                tokens_per_s=tokens_per_step[0] * int(state.global_step) / elapsed
+                if elapsed
+                else None,
             )
             if cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s:
                 control.should_training_stop = True
@@ -179,6 +184,10 @@ def train(
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+    )
+    tokenised: Any = trainer.train_dataset
+    tokens_per_step[0] = (
+        sum(len(x) for x in tokenised["input_ids"]) / max(1, len(tokenised)) * cfg.batch_size
     )
     state = trainer.train()
     seconds = time.perf_counter() - t0

@@ -14,33 +14,29 @@ through ClickHouse (datasets, runs, reports, candidate states, events).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from contracts.bases import CandidateKind
-from contracts.model_config import ModelConfig
 from contracts.openai_shapes import role_text
-from contracts.policy import Gate, PolicySet, Route
+from contracts.policy import PolicySet, Route
 from contracts.pricing import price_table
-from contracts.training import Training
-from distiller.base_model import build_tiny_base
+from distiller.backends import JobFailed
 from distiller.bases import BaseUnavailable
-from distiller.bases import resolve as resolve_base
-from distiller.classifier import NotAClosedSet, split_calibration, train_classifier
+from distiller.classifier import NotAClosedSet
 from distiller.curation import curate
-from distiller.datasets import build_dataset
-from distiller.evaluation import EvalReport, evaluate, store_report, teacher_judge
-from distiller.examples import Example
+from distiller.datasets import DatasetVersion, build_dataset, reload_dataset
+from distiller.evaluation import store_report
+from distiller.jobs import TrainJob
+from distiller.leases import Lease
 from distiller.promotion import advance, after_evaluation, current
 from distiller.publishing import PublishError, publish
-from distiller.training import TrainResult, train
+from distiller.runs import TrainingContext, abandon_stale, run_with_retries
 from store import Store
 
 log = logging.getLogger("flywheel.distiller")
@@ -56,68 +52,51 @@ def _in_last_dataset(store: Store, route: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def _base_for(base: str, texts: list[str], dirs: Path, settings: Training) -> str:
-    """A loadable base: `local:tiny` built for this run, named bases from the model store
-    (`dirs` is `<store>/<route>/<candidate>/<run>`), anything else as given."""
-    if base in ("", "local:tiny"):
-        return str(build_tiny_base(texts, dirs / "base", pretrain_steps=settings.pretrain_steps))
-    return resolve_base(base, dirs.parents[2], lambda line: log.info("%s", line))
-
-
-def _dev_split(
-    train_set: list[Example], settings: Training
-) -> tuple[list[Example], list[Example] | None]:
-    """Examples held out of a generator's training for early stopping: only when there are
-    enough to spare (200+) and patience is on."""
-    if settings.early_stopping_patience == 0 or len(train_set) < 200:
-        return train_set, None
-    fit, dev = split_calibration(train_set, settings.calibration_fraction)
-    return (fit, dev) if dev else (train_set, None)
-
-
-def train_and_evaluate(
-    kind: CandidateKind,
-    base_spec: str,
-    texts: list[str],
-    train_set: list[Example],
-    eval_set: list[Example],
-    dirs: Path,
-    settings: Training,
-    run_id: str,
-    eval_set_id: str,
-    gate: Gate,
-    teacher: ModelConfig,
-) -> tuple[TrainResult, EvalReport]:
-    """The heavy half of a run, with no store access: safe to run in a subprocess."""
-    base = _base_for(base_spec, texts, dirs, settings)
-    if kind == "classifier":
-        result = train_classifier(base, train_set, dirs, settings)
-    else:
-        fit, dev = _dev_split(train_set, settings)
-        result = train(base, fit, dirs, settings, dev)
-    judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
-    report = evaluate(
-        result.merged,
-        run_id,
-        eval_set_id,
-        eval_set,
-        gate.metric,
-        gate.threshold,
-        gate.min_examples,
-        gate.fields,
-        judge,
-        gate.min_coverage,
+def _requested(store: Store, route: str) -> bool:
+    """An operator asked for a run (admin API, `flywheel distill --url --force`) after the
+    route's latest run started."""
+    rows = store.query_rows(
+        "SELECT (SELECT max(requested_at) FROM distill_requests WHERE route = {r:String}),"
+        " (SELECT max(created_at) FROM training_runs WHERE route = {r:String})",
+        {"r": route},
     )
-    return result, report
+    asked, ran = rows[0] if rows else (None, None)
+    epoch = datetime(1970, 1, 1)
+    return bool(asked) and (asked or epoch) > (ran or epoch)
 
 
-Runner = Callable[..., tuple[TrainResult, EvalReport]]
+_UNFINISHED = """
+SELECT dataset_id, countIf(status = 'succeeded') AS succeeded,
+       countIf(status = 'failed') AS failed, countIf(status = 'running') AS running
+FROM (
+    SELECT run_id, argMax(training_runs.dataset_id, updated_at) AS dataset_id,
+           argMax(training_runs.status, updated_at) AS status
+    FROM training_runs WHERE route = {r:String} GROUP BY run_id
+)
+WHERE dataset_id = (SELECT argMax(dataset_id, created_at) FROM datasets WHERE route = {r:String})
+GROUP BY dataset_id
+"""
 
 
-def _inline(
-    fn: Callable[..., tuple[TrainResult, EvalReport]], *args: Any
-) -> tuple[TrainResult, EvalReport]:
-    return fn(*args)
+def _unfinished_dataset(store: Store, route: str, limit: int) -> str | None:
+    """The route's latest dataset when its training died (no run succeeded or is running,
+    fewer than `limit` failed): it is trained again without waiting for new traffic."""
+    rows = store.query_dicts(_UNFINISHED, {"r": route})
+    if not rows:
+        return None
+    r = rows[0]
+    if r["succeeded"] or r["running"] or not r["failed"] or r["failed"] >= limit:
+        return None
+    return str(r["dataset_id"])
+
+
+def _context(store: Store, model_dir: Path, ctx: TrainingContext | None) -> TrainingContext:
+    if ctx is not None:
+        return ctx
+    from contracts.backends import Backend as BackendConfig
+    from distiller.backends.local import InlineBackend
+
+    return TrainingContext(store, InlineBackend(), BackendConfig(retries=0), model_dir)
 
 
 def distill_route(
@@ -126,10 +105,11 @@ def distill_route(
     policies: PolicySet,
     model_dir: Path,
     force: bool = False,
-    runner: Runner = _inline,
+    ctx: TrainingContext | None = None,
 ) -> dict[str, Any]:
-    """One pass for one workload. `runner` runs `train_and_evaluate` (inline, or in a
-    subprocess when the caller shares its process with the gateway)."""
+    """One pass for one workload. Jobs run where `ctx.backend` says (inline when no context
+    is given: tests and scripts), under the route's lease when `ctx.leases` is set."""
+    ctx = _context(store, model_dir, ctx)
     settings = route.training
     curated = curate(store, route.name)
     # New = curated examples the last dataset did not hold (erasures cannot make it negative).
@@ -146,7 +126,15 @@ def distill_route(
     if not route.candidates:
         summary["skipped"] = "route has no candidates"
         return summary
-    if not force and new < needed:
+    force = force or _requested(store, route.name)
+    retry = (
+        None
+        if force
+        else _unfinished_dataset(
+            store, route.name, (ctx.config.retries + 1) * 3 * len(route.candidates)
+        )
+    )
+    if not force and retry is None and new < needed:
         summary["skipped"] = f"{new} new examples < {needed}"
         summary["changes"] = advance(store, route, prices)
         return summary
@@ -161,7 +149,35 @@ def distill_route(
         summary["skipped"] = f"rollout in progress: {', '.join(rolling)}"
         summary["changes"] = advance(store, route, prices)
         return summary
-    ds = build_dataset(store, curated, settings.eval_fraction)
+    lease = None
+    if ctx.leases is not None:
+        lease = ctx.leases.acquire(f"train:{route.name}", ctx.holder, ctx.config.lease_ttl_s)
+        if lease is None:
+            summary["skipped"] = "another distiller holds this route's training lease"
+            return summary
+    try:
+        if retry is not None:
+            ds = reload_dataset(store, curated, retry)
+            summary["retrying_dataset"] = retry
+        else:
+            ds = build_dataset(store, curated, settings.eval_fraction)
+        _train_candidates(ctx, route, policies, ds, summary, lease)
+    finally:
+        if lease is not None and ctx.leases is not None:
+            ctx.leases.release(lease)
+    summary["changes"] = advance(store, route, prices)
+    return summary
+
+
+def _train_candidates(
+    ctx: TrainingContext,
+    route: Route,
+    policies: PolicySet,
+    ds: DatasetVersion,
+    summary: dict[str, Any],
+    lease: Lease | None,
+) -> None:
+    store, settings = ctx.store, route.training
     summary.update(
         dataset_id=ds.dataset_id,
         train=len(ds.train),
@@ -177,22 +193,24 @@ def distill_route(
     ]
     for cand in route.candidates:
         run_id = f"{route.name}-{cand.name}-{uuid.uuid4().hex[:8]}"
-        dirs = model_dir / route.name / cand.name / run_id
+        job = TrainJob(
+            run_id,
+            route.name,
+            cand.name,
+            f"{route.name}/{cand.name}/{run_id}",
+            settings.resources,
+            cand.kind,
+            cand.resolved_base,
+            texts,
+            ds.train,
+            ds.eval,
+            settings,
+            ds.eval_set_id,
+            route.gate,
+            policies.models[route.teacher],
+        )
         try:
-            result, report = runner(
-                train_and_evaluate,
-                cand.kind,
-                cand.resolved_base,
-                texts,
-                ds.train,
-                ds.eval,
-                dirs,
-                settings,
-                run_id,
-                ds.eval_set_id,
-                route.gate,
-                policies.models[route.teacher],
-            )
+            job, result, report = run_with_retries(ctx, job, ds.dataset_id, lease)
         except (NotAClosedSet, BaseUnavailable) as e:
             # Not a training failure to retry: the candidate cannot serve this route as set.
             reason = f"cannot train: {e}"
@@ -201,43 +219,12 @@ def distill_route(
             )
             summary["runs"].append({"candidate": cand.name, "state": state, "error": reason})
             continue
-        store.insert_rows(
-            "training_runs",
-            [
-                [
-                    run_id,
-                    route.name,
-                    cand.name,
-                    ds.dataset_id,
-                    cand.resolved_base,
-                    settings.model_dump_json(),
-                    result.losses,
-                    result.steps,
-                    result.seconds,
-                    result.tokens,
-                    result.tokens_per_s,
-                    result.device,
-                    str(result.merged),
-                    datetime.now(UTC),
-                ]
-            ],
-            [
-                "run_id",
-                "route",
-                "candidate",
-                "dataset_id",
-                "base",
-                "params",
-                "losses",
-                "steps",
-                "seconds",
-                "tokens",
-                "tokens_per_s",
-                "device",
-                "artifact_path",
-                "created_at",
-            ],
-        )
+        except JobFailed as e:
+            # Every attempt died; the dataset is trained again on a later pass.
+            summary["runs"].append({"candidate": cand.name, "failed": e.reason})
+            continue
+        dirs = job.run_dir(ctx.model_dir)
+        run_id = job.run_id
         store_report(store, report, route.name, cand.name, route.gate.confidence)
         evidence = {
             "run_id": run_id,
@@ -277,8 +264,6 @@ def distill_route(
                 "artifact": str(result.merged),
             }
         )
-    summary["changes"] = advance(store, route, prices)
-    return summary
 
 
 def guard_pass(
@@ -299,10 +284,36 @@ def guard_pass(
     return [{"guard": asdict(r)} for r in reports]
 
 
-def run(
-    store: Store,
+def distill_pass(
+    ctx: TrainingContext,
     policies: PolicySet,
-    model_dir: Path,
+    workload: str | None = None,
+    force: bool = False,
+) -> list[dict[str, Any]]:
+    """One pass: runs abandoned by a dead distiller are marked failed, then every route with
+    candidates (or one) is distilled, up to `backend.concurrency` routes training at once."""
+    abandon_stale(ctx)
+    routes = [r for r in policies.routes if r.candidates and (not workload or r.name == workload)]
+
+    def one(route: Route) -> dict[str, Any]:
+        try:
+            return distill_route(ctx.store, route, policies, ctx.model_dir, force, ctx)
+        except Exception as e:  # one route's failure (store down, bad data) spares the others
+            log.exception("distilling %s failed", route.name)
+            return {"route": route.name, "error": f"{type(e).__name__}: {e}"}
+
+    with ThreadPoolExecutor(max(1, ctx.config.concurrency), "distill") as pool:
+        out = list(pool.map(one, routes))
+    for item in out:
+        log.info("%s", orjson.dumps(item, default=str).decode())
+    if not workload:
+        out += guard_pass(ctx.store, policies, ctx.model_dir, force=force)
+    return out
+
+
+def run(
+    ctx: TrainingContext,
+    policies: PolicySet,
     workload: str | None = None,
     once: bool = False,
     force: bool = False,
@@ -310,16 +321,6 @@ def run(
 ) -> list[dict[str, Any]]:
     """Distill every route with candidates (or one), once or forever."""
     while True:
-        out = []
-        for route in policies.routes:
-            if workload and route.name != workload:
-                continue
-            if not route.candidates:
-                continue
-            out.append(distill_route(store, route, policies, model_dir, force=force))
-            log.info("%s", orjson.dumps(out[-1]).decode())
-        if not workload:
-            out += guard_pass(store, policies, model_dir, force=force)
-        if once:
+        out = distill_pass(ctx, policies, workload, force)
+        if once or ctx.stop.wait(interval_s):
             return out
-        time.sleep(interval_s)

@@ -95,37 +95,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    """The distiller as its own process (a ClickHouse server, or the embedded store while no
-    gateway holds it)."""
-    import json
-
-    from distiller.worker import run
-    from gateway.config import load_policy_set
-    from store import open_store
-
-    config = _load(args.config)
-    policies = load_policy_set(config)
-    if args.workload and args.workload not in {r.name for r in policies.routes}:
-        print(f"unknown workload (route) {args.workload!r}", file=sys.stderr)
-        return 2
-    store = open_store(config.clickhouse_dsn)
-    try:
-        out = run(
-            store,
-            policies,
-            Path(args.model_dir or config.data_dir / "models"),
-            workload=args.workload,
-            once=args.once,
-            force=args.force,
-            interval_s=args.interval,
-        )
-    finally:
-        store.close()
-    print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
 def cmd_students_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -197,14 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql")
     query.set_defaults(fn=cmd_query)
 
-    distill = sub.add_parser("distill", help="curate, train, evaluate and promote students")
-    distill.add_argument("--config", required=True)
-    distill.add_argument("--workload", help="one route (default: every route with candidates)")
-    distill.add_argument("--once", action="store_true", help="one pass, then exit")
-    distill.add_argument("--force", action="store_true", help="train even without new data")
-    distill.add_argument("--model-dir", help="model store (default: <data_dir>/models)")
-    distill.add_argument("--interval", type=float, default=30.0)
-    distill.set_defaults(fn=cmd_distill)
+    from flywheel.distill_cli import add_command as add_distill
+
+    add_distill(sub)
 
     students = sub.add_parser("students", help="serve student models")
     ssub = students.add_subparsers(dest="students_command", required=True)

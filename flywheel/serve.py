@@ -16,6 +16,7 @@ import time
 from starlette.applications import Starlette
 
 from distiller.embedded import EmbeddedDistiller, die_with_parent
+from flywheel.distill_cli import leases_for
 from gateway.app import Companion, build_app, build_state
 from gateway.config import GatewayConfig
 from gateway.http_protocol import bounded_protocol
@@ -55,8 +56,10 @@ class DistillerThread:
         self.worker = EmbeddedDistiller(
             state.store,
             lambda: state.router.policies,
-            cfg.model_dir or self._config.data_dir / "models",
+            self._config.model_dir(),
             cfg.interval_s,
+            cfg.backend,
+            leases_for(self._config, state.store),
         )
         self.worker.start()
 

@@ -34,10 +34,16 @@ class ExplainRequest(BaseModel):
     tags: list[str] = Field(default_factory=list)
 
 
-def _admin(request: Request) -> GatewayState:
+def admin_principal(request: Request) -> tuple[GatewayState, str]:
+    """The gateway state and the admin key's id; 401/403 for anyone else."""
     state: GatewayState = request.app.state.gw
-    require_role(state.keys.authenticate(request.headers), "admin")
-    return state
+    who = state.keys.authenticate(request.headers)
+    require_role(who, "admin")
+    return state, who.key_id
+
+
+def _admin(request: Request) -> GatewayState:
+    return admin_principal(request)[0]
 
 
 async def get_policies(request: Request) -> Response:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, model_validator
 
+from contracts.backends import Backend
 from contracts.budgets import Budget
 from contracts.model_config import ModelConfig, PriceOverride, Strict
 from contracts.policy import PolicySet, Route, load_policies
@@ -178,6 +179,9 @@ class DistillerConfig(Strict):
     enabled: bool = False
     interval_s: float = Field(default=60.0, gt=0)
     model_dir: Path | None = Field(default=None, description="default: <data_dir>/models")
+    backend: Backend = Field(
+        default_factory=Backend, description="where training jobs run: local, ray, kubernetes"
+    )
 
 
 class StudentsConfig(Strict):

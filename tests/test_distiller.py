@@ -7,7 +7,6 @@ session's ClickHouse, as a teacher-served workload would have left them."""
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,102 +26,35 @@ from distiller.datasets import (
 from distiller.evaluation import EvalReport, ExampleResult, evaluate, wilson_lower
 from distiller.promotion import current
 from distiller.worker import distill_route
-from gateway.request_log import RequestRecord
 from tests.support.gateway import RunningGateway
+from tests.support.intents import SYSTEM, generate, insert_requests, intent_row
 
 ROUTE = "distill-intents"
-SYSTEM = "Classify the customer's banking request. Answer with JSON."
-PHRASES = {
-    "lost_card": ["I lost my card", "my card was stolen", "cannot find my debit card"],
-    "refund": ["I want a refund", "please give my money back", "refund the charge"],
-    "balance": ["what is my balance", "how much money is in my account", "show my balance"],
-    "transfer": ["send money to my sister", "make a transfer", "wire funds abroad"],
-}
-NAMES = ["Ana", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea"]
-
-
-def _row(
-    text: str,
-    intent: str,
-    *,
-    served_by: str = "teacher",
-    status: str = "ok",
-    consent: bool = True,
-    flagged: bool = False,
-    route: str = ROUTE,
-) -> tuple[str, dict]:
-    rec = RequestRecord(
-        request_id=str(uuid.uuid4()),
-        endpoint="chat.completions",
-        app="bank",
-        team="retail",
-        key_id="k",
-        consent=consent,
-        route=route,
-        served_model="teacher",
-        teacher_model="teacher",
-        served_by=served_by,
-    )
-    rec.request = {
-        "model": route,
-        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
-    }
-    rec.response = {
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": json.dumps({"intent": intent})},
-            }
-        ],
-        "usage": {"prompt_tokens": 20, "completion_tokens": 6},
-    }
-    rec.guardrail_flagged = flagged
-    rec.finish(status, 200 if status == "ok" else 502)
-    return rec.request_id, rec.to_row({})
-
-
-def _insert(gw: RunningGateway, rows: list[dict]) -> None:
-    body = b"\n".join(json.dumps(r).encode() for r in rows)
-    gw.state.store.insert_json_rows("requests", body, uuid.uuid4().hex)
-
-
-def _generate(n: int, seed: int) -> list[tuple[str, str]]:
-    rnd = random.Random(seed)
-    out = []
-    for _ in range(n):
-        intent = rnd.choice(list(PHRASES))
-        text = (
-            f"{rnd.choice(NAMES)} here, {rnd.choice(PHRASES[intent])} "
-            f"(ref {rnd.getrandbits(32):08x})"
-        )
-        out.append((text, intent))
-    return out
 
 
 @pytest.fixture(scope="module")
 def workload(gateway: RunningGateway) -> dict:
-    clean = _generate(160, seed=1)
+    clean = generate(160, seed=1)
     rows, ids = [], {}
     for text, intent in clean:
-        rid, row = _row(text, intent)
+        rid, row = intent_row(text, intent)
         rows.append(row)
         ids[rid] = intent
     planted = {
-        "not_teacher": [_row(t, i, served_by="student")[1] for t, i in _generate(5, 2)],
-        "failed": [_row(t, i, status="upstream_error")[1] for t, i in _generate(4, 3)],
-        "no_consent": [_row(t, i, consent=False)[1] for t, i in _generate(6, 4)],
-        "guardrail_flagged": [_row(t, i, flagged=True)[1] for t, i in _generate(3, 5)],
+        "not_teacher": [intent_row(t, i, served_by="student")[1] for t, i in generate(5, 2)],
+        "failed": [intent_row(t, i, status="upstream_error")[1] for t, i in generate(4, 3)],
+        "no_consent": [intent_row(t, i, consent=False)[1] for t, i in generate(6, 4)],
+        "guardrail_flagged": [intent_row(t, i, flagged=True)[1] for t, i in generate(3, 5)],
         # Same prompt in other case and spacing: exact duplicates after normalisation.
-        "duplicate": [_row("  " + t.upper().replace(" ", "  "), i)[1] for t, i in clean[:5]],
+        "duplicate": [intent_row("  " + t.upper().replace(" ", "  "), i)[1] for t, i in clean[:5]],
         # One character more: near-duplicates.
-        "near_duplicate": [_row(t + "!", i)[1] for t, i in clean[5:8]],
+        "near_duplicate": [intent_row(t + "!", i)[1] for t, i in clean[5:8]],
     }
-    rated_down = [_row(t, i) for t, i in _generate(4, 6)]
+    rated_down = [intent_row(t, i) for t, i in generate(4, 6)]
     planted["negative_feedback"] = [r for _, r in rated_down]
     for group in planted.values():
         rows += group
-    _insert(gateway, rows)
+    insert_requests(gateway, rows)
     gateway.state.store.insert_rows(
         "feedback",
         [
@@ -147,7 +79,7 @@ def test_split_is_stable_as_data_grows(gateway: RunningGateway, workload: dict) 
     first = build_dataset(store, curate(store, ROUTE))
     assert first.eval_set_id.endswith("-eval-v1") and len(first.eval) > 10
     # Grow the workload by 80%: old examples keep their split, and the eval set is re-frozen.
-    _insert(gateway, [_row(t, i)[1] for t, i in _generate(130, seed=9)])
+    insert_requests(gateway, [intent_row(t, i)[1] for t, i in generate(130, seed=9)])
     second = build_dataset(store, curate(store, ROUTE))
     before = {e.request_id: "eval" for e in first.eval} | {
         e.request_id: "train" for e in first.train
@@ -217,7 +149,7 @@ def test_training_run_beats_untrained_base_and_gates(
     assert run["agreement"] >= 0.8 and run["examples"] >= 20
     # The untrained base (built and pretrained the same way) does not know the labels.
     base = build_tiny_base(
-        [SYSTEM] + [t for t, _ in _generate(50, 11)], tmp_path / "untrained", pretrain_steps=100
+        [SYSTEM] + [t for t, _ in generate(50, 11)], tmp_path / "untrained", pretrain_steps=100
     )
     ds = build_dataset(store, curate(store, ROUTE))
     untrained = evaluate(

@@ -5,9 +5,6 @@ requests cannot overshoot, spend seeded from ClickHouse, and a Redis that goes a
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import APP_KEY, RunningGateway, gateway_config, start_gateway
-from tests.support.net import free_port
+from tests.support.redis_server import running_redis
 from tests.support.serve_process import serve_config, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
@@ -27,45 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    import redis
-
-    client = redis.Redis(port=port)
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.kill()
-    proc.wait(10)
+    with running_redis(tmp_path) as url:
+        yield url
 
 
 @contextlib.contextmanager

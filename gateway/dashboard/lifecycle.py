@@ -15,6 +15,7 @@ import orjson
 from gateway.dashboard.filters import Filters
 from gateway.state import GatewayState
 from store import Store
+from store.runs import latest_runs
 
 
 def _iso(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
@@ -67,10 +68,12 @@ FROM (
 ORDER BY route, candidate
 """
 
+# The latest row of each (route, candidate): its newest run's state and progress.
 _RUNS = """
 SELECT route, candidate, run_id, dataset_id, base, steps, seconds, device,
-       losses[length(losses)] AS final_loss, created_at
-FROM training_runs ORDER BY created_at DESC LIMIT 1 BY route, candidate
+       if(empty(losses), loss, losses[length(losses)]) AS final_loss, created_at, status,
+       stage, step, total_steps, tokens_per_s, attempt, backend, error
+FROM training_runs ORDER BY updated_at DESC LIMIT 1 BY route, candidate
 """
 
 _REPORTS = """
@@ -94,6 +97,13 @@ def candidates(store: Store) -> dict[str, Any]:
             train_seconds=round(float(run.get("seconds", 0.0)), 1),
             final_loss=round(float(run.get("final_loss") or 0.0), 4),
             device=run.get("device", ""),
+            run_status=run.get("status", ""),
+            run_stage=run.get("stage", ""),
+            run_progress=f"{run['step']}/{run['total_steps']}" if run.get("total_steps") else "",
+            tokens_per_s=round(float(run.get("tokens_per_s") or 0.0), 1),
+            run_attempt=run.get("attempt", 0),
+            run_backend=run.get("backend", ""),
+            run_error=run.get("error", ""),
             eval_set_id=rep.get("eval_set_id", ""),
             eval_metric=rep.get("metric", ""),
             eval_examples=rep.get("examples", 0),
@@ -117,7 +127,7 @@ def candidates(store: Store) -> dict[str, Any]:
         for (route, candidate), rep in sorted(reports.items())
         for point in orjson.loads(rep.get("coverage_curve") or "[]")
     ]
-    return {"candidates": rows, "coverage_curves": curves}
+    return {"candidates": rows, "coverage_curves": curves, "runs": latest_runs(store)}
 
 
 def history(store: Store, f: Filters, route: str = "", limit: int = 500) -> dict[str, Any]:
@@ -138,9 +148,10 @@ def lineage(store: Store, route: str, candidate: str, limit: int = 200) -> dict[
     where each answer came from) and its requests (the first `limit` of them)."""
     runs = _iso(
         store.query_dicts(
-            "SELECT run_id, dataset_id, base, steps, device, artifact_path, created_at"
-            " FROM training_runs WHERE route = {r:String} AND candidate = {c:String}"
-            " ORDER BY created_at DESC",
+            "SELECT run_id, dataset_id, base, steps, device, artifact_path, created_at, status,"
+            " attempt, backend, error FROM training_runs"
+            " WHERE route = {r:String} AND candidate = {c:String}"
+            " ORDER BY updated_at DESC LIMIT 1 BY run_id",
             {"r": route, "c": candidate},
         ),
         "created_at",

@@ -198,6 +198,8 @@ async function loadCandidates() {
   document.getElementById("view-candidates").replaceChildren(
     table("Candidates: state, training and latest evaluation", r.candidates, "/admin/api/candidates?format=csv&table=candidates"),
     table("Coverage against agreement: the share each candidate keeps at a confidence threshold", r.coverage_curves, "/admin/api/candidates?format=csv&table=coverage_curves"),
+    table("Training runs, live (step, loss and tokens/s while they run; failed attempts with their reason)", r.runs, "/admin/api/candidates?format=csv&table=runs",
+      ["route", "candidate", "run_id", "backend", "attempt", "status", "stage", "step", "total_steps", "progress_pct", "loss", "tokens_per_s", "error", "updated_at"]),
   );
   return r.candidates;
 }

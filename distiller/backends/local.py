@@ -1,0 +1,158 @@
+"""The `local` backend: each job in a spawned process on this machine (today's default).
+
+A spare worker process is spawned ahead and warms up (imports torch and transformers)
+while the route still collects traffic; each job takes one and the process exits after it,
+so its memory goes back. Jobs run at once up to the distiller's concurrency, each in its
+own process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from distiller.backends.base import JobFailed, Tick, job_error
+from distiller.evaluation import EvalReport
+from distiller.jobs import TrainJob, read_result, run_job
+from distiller.training import TrainResult
+
+
+def die_with_parent() -> None:
+    """In a training worker: ask Linux to kill this process when its parent dies, so a killed
+    gateway (or demo, or test) never leaves a training worker holding gigabytes behind."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def warm_worker() -> None:
+    """A training worker's start: die with the parent, and import the heavy libraries now,
+    while the route still collects traffic, rather than when its trigger fires (seen: a
+    fresh worker's imports took most of a minute on a busy machine)."""
+    die_with_parent()
+    import sklearn.linear_model  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+
+class InlineBackend:
+    """The job in this thread (tests and scripts that want no extra process)."""
+
+    name = "inline"
+
+    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+        try:
+            run_job(str(model_store), job.rel_dir)
+        except Exception as e:
+            raise job_error(e) from e
+        found = read_result(model_store, job.rel_dir)
+        if found is None:
+            raise JobFailed("the job ended without writing its result")
+        return found
+
+    def close(self) -> None:
+        pass
+
+
+def _signal_name(code: int | None) -> str:
+    import signal
+
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, poll_s: float = 1.0) -> None:
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._spare: Any = None
+        self._running: set[Any] = set()
+        self._closed = False
+
+    @staticmethod
+    def _new_pool() -> Any:
+        pool = ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=warm_worker
+        )
+        pool.submit(int)  # spawns the worker now; it stays for the next job
+        return pool
+
+    def start(self) -> None:
+        """Spawn the spare worker now (optional: `run` spawns one when none is spare)."""
+        with self._lock:
+            if self._spare is None and not self._closed:
+                self._spare = self._new_pool()
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise JobFailed("the distiller is stopping")
+            pool, self._spare = self._spare, None
+            pool = pool or self._new_pool()
+            self._running.add(pool)
+            return pool
+
+    def _give_back(self, pool: Any) -> None:
+        with self._lock:
+            self._running.discard(pool)
+            if self._spare is None and not self._closed:
+                self._spare = self._new_pool()
+        pool.shutdown(wait=False)
+
+    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+        pool = self._take()
+        try:
+            future = pool.submit(run_job, str(model_store), job.rel_dir)
+            while True:
+                try:
+                    future.result(timeout=self.poll_s)
+                    break
+                except FutureTimeout:
+                    tick()
+                except BrokenProcessPool:
+                    codes = [p.exitcode for p in getattr(pool, "_processes", {}).values()]
+                    how = _signal_name(codes[0]) if codes else "gone"
+                    raise JobFailed(
+                        f"the training process died ({how}: killed or out of memory)"
+                    ) from None
+                except Exception as e:  # the job's own error, raised in the worker
+                    raise job_error(e) from e
+        finally:
+            self._give_back(pool)
+        found = read_result(model_store, job.rel_dir)
+        if found is None:
+            raise JobFailed("the job ended without writing its result")
+        return found
+
+    def pids(self) -> list[int]:
+        """Worker processes running jobs now (for operators and tests)."""
+        with self._lock:
+            return [
+                p.pid for pool in self._running for p in getattr(pool, "_processes", {}).values()
+            ]
+
+    def close(self) -> None:
+        """Stop every job in flight (a run cut short is retried on the next start)."""
+        with self._lock:
+            self._closed = True
+            pools = [*self._running, *([self._spare] if self._spare else [])]
+            self._spare = None
+        for pool in pools:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)

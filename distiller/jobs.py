@@ -1,0 +1,184 @@
+"""One training job: train a candidate on a dataset and evaluate it, with no store access.
+
+The same function runs on every backend (`distiller/backends/`): in a spawned process here,
+as a Ray task, or as `python -m distiller.jobs <run dir>` in a Kubernetes Job's pod. What
+goes in and out travels through the model store, which every node reaches:
+
+    <model store>/<route>/<candidate>/<run_id>/job.pkl      the arguments (written first)
+    <model store>/<route>/<candidate>/<run_id>/progress.json step, loss, tokens/s (while it runs)
+    <model store>/<route>/<candidate>/<run_id>/result.pkl   TrainResult and EvalReport
+
+Paths inside are relative to the model store, so a pod that mounts it elsewhere (`/models`)
+runs the same job (`--model-store`).
+
+Invariant: `result.pkl` is written whole (aside, then renamed) after the artifacts it names
+are saved: a job whose result is there finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from contracts.bases import CandidateKind
+from contracts.model_config import ModelConfig
+from contracts.policy import Gate
+from contracts.training import Resources, Training
+from distiller.base_model import build_tiny_base
+from distiller.bases import resolve as resolve_base
+from distiller.classifier import split_calibration, train_classifier
+from distiller.evaluation import EvalReport, evaluate, teacher_judge
+from distiller.examples import Example
+from distiller.training import TrainResult, train
+
+log = logging.getLogger("flywheel.jobs")
+
+JOB, RESULT = "job.pkl", "result.pkl"
+
+
+@dataclass
+class TrainJob:
+    """What a backend submits: where the run lives, what it needs, and its arguments."""
+
+    run_id: str
+    route: str
+    candidate: str
+    rel_dir: str  # the run's folder, relative to the model store
+    resources: Resources
+    kind: CandidateKind
+    base_spec: str
+    texts: list[str]
+    train_set: list[Example]
+    eval_set: list[Example]
+    settings: Training
+    eval_set_id: str
+    gate: Gate
+    teacher: ModelConfig
+
+    def run_dir(self, model_store: Path) -> Path:
+        return model_store / self.rel_dir
+
+
+def _base_for(base: str, texts: list[str], dirs: Path, settings: Training) -> str:
+    """A loadable base: `local:tiny` built for this run, named bases from the model store
+    (`dirs` is `<store>/<route>/<candidate>/<run>`), anything else as given."""
+    if base in ("", "local:tiny"):
+        return str(build_tiny_base(texts, dirs / "base", pretrain_steps=settings.pretrain_steps))
+    return resolve_base(base, dirs.parents[2], lambda line: log.info("%s", line))
+
+
+def _dev_split(
+    train_set: list[Example], settings: Training
+) -> tuple[list[Example], list[Example] | None]:
+    """Examples held out of a generator's training for early stopping: only when there are
+    enough to spare (200+) and patience is on."""
+    if settings.early_stopping_patience == 0 or len(train_set) < 200:
+        return train_set, None
+    fit, dev = split_calibration(train_set, settings.calibration_fraction)
+    return (fit, dev) if dev else (train_set, None)
+
+
+def train_and_evaluate(
+    kind: CandidateKind,
+    base_spec: str,
+    texts: list[str],
+    train_set: list[Example],
+    eval_set: list[Example],
+    dirs: Path,
+    settings: Training,
+    run_id: str,
+    eval_set_id: str,
+    gate: Gate,
+    teacher: ModelConfig,
+) -> tuple[TrainResult, EvalReport]:
+    """The heavy half of a run, with no store access: safe to run anywhere."""
+    base = _base_for(base_spec, texts, dirs, settings)
+    if kind == "classifier":
+        result = train_classifier(base, train_set, dirs, settings)
+    else:
+        fit, dev = _dev_split(train_set, settings)
+        result = train(base, fit, dirs, settings, dev)
+    judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
+    report = evaluate(
+        result.merged,
+        run_id,
+        eval_set_id,
+        eval_set,
+        gate.metric,
+        gate.threshold,
+        gate.min_examples,
+        gate.fields,
+        judge,
+        gate.min_coverage,
+    )
+    return result, report
+
+
+def write_job(job: TrainJob, model_store: Path) -> Path:
+    run_dir = job.run_dir(model_store)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_whole(run_dir / JOB, pickle.dumps(job))
+    return run_dir
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def run_job(model_store: str, rel_dir: str) -> None:
+    """The job itself, wherever it runs: read the arguments, train, evaluate, write the
+    result. Paths in the result are relative to the model store."""
+    store = Path(model_store)
+    run_dir = store / rel_dir
+    job: TrainJob = pickle.loads((run_dir / JOB).read_bytes())
+    result, report = train_and_evaluate(
+        job.kind,
+        job.base_spec,
+        job.texts,
+        job.train_set,
+        job.eval_set,
+        run_dir,
+        job.settings,
+        job.run_id,
+        job.eval_set_id,
+        job.gate,
+        job.teacher,
+    )
+    relative = replace(
+        result, out_dir=result.out_dir.relative_to(store), merged=result.merged.relative_to(store)
+    )
+    _write_whole(run_dir / RESULT, pickle.dumps((relative, report)))
+
+
+def read_result(model_store: Path, rel_dir: str) -> tuple[TrainResult, EvalReport] | None:
+    """The finished job's result with paths in this machine's model store, or None."""
+    path = model_store / rel_dir / RESULT
+    if not path.exists():
+        return None
+    result, report = pickle.loads(path.read_bytes())
+    assert isinstance(result, TrainResult) and isinstance(report, EvalReport)
+    located = replace(
+        result, out_dir=model_store / result.out_dir, merged=model_store / result.merged
+    )
+    return located, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m distiller.jobs --model-store /models <route>/<candidate>/<run_id>`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model-store", required=True)
+    parser.add_argument("rel_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run_job(args.model_store, args.rel_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
