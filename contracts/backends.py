@@ -76,5 +76,10 @@ class Backend(Strict):
     progress_every_s: float = Field(
         default=5.0, gt=0, description="how often a running job's progress becomes a row"
     )
+    model_store: str | None = Field(
+        default=None,
+        description="an fsspec URL (s3://bucket/prefix, gs://..., file:///shared) for runs and "
+        "artifacts that every node reaches; unset: the local `distiller.model_dir`",
+    )
     ray: RayBackend = Field(default_factory=RayBackend)
     kubernetes: KubernetesBackend = Field(default_factory=KubernetesBackend)

@@ -45,7 +45,9 @@ class EmbeddedDistiller:
         self.policies = policies
         self.interval_s = interval_s
         self.last: list[dict[str, Any]] = []
-        self.ctx = TrainingContext(store, make_backend(config), config, model_dir, leases)
+        self.ctx = TrainingContext(
+            store, make_backend(config), config, model_dir, leases, store_url=config.model_store
+        )
         self._thread = threading.Thread(target=self._loop, name="distiller", daemon=True)
 
     def start(self) -> None:

@@ -9,7 +9,8 @@ goes in and out travels through the model store, which every node reaches:
     <model store>/<route>/<candidate>/<run_id>/result.pkl   TrainResult and EvalReport
 
 Paths inside are relative to the model store, so a pod that mounts it elsewhere (`/models`)
-runs the same job (`--model-store`).
+runs the same job (`--model-store`). With a URL store (`distiller/model_store.py`) the job
+runs in a scratch folder and moves files through fsspec.
 
 Invariant: `result.pkl` is written whole (aside, then renamed) after the artifacts it names
 are saved: a job whose result is there finished.
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,11 +31,13 @@ from contracts.bases import CandidateKind
 from contracts.model_config import ModelConfig
 from contracts.policy import Gate
 from contracts.training import Resources, Training
+from distiller import progress
 from distiller.base_model import build_tiny_base
 from distiller.bases import resolve as resolve_base
 from distiller.classifier import split_calibration, train_classifier
 from distiller.evaluation import EvalReport, evaluate, teacher_judge
 from distiller.examples import Example
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult, train
 
 log = logging.getLogger("flywheel.jobs")
@@ -58,9 +63,6 @@ class TrainJob:
     eval_set_id: str
     gate: Gate
     teacher: ModelConfig
-
-    def run_dir(self, model_store: Path) -> Path:
-        return model_store / self.rel_dir
 
 
 def _base_for(base: str, texts: list[str], dirs: Path, settings: Training) -> str:
@@ -118,55 +120,74 @@ def train_and_evaluate(
     return result, report
 
 
-def write_job(job: TrainJob, model_store: Path) -> Path:
-    run_dir = job.run_dir(model_store)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_whole(run_dir / JOB, pickle.dumps(job))
-    return run_dir
+def write_job(job: TrainJob, store: ModelStore) -> None:
+    store.write_bytes(f"{job.rel_dir}/{JOB}", pickle.dumps(job))
 
 
-def _write_whole(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+def _push_progress(store: ModelStore, run_dir: Path, rel: str, stop: threading.Event) -> None:
+    """For a URL store: the local progress report, copied up every 2 s while the job runs."""
+    last = b""
+    while not stop.wait(2.0):
+        data = (run_dir / progress.FILE).read_bytes() if (run_dir / progress.FILE).exists() else b""
+        if data and data != last:
+            store.write_bytes(f"{rel}/{progress.FILE}", data)
+            last = data
 
 
 def run_job(model_store: str, rel_dir: str) -> None:
     """The job itself, wherever it runs: read the arguments, train, evaluate, write the
     result. Paths in the result are relative to the model store."""
-    store = Path(model_store)
-    run_dir = store / rel_dir
-    job: TrainJob = pickle.loads((run_dir / JOB).read_bytes())
-    result, report = train_and_evaluate(
-        job.kind,
-        job.base_spec,
-        job.texts,
-        job.train_set,
-        job.eval_set,
-        run_dir,
-        job.settings,
-        job.run_id,
-        job.eval_set_id,
-        job.gate,
-        job.teacher,
-    )
+    store = ModelStore(model_store)
+    data = store.read_bytes(f"{rel_dir}/{JOB}")
+    if data is None:
+        raise FileNotFoundError(f"no {JOB} at {store.location(rel_dir)}")
+    job: TrainJob = pickle.loads(data)
+    root = Path(tempfile.mkdtemp(prefix="flywheel-job-")) if store.remote else Path(model_store)
+    run_dir = root / rel_dir
+    stop = threading.Event()
+    if store.remote:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        threading.Thread(
+            target=_push_progress, args=(store, run_dir, rel_dir, stop), daemon=True
+        ).start()
+    try:
+        result, report = train_and_evaluate(
+            job.kind,
+            job.base_spec,
+            job.texts,
+            job.train_set,
+            job.eval_set,
+            run_dir,
+            job.settings,
+            job.run_id,
+            job.eval_set_id,
+            job.gate,
+            job.teacher,
+        )
+    finally:
+        stop.set()
+    if store.remote:
+        store.upload(run_dir, rel_dir)
     relative = replace(
-        result, out_dir=result.out_dir.relative_to(store), merged=result.merged.relative_to(store)
+        result, out_dir=result.out_dir.relative_to(root), merged=result.merged.relative_to(root)
     )
-    _write_whole(run_dir / RESULT, pickle.dumps((relative, report)))
+    store.write_bytes(f"{rel_dir}/{RESULT}", pickle.dumps((relative, report)))
+    if store.remote:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def read_result(model_store: Path, rel_dir: str) -> tuple[TrainResult, EvalReport] | None:
-    """The finished job's result with paths in this machine's model store, or None."""
-    path = model_store / rel_dir / RESULT
-    if not path.exists():
+def read_result(store: ModelStore, rel_dir: str) -> tuple[TrainResult, EvalReport] | None:
+    """The finished job's result, or None. Paths are local ones for a directory store, and
+    relative to the store for a URL store (`ModelStore.artifact` gives their URL)."""
+    data = store.read_bytes(f"{rel_dir}/{RESULT}")
+    if data is None:
         return None
-    result, report = pickle.loads(path.read_bytes())
+    result, report = pickle.loads(data)
     assert isinstance(result, TrainResult) and isinstance(report, EvalReport)
-    located = replace(
-        result, out_dir=model_store / result.out_dir, merged=model_store / result.merged
-    )
-    return located, report
+    if store.remote:
+        return result, report
+    root = Path(store.root)
+    return replace(result, out_dir=root / result.out_dir, merged=root / result.merged), report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ a failed one, so no run is left running forever.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
@@ -28,6 +29,7 @@ from distiller.backends import Backend, JobFailed
 from distiller.evaluation import EvalReport
 from distiller.jobs import TrainJob, write_job
 from distiller.leases import Lease, Leases
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult
 from store import Store
 
@@ -72,8 +74,13 @@ class TrainingContext:
     config: BackendConfig
     model_dir: Path
     leases: Leases | None = None
+    store_url: str | None = None  # an fsspec URL model store; default: model_dir
     holder: str = field(default_factory=lambda: f"distiller-{uuid.uuid4().hex[:8]}")
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def models(self) -> ModelStore:
+        return ModelStore(self.store_url or self.model_dir)
 
 
 @dataclass
@@ -108,7 +115,7 @@ def record(
         "tokens": result.tokens if result else 0,
         "tokens_per_s": result.tokens_per_s if result else float(report.get("tokens_per_s") or 0),
         "device": result.device if result else "",
-        "artifact_path": str(result.merged) if result else "",
+        "artifact_path": ctx.models.artifact(result.merged) if result else "",
         "created_at": at.created_at,
         "status": status,
         "attempt": at.attempt,
@@ -127,14 +134,15 @@ def record(
 def _ticker(ctx: TrainingContext, at: Attempt, lease: Lease | None) -> Callable[[], None]:
     """Called while the job runs: a progress row and a lease renewal every few seconds."""
     last = [datetime.now(UTC)]
-    run_dir = at.job.run_dir(ctx.model_dir)
+    models = ctx.models
 
     def tick() -> None:
         now = datetime.now(UTC)
         if now - last[0] < timedelta(seconds=ctx.config.progress_every_s):
             return
         last[0] = now
-        report = progress.read(run_dir) or {}
+        raw = models.read_bytes(f"{at.job.rel_dir}/{progress.FILE}")
+        report = json.loads(raw) if raw else {}
         try:
             record(ctx, at, "running", report=report)
             if lease is not None and ctx.leases is not None:
@@ -158,10 +166,10 @@ def run_with_retries(
     job = first
     while True:
         at = Attempt(job, dataset_id, attempt)
-        write_job(job, ctx.model_dir)
+        write_job(job, ctx.models)
         record(ctx, at, "running", report={"stage": "submitted"})
         try:
-            result, report = ctx.backend.run(job, ctx.model_dir, _ticker(ctx, at, lease))
+            result, report = ctx.backend.run(job, ctx.models, _ticker(ctx, at, lease))
         except JobFailed as e:
             record(ctx, at, "failed", error=e.reason)
             log.warning("run %s (attempt %d) failed: %s", job.run_id, attempt, e.reason)

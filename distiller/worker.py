@@ -223,7 +223,7 @@ def _train_candidates(
             # Every attempt died; the dataset is trained again on a later pass.
             summary["runs"].append({"candidate": cand.name, "failed": e.reason})
             continue
-        dirs = job.run_dir(ctx.model_dir)
+        location = ctx.models.location(job.rel_dir)
         run_id = job.run_id
         store_report(store, report, route.name, cand.name, route.gate.confidence)
         evidence = {
@@ -248,7 +248,7 @@ def _train_candidates(
         if passed:
             # A student may serve only once its endpoint has it loaded.
             try:
-                evidence["published"] = publish(policies.models[cand.model], dirs)
+                evidence["published"] = publish(policies.models[cand.model], location)
             except (PublishError, httpx.HTTPError) as e:
                 evidence["publish_error"] = str(e)
         state = after_evaluation(
@@ -261,7 +261,7 @@ def _train_candidates(
                 "state": state,
                 "train_seconds": result.seconds,
                 "tokens_per_s": result.tokens_per_s,
-                "artifact": str(result.merged),
+                "artifact": ctx.models.artifact(result.merged),
             }
         )
 

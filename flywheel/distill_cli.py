@@ -91,6 +91,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             backend_config,
             Path(args.model_dir) if args.model_dir else config.model_dir(),
             leases_for(config, store),
+            store_url=backend_config.model_store,
         )
         try:
             out = run(ctx, policies, args.workload, args.once, args.force, args.interval)

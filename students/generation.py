@@ -51,10 +51,12 @@ def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loa
     """A generating student (merged, or a base plus a LoRA adapter) or a classifier."""
     from students.classifier import Classifier, is_classifier
     from students.loading import load, use_threads_by_load
+    from students.model_fetch import local_copy
 
     use_threads_by_load()
+    source, path = str(path), local_copy(path)
     if is_classifier(path):
-        return Loaded(name, str(path), Classifier.load(path), None)
+        return Loaded(name, source, Classifier.load(path), None)
     model, tokenizer = load(path)
     if adapter:
         from peft import PeftModel
@@ -67,7 +69,7 @@ def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loa
         model = model.to("cuda", dtype=torch.bfloat16)
     model.eval()
     tokenizer.padding_side = "left"
-    return Loaded(name, str(path), model, tokenizer)
+    return Loaded(name, source, model, tokenizer)
 
 
 def end_of_turn_ids(student: Loaded) -> set[int]:

@@ -55,6 +55,10 @@ class StudentServer:
         self.batch_wait_s = batch_wait_s
         self._queue: queue.Queue[tuple[str, Job]] = queue.Queue()
         self.batches: list[int] = []  # sizes of recent batches (for tests and metrics)
+        # One load at a time: transformers' lazy imports are not safe across threads (seen:
+        # two publishes at once, "cannot import name 'AutoModelForCausalLM'"), and two
+        # models loading at once would double the peak memory.
+        self.loading = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="student-batcher", daemon=True)
         self._thread.start()
 
@@ -184,12 +188,15 @@ def build_student_app(server: StudentServer) -> Starlette:
             }
         )
 
+    def _load(name: str, path: str, adapter: str | None) -> Loaded:
+        with server.loading:
+            return load_student(name, path, adapter)
+
     async def load_model(request: Request) -> Response:
         body = orjson.loads(await request.body())
         try:
-            student = await asyncio.to_thread(
-                load_student, body["name"], body["path"], body.get("adapter")
-            )
+            name, path, adapter = body["name"], body["path"], body.get("adapter")
+            student = await asyncio.to_thread(_load, name, path, adapter)
         except (KeyError, OSError, ValueError) as e:
             return ApiError(400, f"Cannot load model: {e}", code="load_failed").response()
         server.put(student)

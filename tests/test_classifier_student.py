@@ -7,10 +7,8 @@ The LoRA recipe on the packaged SmolLM2 is covered by `test_smollm2_lora_candida
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +20,8 @@ from contracts.training import Training
 from distiller.evaluation import evaluate
 from distiller.examples import Example
 from tests.support.gateway import APP_KEY, RunningGateway
-from tests.support.net import free_port
 from tests.support.states import write_state
+from tests.support.student_server import running_student_server
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow  # trains real models
@@ -99,26 +97,14 @@ def test_classifier_passes_a_selective_gate_and_its_threshold_holds(trained) -> 
 def test_classifier_serves_through_the_gateway_with_confidence(
     trained, gateway: RunningGateway, hot_policy: Path
 ) -> None:
-    import uvicorn
-
     from distiller.publishing import publish
-    from students.server import StudentServer, build_student_app
 
     merged, _, (_, evals, fresh) = trained
     threshold = evaluate(
         merged, "clf", "eval", evals, "exact_match", 0.95, 50, None, None, 0.5
     ).serving_threshold()
     assert threshold is not None
-    port = free_port()
-    server = StudentServer(max_batch=8, batch_wait_s=0.01)
-    uv = uvicorn.Server(
-        uvicorn.Config(build_student_app(server), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
-    thread.start()
-    assert eventually(lambda: uv.started, 30)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
+    with running_student_server() as url:
         note = publish(
             ModelConfig(model="flywheel/intents", api_base=url, price={"input_per_million": "0"}),
             merged.parent,
@@ -165,9 +151,6 @@ def test_classifier_serves_through_the_gateway_with_confidence(
             )
             escalated += gateway.row(resp.id)["served_by"] == "teacher"
         assert escalated >= len(outside) // 2 + 1, escalated
-    finally:
-        uv.should_exit = True
-        thread.join(10)
 
 
 def test_smollm2_lora_candidate(tmp_path: Path) -> None:

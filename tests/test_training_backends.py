@@ -31,6 +31,7 @@ from distiller.backends.local import InlineBackend
 from distiller.examples import Example
 from distiller.jobs import TrainJob, write_job
 from distiller.leases import RedisLeases, StoreLeases
+from distiller.model_store import ModelStore
 from distiller.runs import COLUMNS, TrainingContext, abandon_stale, run_with_retries
 from tests.support.dashboard_data import api_get
 from tests.support.fake_kube import TOKEN, FakeKube
@@ -115,8 +116,8 @@ def test_kubernetes_backend_runs_the_job_and_reports_failures(
     fake, backend, store = kube
     ticks: list[int] = []
     job = _job("k8s-ok")
-    write_job(job, store)
-    result, report = backend.run(job, store, lambda: ticks.append(1))
+    write_job(job, ModelStore(store))
+    result, report = backend.run(job, ModelStore(store), lambda: ticks.append(1))
     assert result.steps > 0 and (result.merged / "config.json").exists()
     assert result.merged.is_relative_to(store), "paths come back in this machine's store"
     assert report.n == 10 and ticks, "the distiller heard from the wait"
@@ -125,12 +126,12 @@ def test_kubernetes_backend_runs_the_job_and_reports_failures(
     assert fake.problems == []
 
     fake.outcomes["fw-k8s-deadline"] = "fail:DeadlineExceeded"
-    write_job(_job("k8s-deadline"), store)
+    write_job(_job("k8s-deadline"), ModelStore(store))
     with pytest.raises(JobFailed, match="DeadlineExceeded"):
-        backend.run(_job("k8s-deadline"), store, lambda: None)
+        backend.run(_job("k8s-deadline"), ModelStore(store), lambda: None)
     fake.outcomes["fw-k8s-gone"] = "vanish"
     with pytest.raises(JobFailed, match="gone"):
-        backend.run(_job("k8s-gone"), store, lambda: None)
+        backend.run(_job("k8s-gone"), ModelStore(store), lambda: None)
 
 
 def test_kubernetes_api_refusal_is_a_failed_run(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_kubernetes_api_refusal_is_a_failed_run(tmp_path: Path) -> None:
     try:
         config = K8sConfig(api_url=fake.url, namespace="ml", token_file=None, template=TEMPLATE)
         with pytest.raises(JobFailed, match="refused the Job \\(401\\)"):
-            KubernetesBackend(config).run(_job("no-token"), tmp_path, lambda: None)
+            KubernetesBackend(config).run(_job("no-token"), ModelStore(tmp_path), lambda: None)
         assert fake.problems and "no bearer token" in fake.problems[0]
     finally:
         fake.stop()
@@ -196,12 +197,12 @@ def test_failed_attempts_are_rows_and_a_stale_run_is_abandoned(
     class DiesOnce(InlineBackend):
         calls = 0
 
-        def run(self, job: TrainJob, model_store: Path, tick):  # type: ignore[no-untyped-def]
+        def run(self, job: TrainJob, store: ModelStore, tick):  # type: ignore[no-untyped-def]
             DiesOnce.calls += 1
             if DiesOnce.calls == 1:
                 tick()
                 raise JobFailed("the training process died (killed by SIGKILL: killed or OOM)")
-            return super().run(job, model_store, tick)
+            return super().run(job, store, tick)
 
     store = gateway.state.store
     ctx = TrainingContext(
@@ -278,6 +279,25 @@ def test_admin_api_asks_the_distiller_for_a_pass(gateway: RunningGateway) -> Non
     assert runs.status_code == 200 and isinstance(runs.json()["runs"], list)
     cands = api_get(gateway, "/admin/api/candidates").json()
     assert "runs" in cands
+    # The CLI asks the same API.
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "flywheel.cli", "distill", "--url", base, "--key", ADMIN_KEY]
+    asked = subprocess.run(
+        [*cli, "--workload", route, "--force"], capture_output=True, text=True, timeout=120
+    )
+    assert asked.returncode == 0 and json.loads(asked.stdout)["route"] == route
+    status = subprocess.run([*cli, "--status"], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "runs" in json.loads(status.stdout)
+    no_key = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "distill", "--url", base, "--status"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in __import__("os").environ.items() if k != "FLYWHEEL_KEY"},
+    )
+    assert no_key.returncode == 2 and "admin key" in no_key.stderr
 
 
 def test_backend_config_is_typed() -> None:
@@ -289,3 +309,54 @@ def test_backend_config_is_typed() -> None:
         BackendConfig.model_validate({"kind": "slurm"})
     with pytest.raises(ValueError, match="gpus"):
         Training.model_validate({"resources": {"gpus": -1}})
+
+
+@pytest.mark.slow
+def test_a_url_model_store_carries_runs_and_the_student_server_loads_from_it(
+    gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `backend.model_store` an fsspec URL, the job works in a scratch folder and moves
+    its arguments, progress, artifacts and result through fsspec; nothing lands in the
+    distiller's own folder; the student server downloads the model from the URL."""
+    from distiller.backends.local import LocalBackend
+    from distiller.publishing import publish
+    from tests.support.student_server import running_student_server
+
+    monkeypatch.setenv("FLYWHEEL_MODEL_CACHE", str(tmp_path / "cache"))
+    bucket = tmp_path / "bucket"
+    route = f"url-{uuid.uuid4().hex[:6]}"
+    backend = LocalBackend(poll_s=0.2)
+    ctx = TrainingContext(
+        gateway.state.store,
+        backend,
+        BackendConfig(retries=0, progress_every_s=0.2),
+        tmp_path / "local",
+        store_url=f"file://{bucket}",
+    )
+    try:
+        job, _, report = run_with_retries(ctx, _job(f"{route}-1", route), "ds-url")
+    finally:
+        backend.close()
+    run = bucket / job.rel_dir
+    assert (run / "merged" / "config.json").exists() and (run / "training_log.json").exists()
+    assert (run / "result.pkl").exists() and report.n == 10
+    assert not (tmp_path / "local" / route).exists(), "the distiller's folder stays empty"
+    (row,) = gateway.state.store.query_dicts(
+        "SELECT artifact_path FROM training_runs WHERE run_id = {r:String}"
+        " AND status = 'succeeded'",
+        {"r": job.run_id},
+    )
+    assert row["artifact_path"] == f"file://{run}/merged"
+    with running_student_server() as url:
+        note = publish(
+            ModelConfig(model="flywheel/url-student", api_base=url),
+            ctx.models.location(job.rel_dir),
+        )
+        assert note.startswith("loaded as url-student"), note
+        answer = httpx.post(
+            f"{url}/chat/completions",
+            json={"model": "url-student", "messages": [{"role": "user", "content": "refund"}]},
+            timeout=60,
+        )
+        assert answer.status_code == 200
+    assert len(list((tmp_path / "cache").iterdir())) == 1, "downloaded once into the cache"

@@ -9,11 +9,11 @@ runs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Protocol
 
 from distiller.evaluation import EvalReport
 from distiller.jobs import TrainJob
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult
 
 Tick = Callable[[], None]
@@ -32,7 +32,7 @@ class Backend(Protocol):
     name: str
 
     def run(
-        self, job: TrainJob, model_store: Path, tick: Tick
+        self, job: TrainJob, store: ModelStore, tick: Tick
     ) -> tuple[TrainResult, EvalReport]: ...
 
     def close(self) -> None: ...

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import ssl
 import string
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from contracts.backends import KubernetesBackend as K8sConfig
 from distiller.backends.base import JobFailed, Tick
 from distiller.evaluation import EvalReport
 from distiller.jobs import TrainJob, read_result
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult
 
 DEFAULT_DEADLINE_S = 6 * 3600
@@ -40,8 +40,11 @@ def _gib(memory_gb: float) -> str:
     return f"{max(1, round(memory_gb * 1024))}Mi"
 
 
-def render(template: str, job: TrainJob, config: K8sConfig) -> dict[str, Any]:
-    """The Job manifest for one training, from the template's text."""
+def render(
+    template: str, job: TrainJob, config: K8sConfig, store_url: str | None = None
+) -> dict[str, Any]:
+    """The Job manifest for one training, from the template's text. `store_url`: a URL
+    model store the pod reaches itself (else the mounted claim)."""
     res = job.resources
     deadline = int(job.settings.time_budget_s * 2 + 1800) if job.settings.time_budget_s else 0
     values = {
@@ -52,6 +55,7 @@ def render(template: str, job: TrainJob, config: K8sConfig) -> dict[str, Any]:
         "run_label": _dns_label(job.run_id),
         "image": config.image,
         "model_store_mount": config.model_store_mount,
+        "model_store": store_url or config.model_store_mount,
         "model_store_claim": config.model_store_claim,
         "rel_dir": job.rel_dir,
         "cpus": f"{res.cpus:g}",
@@ -100,8 +104,8 @@ class KubernetesBackend:
     def _jobs(self) -> str:
         return f"/apis/batch/v1/namespaces/{self.config.namespace}/jobs"
 
-    def submit(self, job: TrainJob) -> str:
-        manifest = render(self.template, job, self.config)
+    def submit(self, job: TrainJob, store: ModelStore) -> str:
+        manifest = render(self.template, job, self.config, store.root if store.remote else None)
         try:
             reply = self._client.post(self._jobs(), json=manifest)
         except httpx.HTTPError as e:
@@ -133,10 +137,10 @@ class KubernetesBackend:
             return "complete", ""
         return "running", ""
 
-    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+    def run(self, job: TrainJob, store: ModelStore, tick: Tick) -> tuple[TrainResult, EvalReport]:
         import time
 
-        name = self.submit(job)
+        name = self.submit(job, store)
         while True:
             state, reason = self.status(name)
             if state == "complete":
@@ -145,7 +149,7 @@ class KubernetesBackend:
                 raise JobFailed(f"kubernetes Job {name} failed: {reason}"[:500])
             tick()
             time.sleep(self.config.poll_s)
-        found = read_result(model_store, job.rel_dir)
+        found = read_result(store, job.rel_dir)
         if found is None:
             raise JobFailed(f"Job {name} completed without a result in the model store")
         return found

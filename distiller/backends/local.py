@@ -13,12 +13,12 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from pathlib import Path
 from typing import Any
 
 from distiller.backends.base import JobFailed, Tick, job_error
 from distiller.evaluation import EvalReport
 from distiller.jobs import TrainJob, read_result, run_job
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult
 
 
@@ -49,12 +49,12 @@ class InlineBackend:
 
     name = "inline"
 
-    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+    def run(self, job: TrainJob, store: ModelStore, tick: Tick) -> tuple[TrainResult, EvalReport]:
         try:
-            run_job(str(model_store), job.rel_dir)
+            run_job(store.root, job.rel_dir)
         except Exception as e:
             raise job_error(e) from e
-        found = read_result(model_store, job.rel_dir)
+        found = read_result(store, job.rel_dir)
         if found is None:
             raise JobFailed("the job ended without writing its result")
         return found
@@ -114,10 +114,10 @@ class LocalBackend:
                 self._spare = self._new_pool()
         pool.shutdown(wait=False)
 
-    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+    def run(self, job: TrainJob, store: ModelStore, tick: Tick) -> tuple[TrainResult, EvalReport]:
         pool = self._take()
         try:
-            future = pool.submit(run_job, str(model_store), job.rel_dir)
+            future = pool.submit(run_job, store.root, job.rel_dir)
             while True:
                 try:
                     future.result(timeout=self.poll_s)
@@ -134,7 +134,7 @@ class LocalBackend:
                     raise job_error(e) from e
         finally:
             self._give_back(pool)
-        found = read_result(model_store, job.rel_dir)
+        found = read_result(store, job.rel_dir)
         if found is None:
             raise JobFailed("the job ended without writing its result")
         return found

@@ -10,13 +10,13 @@ the distiller as a failed run with its reason, and the distiller retries with ba
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 from contracts.backends import RayBackend as RayConfig
 from distiller.backends.base import JobFailed, Tick, job_error
 from distiller.evaluation import EvalReport
 from distiller.jobs import TrainJob, read_result, run_job
+from distiller.model_store import ModelStore
 from distiller.training import TrainResult
 
 
@@ -54,16 +54,12 @@ class RayBackend:
             out["memory"] = int(res.memory_gb * 2**30)
         return out
 
-    def run(self, job: TrainJob, model_store: Path, tick: Tick) -> tuple[TrainResult, EvalReport]:
+    def run(self, job: TrainJob, store: ModelStore, tick: Tick) -> tuple[TrainResult, EvalReport]:
         ray = self._connect()
         from ray import exceptions as rx
 
         try:
-            ref = (
-                ray.remote(run_job)
-                .options(**self.options(job))
-                .remote(str(model_store), job.rel_dir)
-            )
+            ref = ray.remote(run_job).options(**self.options(job)).remote(store.root, job.rel_dir)
         except Exception as e:  # the cluster refused the task (bad resources, not connected)
             raise JobFailed(f"ray did not accept the job: {type(e).__name__}: {e}") from e
         self._refs.add(ref)
@@ -79,7 +75,7 @@ class RayBackend:
             raise JobFailed(f"ray: {type(e).__name__}: {first}"[:500]) from e
         finally:
             self._refs.discard(ref)
-        found = read_result(model_store, job.rel_dir)
+        found = read_result(store, job.rel_dir)
         if found is None:
             raise JobFailed("the ray task ended without writing its result (model store shared?)")
         return found

@@ -33,3 +33,19 @@ def wait_up(
         return True
 
     assert eventually(answered, within_s), f"server on port {port} did not come up"
+
+
+def required_binary(name: str, installed_by: str) -> str:
+    """The path of a program a test needs: skipped outside CI when it is missing, a failure
+    in CI (whose setup installs it)."""
+    import os
+    import shutil
+
+    import pytest
+
+    binary = shutil.which(name)
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed ({installed_by} installs it)")
+        pytest.skip(f"{name} is not installed")
+    return binary

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support.net import free_port
+from tests.support.net import free_port, required_binary
 
 
 @contextlib.contextmanager
 def running_redis(tmp_path: Path) -> Iterator[str]:
     """Debian's redis-server on a free port of 127.0.0.1, stopped afterwards (skips outside
     CI when it is not installed; fails in CI, which installs it)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
+    binary = required_binary("redis-server", ".ci/run")
     port = free_port()
     proc = subprocess.Popen(
         [
