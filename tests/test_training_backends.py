@@ -360,3 +360,44 @@ def test_a_url_model_store_carries_runs_and_the_student_server_loads_from_it(
         )
         assert answer.status_code == 200
     assert len(list((tmp_path / "cache").iterdir())) == 1, "downloaded once into the cache"
+
+
+@pytest.mark.slow
+def test_a_dataset_whose_training_died_is_trained_again_without_new_traffic(
+    gateway: RunningGateway, tmp_path: Path
+) -> None:
+    from contracts.policy import PolicySet, Route
+    from distiller.worker import distill_route
+    from tests.support.intents import insert_requests, intent_row
+
+    class Down(InlineBackend):
+        def run(self, job: TrainJob, store: ModelStore, tick):  # type: ignore[no-untyped-def]
+            raise JobFailed("ray: NodeDiedError: the node running the task died")
+
+    name = f"redo-{uuid.uuid4().hex[:6]}"
+    insert_requests(gateway, [intent_row(t, i, route=name)[1] for t, i in generate(50, 77)])
+    route = Route.model_validate(
+        {
+            "name": name,
+            "teacher": "teacher",
+            "candidates": [{"name": "tiny", "model": "student-ok", "base": "local:tiny"}],
+            "gate": {"metric": "json_field_match", "fields": ["intent"], "min_examples": 5},
+            "training": {"epochs": 1, "pretrain_steps": 5, "min_new_examples": 10},
+        }
+    )
+    policies = PolicySet(routes=[route], models=gateway.state.router.policies.models, version="r")
+    store = gateway.state.store
+
+    def ctx(backend: InlineBackend) -> TrainingContext:
+        return TrainingContext(store, backend, BackendConfig(retries=0), tmp_path)
+
+    first = distill_route(store, route, policies, tmp_path, ctx=ctx(Down()))
+    assert first["runs"] == [{"candidate": "tiny", "failed": first["runs"][0]["failed"]}]
+    assert "NodeDiedError" in first["runs"][0]["failed"]
+    # No new traffic since: the dead run's dataset is trained again, not skipped.
+    again = distill_route(store, route, policies, tmp_path, ctx=ctx(InlineBackend()))
+    assert again["new_examples"] == 0 and again["retrying_dataset"] == first["dataset_id"]
+    assert again["dataset_id"] == first["dataset_id"] and "state" in again["runs"][0]
+    # Trained once it succeeded: the next pass waits for new traffic again.
+    idle = distill_route(store, route, policies, tmp_path, ctx=ctx(InlineBackend()))
+    assert idle["skipped"].startswith("0 new examples")
