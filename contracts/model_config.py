@@ -19,6 +19,12 @@ class PriceOverride(Strict):
 
     input_per_million: Decimal
     output_per_million: Decimal = Decimal(0)
+    max_output_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="the longest answer the model gives: what a hard budget reserves for a "
+        "request without max_tokens",
+    )
 
 
 class ModelConfig(Strict):

@@ -26,6 +26,7 @@ _MILLION = Decimal(1_000_000)
 class Price:
     input_per_token: Decimal
     output_per_token: Decimal
+    max_output_tokens: int | None = None  # the longest answer (litellm's table, or set)
 
     def cost(self, input_tokens: int, output_tokens: int) -> Decimal:
         total = self.input_per_token * input_tokens + self.output_per_token * output_tokens
@@ -59,7 +60,9 @@ def _lookup(model: str) -> dict[str, Any] | None:
 def price_for(name: str, model: ModelConfig) -> Price:
     if model.price is not None:
         return Price(
-            model.price.input_per_million / _MILLION, model.price.output_per_million / _MILLION
+            model.price.input_per_million / _MILLION,
+            model.price.output_per_million / _MILLION,
+            model.price.max_output_tokens,
         )
     entry = _lookup(model.model)
     if entry is None:
@@ -68,9 +71,11 @@ def price_for(name: str, model: ModelConfig) -> Price:
             "(input_per_million, output_per_million in USD)"
         )
     # str() first: Decimal(float) would carry binary noise into every sum.
+    longest = entry.get("max_output_tokens") or entry.get("max_tokens")
     return Price(
         Decimal(str(entry.get("input_cost_per_token") or 0)),
         Decimal(str(entry.get("output_cost_per_token") or 0)),
+        int(longest) if isinstance(longest, int | float) and longest > 0 else None,
     )
 
 

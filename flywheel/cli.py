@@ -27,9 +27,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port:
         config.server.port = args.port
-    workers = args.workers if args.workers > 0 else usable_cores()
+    shared = config.redis is not None and bool(config.redis.url)
+    if args.workers is None:
+        # Without Redis, N workers would each enforce a key's limit and budget alone.
+        workers = usable_cores() if shared else 1
+    else:
+        workers = args.workers if args.workers > 0 else usable_cores()
     if workers > 1 and args.worker_index is None:
-        if config.redis is None or not config.redis.url:
+        if not shared:
             logging.getLogger("flywheel").warning(
                 "%d workers without redis.url: each enforces rate limits and budgets alone",
                 workers,
@@ -152,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="gateway processes on the port (0: one per usable core); with more than one, "
-        "set redis.url so limits and budgets are shared",
+        default=None,
+        help="gateway processes on the port (0: one per usable core). Default: one per "
+        "usable core when redis.url is set (limits and budgets are shared there), else 1",
     )
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)

@@ -34,6 +34,7 @@ from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
+from gateway.dashboard.revocations import RedisRevocations, StoreRevocations
 from gateway.dashboard.session import Sessions, load_secret
 from gateway.feedback import post_feedback
 from gateway.health import healthz, metrics
@@ -90,7 +91,11 @@ def build_state(
         store=store,
         writer=LogWriter(store, journal, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
-        sessions=Sessions(keys, load_secret(config.server.session_secret, config.data_dir)),
+        sessions=Sessions(
+            keys,
+            load_secret(config.server.session_secret, config.data_dir),
+            RedisRevocations(link) if link is not None else StoreRevocations(store),
+        ),
         limiter=RateLimiter(link),
         budgets=BudgetBook(config.budgets + router.policies.budgets, link),
         cache=ResponseCache(link),

@@ -1,11 +1,13 @@
 """Spend budgets enforced on the request path (see `contracts/budgets.py` for the schema).
 
-Before dispatch a request reserves its estimated cost (the priced prompt plus `max_tokens`,
-or `DEFAULT_OUTPUT_TOKENS`, of output) on every budget that covers it; after the answer the
+Before dispatch a request reserves its estimated cost (the priced prompt plus its
+`max_tokens` of output; without one, the model's longest answer when a hard budget covers it,
+else `DEFAULT_OUTPUT_TOKENS`) on every budget that covers it; after the answer the
 reservation is settled with the real cost. A hard budget refuses (429 `insufficient_quota`,
 with the period's reset time and `Retry-After`) a request whose reservation would take
-spent + reserved past the limit, so concurrent requests cannot overshoot it by more than
-what their answers cost beyond their estimates. A soft budget only flags the row
+spent + reserved past the limit; since no answer costs more than its reservation (a model
+whose longest answer is unknown aside: set `price.max_output_tokens`), concurrent requests
+cannot take spend past the limit. A soft budget only flags the row
 (`budgets_over`) and counts it (`flywheel_budget_exceeded_total`).
 
 Invariant: counters are integer nano-dollars per budget and period, in Redis when
@@ -81,9 +83,10 @@ def _keys(budget: Budget, now: datetime) -> tuple[str, str]:
     return base + ":spent", base + ":held"
 
 
-def estimate_nano(price: Price | None, body: dict[str, object]) -> int:
+def estimate_nano(price: Price | None, body: dict[str, object], hard: bool = False) -> int:
     """An upper bound of what the request will cost: ~4 characters a prompt token, and
-    the output it may produce."""
+    the output it may produce (`hard`: the model's longest answer when the request sets no
+    `max_tokens`, so a hard budget's bound holds)."""
     if price is None:
         return 0
     prompt = body.get("messages", body.get("input", body.get("prompt", "")))
@@ -91,7 +94,12 @@ def estimate_nano(price: Price | None, body: dict[str, object]) -> int:
     max_out = (
         body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     )
-    tokens_out = max_out if isinstance(max_out, int) and max_out > 0 else DEFAULT_OUTPUT_TOKENS
+    if isinstance(max_out, int) and max_out > 0:
+        tokens_out = max_out
+    elif hard and price.max_output_tokens:
+        tokens_out = price.max_output_tokens
+    else:
+        tokens_out = DEFAULT_OUTPUT_TOKENS
     return int(price.cost(tokens_in, tokens_out) * NANO)
 
 

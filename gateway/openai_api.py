@@ -180,7 +180,8 @@ async def _reserve_budget(ctx: RequestContext, body: dict[str, Any]) -> None:
     if not covering:
         return
     price = ctx.router.prices.get(ctx.chosen.primary.model_name)
-    ctx.reservation = await book.reserve(covering, estimate_nano(price, body))
+    hard = any(b.kind == "hard" for b in covering)
+    ctx.reservation = await book.reserve(covering, estimate_nano(price, body, hard))
     if ctx.reservation is not None and ctx.reservation.over:
         ctx.record.budgets_over = ctx.reservation.over
         for name in ctx.reservation.over:

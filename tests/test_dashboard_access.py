@@ -120,5 +120,22 @@ def test_sessions_need_the_server_secret_and_end_at_sign_out(gateway: RunningGat
         client.post("/dashboard/logout")
     replayed = httpx.get(f"{base}/admin/api/routes", cookies={"flywheel_session": cookie})
     assert replayed.status_code == 401, "a cookie kept after sign-out"
+    # Another worker or replica (same secret, same store, its own memory) refuses it too.
+    import asyncio
+
+    from gateway.dashboard.revocations import StoreRevocations
+    from gateway.dashboard.session import Sessions, load_secret
+
+    config = gateway.state.config
+    other = Sessions(
+        gateway.state.keys,
+        load_secret(config.server.session_secret, config.data_dir),
+        StoreRevocations(gateway.state.store),
+    )
+    with httpx.Client(base_url=base) as client:
+        client.post("/dashboard/login", data={"key": ADMIN_KEY})
+        live = client.cookies["flywheel_session"]
+    assert asyncio.run(other.check(live)) is not None, "a live cookie works on every worker"
+    assert asyncio.run(other.check(cookie)) is None, "a signed-out one on none"
     secret = gateway.state.config.data_dir / "session.key"
     assert secret.stat().st_mode & 0o777 == 0o600

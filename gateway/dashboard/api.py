@@ -87,9 +87,9 @@ def _respond(request: Request, body: dict[str, Any], name: str) -> Response:
     return csv_response(body[table], f"{name}-{table}")
 
 
-def _auth(request: Request, *roles: str) -> tuple[GatewayState, Principal]:
+async def _auth(request: Request, *roles: str) -> tuple[GatewayState, Principal]:
     state: GatewayState = request.app.state.gw
-    return state, state.sessions.principal(request, *roles)
+    return state, await state.sessions.principal(request, *roles)
 
 
 async def _run(fn: Callable[..., Any], *args: Any) -> Any:
@@ -99,12 +99,12 @@ async def _run(fn: Callable[..., Any], *args: Any) -> Any:
 async def get_budgets(request: Request) -> Response:
     """Each budget next to its spend: used, held for requests in flight, remaining, when
     it resets and when it runs out at this period's rate."""
-    state, _ = _auth(request, *FINANCE_ROLES)
+    state, _ = await _auth(request, *FINANCE_ROLES)
     return _respond(request, {"budgets": await state.budgets.status()}, "budgets")
 
 
 async def get_finance(request: Request) -> Response:
-    state, _ = _auth(request, *FINANCE_ROLES)
+    state, _ = await _auth(request, *FINANCE_ROLES)
     f = Filters.from_query(request.query_params)
     split = request.query_params.get("split", "app")
     if split not in finance.DIMENSIONS:
@@ -119,17 +119,17 @@ async def get_finance(request: Request) -> Response:
 
 
 async def get_routes(request: Request) -> Response:
-    state, _ = _auth(request, *ADMIN_ROLES)
+    state, _ = await _auth(request, *ADMIN_ROLES)
     return _respond(request, lifecycle.routes(state), "routes")
 
 
 async def get_candidates(request: Request) -> Response:
-    state, _ = _auth(request, *ADMIN_ROLES)
+    state, _ = await _auth(request, *ADMIN_ROLES)
     return _respond(request, await _run(lifecycle.candidates, state.store), "candidates")
 
 
 async def get_history(request: Request) -> Response:
-    state, _ = _auth(request, *ADMIN_ROLES)
+    state, _ = await _auth(request, *ADMIN_ROLES)
     f = Filters.from_query(request.query_params)
     route = request.query_params.get("route", "")
     return _respond(request, await _run(lifecycle.history, state.store, f, route), "history")
@@ -138,7 +138,7 @@ async def get_history(request: Request) -> Response:
 async def get_guardrails(request: Request) -> Response:
     """Block, flag and mask rates per route and rail over the date range and per bucket, the
     rules that fired, and the prompt-attack detector each route serves with."""
-    state, _ = _auth(request, *ADMIN_ROLES)
+    state, _ = await _auth(request, *ADMIN_ROLES)
     f = Filters.from_query(request.query_params)
     body = await _run(guardrails.rates, state.store, f)
     body["detectors"] = guardrails.detectors(state)
@@ -146,7 +146,7 @@ async def get_guardrails(request: Request) -> Response:
 
 
 async def get_lineage(request: Request) -> Response:
-    state, _ = _auth(request, *ADMIN_ROLES)
+    state, _ = await _auth(request, *ADMIN_ROLES)
     route = request.query_params.get("route", "")
     candidate = request.query_params.get("candidate", "")
     if not route or not candidate:
@@ -159,7 +159,7 @@ async def get_lineage(request: Request) -> Response:
 
 
 async def get_review(request: Request) -> Response:
-    state, _ = _auth(request, *REVIEW_ROLES)
+    state, _ = await _auth(request, *REVIEW_ROLES)
     f = Filters.from_query(request.query_params)
     queue, labels = await asyncio.gather(
         _run(review.review_queue, state.store, f),
@@ -181,7 +181,7 @@ def _same_origin_json(request: Request) -> None:
 
 
 async def post_label(request: Request) -> Response:
-    state, who = _auth(request, *REVIEW_ROLES)
+    state, who = await _auth(request, *REVIEW_ROLES)
     _same_origin_json(request)
     body = validate(review.LabelRequest, await read_json(request, 256 * 1024))
     assert isinstance(body, review.LabelRequest)
@@ -190,7 +190,7 @@ async def post_label(request: Request) -> Response:
 
 
 async def get_me(request: Request) -> Response:
-    state, who = _auth(request, *FINANCE_ROLES, *REVIEW_ROLES)
+    state, who = await _auth(request, *FINANCE_ROLES, *REVIEW_ROLES)
     apps = sorted(state.config.apps)
     teams = sorted({a.team for a in state.config.apps.values()})
     return json_response({"key_id": who.key_id, "role": who.role, "apps": apps, "teams": teams})

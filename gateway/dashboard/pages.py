@@ -49,7 +49,7 @@ def _login(message: str, status: int) -> HTMLResponse:
 async def dashboard(request: Request) -> Response:
     state: GatewayState = request.app.state.gw
     try:
-        state.sessions.principal(request, *session.DASHBOARD_ROLES)
+        await state.sessions.principal(request, *session.DASHBOARD_ROLES)
     except ApiError as e:
         # Not signed in: the form, as a normal page; a key of the wrong role: refused.
         return _login(e.message, 403) if e.status == 403 else _login("", 200)
@@ -100,7 +100,7 @@ async def logout(request: Request) -> Response:
     state: GatewayState = request.app.state.gw
     cookie = request.cookies.get(session.COOKIE)
     if cookie:
-        state.sessions.revoke(cookie)
+        await state.sessions.revoke(cookie)
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(session.COOKIE, path="/")
     return response

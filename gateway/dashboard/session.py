@@ -6,7 +6,8 @@ under the server's session secret (`server.session_secret`, or a random one kept
 `<data_dir>/session.key`, mode 0600) over the key id, expiry, nonce and the key's digest: a
 config that holds keys as `sha256:` does not let anyone forge a cookie, rotating a key ends
 its sessions, and replicas that share the secret accept each other's cookies. Signing out
-revokes the cookie's nonce in this process until it would have expired. HttpOnly and
+revokes the cookie's nonce everywhere until it would have expired (`revocations.py`: in
+Redis, or in the shared store). HttpOnly and
 SameSite=Strict keep it out of scripts and cross-site posts.
 
 Invariant: `principal` returns a principal whose role is one of those asked for, and raises
@@ -26,6 +27,7 @@ from starlette.requests import Request
 
 from contracts.errors import ApiError
 from gateway.auth import KeyRing, Principal, require_role
+from gateway.dashboard.revocations import InProcessRevocations, Revocations
 
 COOKIE = "flywheel_session"
 SESSION_S = 12 * 3600
@@ -46,10 +48,10 @@ def load_secret(configured: str | None, data_dir: Path) -> bytes:
 
 
 class Sessions:
-    def __init__(self, keys: KeyRing, secret: bytes) -> None:
+    def __init__(self, keys: KeyRing, secret: bytes, revoked: Revocations | None = None) -> None:
         self.keys = keys
         self._secret = secret
-        self._revoked: dict[str, int] = {}  # nonce -> expiry
+        self.revoked: Revocations = revoked or InProcessRevocations()
 
     def _sign(self, key_id: str, expiry: int, nonce: str, digest: str) -> str:
         message = f"{key_id}.{expiry}.{nonce}.{digest}".encode()
@@ -67,33 +69,38 @@ class Sessions:
         signature = self._sign(principal.key_id, expiry, nonce, found[0])
         return principal, f"{principal.key_id}.{expiry}.{nonce}.{signature}"
 
-    def check(self, value: str, now: float | None = None) -> Principal | None:
+    def _signed(self, value: str, now: float | None = None) -> tuple[Principal, str, int] | None:
+        """(principal, nonce, expiry) of a well-signed, unexpired cookie."""
         try:
             key_id, expiry_s, nonce, signature = value.rsplit(".", 3)
             expiry = int(expiry_s)
         except ValueError:
             return None
         found = self.keys.by_id(key_id)
-        if found is None or expiry < (now or time.time()) or nonce in self._revoked:
+        if found is None or expiry < (now or time.time()):
             return None
         if not hmac.compare_digest(signature, self._sign(key_id, expiry, nonce, found[0])):
             return None
-        return found[1]
+        return found[1], nonce, expiry
 
-    def revoke(self, value: str) -> None:
-        """Sign-out: this cookie no longer works here, even if a copy of it is replayed."""
-        now = int(time.time())
-        self._revoked = {n: e for n, e in self._revoked.items() if e > now}
-        parts = value.rsplit(".", 3)
-        if len(parts) == 4 and self.check(value) is not None:
-            self._revoked[parts[2]] = int(parts[1])
+    async def check(self, value: str, now: float | None = None) -> Principal | None:
+        signed = self._signed(value, now)
+        if signed is None or await self.revoked.contains(signed[1]):
+            return None
+        return signed[0]
 
-    def principal(self, request: Request, *roles: str) -> Principal:
+    async def revoke(self, value: str) -> None:
+        """Sign-out: this cookie no longer works anywhere, even if a copy is replayed."""
+        signed = self._signed(value)
+        if signed is not None:
+            await self.revoked.add(signed[1], signed[2])
+
+    async def principal(self, request: Request, *roles: str) -> Principal:
         if request.headers.get("authorization") or request.headers.get("api-key"):
             who = self.keys.authenticate(request.headers)
         else:
             cookie = request.cookies.get(COOKIE)
-            found = self.check(cookie) if cookie else None
+            found = await self.check(cookie) if cookie else None
             if found is None:
                 raise ApiError(
                     401,

@@ -37,10 +37,11 @@ def serve_config(tmp: Path, upstream_url: str, **sections: Any) -> tuple[Path, i
     return path, port
 
 
-def start_serve(config: Path, port: int) -> subprocess.Popen[str]:
+def start_serve(config: Path, port: int, workers: int = 1) -> subprocess.Popen[str]:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    cmd = [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(config)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(config)],
+        [*cmd, "--workers", str(workers)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
