@@ -73,7 +73,7 @@ def build_state(
     metrics_ = GatewayMetrics()
     store = store or server_store(config.clickhouse_dsn, config.clickhouse.timeout_s)
     link = (
-        RedisLink(config.redis.url, config.redis.timeout_s)
+        RedisLink(config.redis.url, config.redis.timeout_s, config.redis.max_connections)
         if config.redis is not None and config.redis.url
         else None
     )

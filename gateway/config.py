@@ -163,6 +163,9 @@ class RedisConfig(Strict):
 
     url: str = Field(description="e.g. redis://127.0.0.1:6379/0; empty: off")
     timeout_s: float = Field(default=0.5, gt=0, description="per call; slower counts as down")
+    max_connections: int = Field(
+        default=64, ge=1, description="per gateway process; a call waits for a free one"
+    )
 
 
 class RouterConfig(Strict):

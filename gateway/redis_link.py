@@ -23,11 +23,20 @@ class SharedStateDown(Exception):
 
 
 class RedisLink:
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, max_connections: int = 64) -> None:
         self.url = url
-        self.client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        # A bounded pool that makes a call wait for a free connection (up to the timeout):
+        # redis-py's default pool raises "Too many connections" past 100, which under a burst
+        # of concurrent requests read as Redis being down (seen: 64 in flight, limits and
+        # budgets not checked).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
         )
+        self.client = aioredis.Redis(connection_pool=pool)
         self._scripts: dict[str, Any] = {}
         self.ok = True
         self.error = ""

@@ -102,9 +102,7 @@ def test_dashboard_page_in_headless_chromium(
         "Review",
     ]
     # The Savings view's charts (the Guardrails view's is drawn when its tab opens).
-    charts = {
-        k: v for k, v in drawn.items() if k.startswith("chart-") and k != "chart-guardrails"
-    }
+    charts = {k: v for k, v in drawn.items() if k.startswith("chart-") and k != "chart-guardrails"}
     assert len(charts) == 6 and drawn["guardrails_chart"]
     for name, chart in charts.items():
         assert chart["chart"] and chart["points"] > 0 and chart["painted"] > 1000, (name, chart)

@@ -158,7 +158,8 @@ def test_training_run_beats_untrained_base_and_gates(
     assert untrained.agreement < 0.3 < run["agreement"]
     # What was stored: run, report with per-example rows, state, event.
     runs = store.query_dicts(
-        "SELECT * FROM training_runs WHERE run_id = {r:String}", {"r": run["run_id"]}
+        "SELECT * FROM training_runs WHERE run_id = {r:String} AND status = 'succeeded'",
+        {"r": run["run_id"]},
     )
     assert runs[0]["steps"] > 0 and runs[0]["losses"][-1] < runs[0]["losses"][0]
     assert Path(runs[0]["artifact_path"], "config.json").exists()
