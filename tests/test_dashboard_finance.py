@@ -52,6 +52,7 @@ def test_finance_figures_are_exact_sums_ofknown_rows(
         ("team", "team"),
         ("model", "served_model"),
         ("route", "route"),
+        ("lever", "served_by"),
     ]:
         expected = expected_sums(known, column)
         got = {row[dim]: row for row in report[f"by_{dim}"]}

@@ -5,7 +5,9 @@ Definitions (the same in the page, the JSON, the CSV, `flywheel report` and Graf
   copies, teacher audits, escalated and rejected student answers);
 - baseline: what the users' requests would have cost on their route's teacher;
 - savings = baseline - spend, and savings % = savings / baseline;
-- student share: users' requests answered by a student, over all users' requests.
+- student share: users' requests answered by a student, over all users' requests;
+- by lever: the same figures grouped by who answered (`student`, `cache`, `teacher`): what
+  each cost lever saved (the teacher's rows carry the audits' and shadows' spend).
 
 Invariant: money is summed by ClickHouse as Decimal(38, 9) and stays `Decimal` here, so every
 figure is exact to the nano-dollar; only the projection divides, and it says it is an estimate.
@@ -20,7 +22,14 @@ from typing import Any
 from gateway.dashboard.filters import Filters
 from store import Store
 
-DIMENSIONS = {"app": "app", "team": "team", "model": "served_model", "route": "route"}
+# `lever`: who answered (student, cache, teacher): savings by cost lever.
+DIMENSIONS = {
+    "app": "app",
+    "team": "team",
+    "model": "served_model",
+    "route": "route",
+    "lever": "served_by",
+}
 PCT = Decimal("0.01")
 MICRO = Decimal("0.000001")
 
@@ -198,4 +207,13 @@ def finance_report(
     return report
 
 
-TABLES = ("series", "series_split", "by_app", "by_team", "by_model", "by_route", "quality")
+TABLES = (
+    "series",
+    "series_split",
+    "by_app",
+    "by_team",
+    "by_model",
+    "by_route",
+    "by_lever",
+    "quality",
+)
