@@ -60,15 +60,6 @@ class RunProgress:
         tmp.replace(self.run_dir / FILE)
 
 
-def read(run_dir: Path) -> dict[str, Any] | None:
-    """The run's latest report, or None before its first."""
-    try:
-        report: dict[str, Any] = json.loads((run_dir / FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return report
-
-
 def latest(runs: Path) -> dict[str, Any] | None:
     """The newest report of any run under `runs` (`<route>/<candidate>`), if any."""
     found = sorted(runs.glob(f"*/{FILE}"), key=lambda p: p.stat().st_mtime)

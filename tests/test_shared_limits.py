@@ -199,3 +199,18 @@ def test_budgets_in_a_policy_file_are_hot_reloaded(gateway: RunningGateway, hot_
     r = httpx.post(f"{gateway.base_url}/chat/completions", json=body, headers=headers)
     assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
     assert "hot-tiny" in r.json()["error"]["message"]
+
+
+def test_a_sign_out_reaches_every_process_through_redis(redis_url: str) -> None:
+    import asyncio
+
+    from gateway.dashboard.revocations import RedisRevocations
+    from gateway.redis_link import RedisLink
+
+    async def check() -> tuple[bool, bool]:
+        here = RedisRevocations(RedisLink(redis_url, 0.5))
+        there = RedisRevocations(RedisLink(redis_url, 0.5))
+        await here.add("nonce-1", int(time.time()) + 60)
+        return await there.contains("nonce-1"), await there.contains("nonce-2")
+
+    assert asyncio.run(check()) == (True, False)

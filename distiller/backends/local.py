@@ -139,13 +139,6 @@ class LocalBackend:
             raise JobFailed("the job ended without writing its result")
         return found
 
-    def pids(self) -> list[int]:
-        """Worker processes running jobs now (for operators and tests)."""
-        with self._lock:
-            return [
-                p.pid for pool in self._running for p in getattr(pool, "_processes", {}).values()
-            ]
-
     def close(self) -> None:
         """Stop every job in flight (a run cut short is retried on the next start)."""
         with self._lock:

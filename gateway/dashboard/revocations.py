@@ -9,7 +9,7 @@ Each process also remembers the nonces it revoked or saw revoked, so a repeated 
 free.
 
 Invariant: a revoked nonce is refused everywhere from the moment `add` returns; a store or
-Redis that cannot answer refuses the cookie (401) rather than accept a possibly revoked one.
+Redis that cannot answer refuses the cookie (503) rather than accept a possibly revoked one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Protocol
 
 from contracts.errors import ApiError
 from gateway.redis_link import RedisLink
-from store import Store, StoreUnavailable
+from store import Store
 
 
 class Revocations(Protocol):
@@ -64,53 +64,62 @@ class InProcessRevocations:
         return nonce in self._known
 
 
-class RedisRevocations:
+class _Shared:
+    """This process's memory in front of a shared list: `_put` and `_has` reach the list."""
+
+    def __init__(self) -> None:
+        self._known = _Known()
+
+    async def _put(self, nonce: str, expiry: int) -> None:
+        raise NotImplementedError
+
+    async def _has(self, nonce: str) -> bool:
+        raise NotImplementedError
+
+    async def add(self, nonce: str, expiry: int) -> None:
+        self._known.remember(nonce, expiry)
+        try:
+            await self._put(nonce, expiry)
+        except Exception as e:
+            raise _unavailable(e) from e
+
+    async def contains(self, nonce: str) -> bool:
+        if nonce in self._known:
+            return True
+        try:
+            return await self._has(nonce)
+        except Exception as e:
+            raise _unavailable(e) from e
+
+
+class RedisRevocations(_Shared):
     def __init__(self, link: RedisLink) -> None:
+        super().__init__()
         self.link = link
-        self._known = _Known()
 
-    async def add(self, nonce: str, expiry: int) -> None:
-        self._known.remember(nonce, expiry)
+    async def _put(self, nonce: str, expiry: int) -> None:
         ttl = max(1, expiry - int(time.time()))
-        try:
-            await self.link.client.set(f"fw:revoked:{nonce}", b"1", ex=ttl)
-        except Exception as e:
-            raise _unavailable(e) from e
+        await self.link.client.set(f"fw:revoked:{nonce}", b"1", ex=ttl)
 
-    async def contains(self, nonce: str) -> bool:
-        if nonce in self._known:
-            return True
-        try:
-            found = await self.link.client.exists(f"fw:revoked:{nonce}")
-        except Exception as e:
-            raise _unavailable(e) from e
-        return bool(found)
+    async def _has(self, nonce: str) -> bool:
+        return bool(await self.link.client.exists(f"fw:revoked:{nonce}"))
 
 
-class StoreRevocations:
+class StoreRevocations(_Shared):
     def __init__(self, store: Store) -> None:
+        super().__init__()
         self.store = store
-        self._known = _Known()
 
-    async def add(self, nonce: str, expiry: int) -> None:
-        self._known.remember(nonce, expiry)
+    async def _put(self, nonce: str, expiry: int) -> None:
         row = [nonce, datetime.fromtimestamp(expiry, UTC)]
-        try:
-            await asyncio.to_thread(
-                self.store.insert_rows, "session_revocations", [row], ["nonce", "expires_at"]
-            )
-        except StoreUnavailable as e:
-            raise _unavailable(e) from e
+        await asyncio.to_thread(
+            self.store.insert_rows, "session_revocations", [row], ["nonce", "expires_at"]
+        )
 
-    async def contains(self, nonce: str) -> bool:
-        if nonce in self._known:
-            return True
-        try:
-            rows = await asyncio.to_thread(
-                self.store.query_rows,
-                "SELECT count() FROM session_revocations WHERE nonce = {n:String}",
-                {"n": nonce},
-            )
-        except StoreUnavailable as e:
-            raise _unavailable(e) from e
+    async def _has(self, nonce: str) -> bool:
+        rows = await asyncio.to_thread(
+            self.store.query_rows,
+            "SELECT count() FROM session_revocations WHERE nonce = {n:String}",
+            {"n": nonce},
+        )
         return bool(rows and int(rows[0][0]))
