@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 BaseKind = Literal["lm", "encoder"]
-CandidateKind = Literal["lm", "classifier"]
+CandidateKind = Literal["lm", "classifier", "few_shot"]
+# How a few-shot candidate finds its examples: hashed character n-grams, or MiniLM-L6.
+Retriever = Literal["ngram", "minilm-l6"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ def base_problem(base: str, kind: CandidateKind) -> str | None:
     """Why `base` cannot serve a candidate of `kind`, or None when it can."""
     if base == "":
         return None  # the default: local:tiny for `lm`, minilm-l6 for `classifier`
+    if kind == "few_shot":
+        return "a few_shot candidate is not trained from a base: set `retriever` instead"
     named = NAMED_BASES.get(base)
     if named is not None:
         if kind == "lm" and named.kind != "lm":

@@ -9,6 +9,7 @@ student server, the distiller and the audits read and write the same shapes the 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Any
 
@@ -184,3 +185,15 @@ def answer_as_events(answer: dict[str, Any]) -> list[bytes]:
 def without_stream(body: dict[str, Any]) -> dict[str, Any]:
     """The same request asked for a whole answer (checks, shadows, audits need one)."""
     return {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+
+
+def confidence_of(response: dict[str, Any]) -> float | None:
+    """exp(mean token logprob) of the first choice, or None when no logprobs came back."""
+    choices = response.get("choices") or []
+    if not choices:
+        return None
+    logprobs = (choices[0].get("logprobs") or {}).get("content") or []
+    values = [t["logprob"] for t in logprobs if isinstance(t, dict) and "logprob" in t]
+    if not values:
+        return None
+    return math.exp(sum(values) / len(values))

@@ -26,9 +26,10 @@ from pydantic import (
     model_validator,
 )
 
-from contracts.bases import CandidateKind, base_problem, default_base
+from contracts.bases import CandidateKind, Retriever, base_problem, default_base
 from contracts.budgets import Budget
 from contracts.model_config import ModelConfig
+from contracts.rails import Guardrails
 from contracts.training import Training
 from contracts.yaml_source import (
     ConfigError,
@@ -100,7 +101,9 @@ class Candidate(_Strict):
     `kind: lm` generates answers (SFT: LoRA on a pretrained base, full fine-tuning on a tiny
     one); `kind: classifier` answers with one of the labels the teacher's answers form (a
     classification head on an encoder or LM backbone), for routes whose answers are a
-    closed set."""
+    closed set; `kind: few_shot` is not trained: `model` (a small upstream, or a base on a
+    student server) is prompted with the `examples` curated examples most like the request,
+    found by `retriever` in an index the distiller builds from the route's dataset."""
 
     name: str
     model: str
@@ -110,6 +113,14 @@ class Candidate(_Strict):
     )
     canary_share: Share | None = Field(
         default=None, ge=0, le=1, description="this candidate's canary share (default: route's)"
+    )
+    examples: int = Field(
+        default=8, ge=1, le=64, description="few_shot: curated examples put in each prompt"
+    )
+    retriever: Retriever = Field(
+        default="ngram",
+        description="few_shot: how examples are found: `ngram` (hashed character n-grams, "
+        "sub-millisecond) or `minilm-l6` (sentence embeddings, ~25 ms a query on one core)",
     )
 
     @field_validator("base")
@@ -122,6 +133,9 @@ class Candidate(_Strict):
 
     @property
     def resolved_base(self) -> str:
+        """What the job starts from: a base to train, or a few-shot candidate's retriever."""
+        if self.kind == "few_shot":
+            return self.retriever
         return self.base or default_base(self.kind)
 
 
@@ -184,76 +198,19 @@ class RateLimit(_Strict):
     )
 
 
-Entity = Literal["email", "phone", "card", "iban", "national_id", "secret", "ip"]
-_ENTITIES: tuple[Entity, ...] = ("email", "phone", "card", "iban", "national_id", "secret", "ip")
+class SemanticCache(_Strict):
+    """Opt-in similarity matching: the last user turn may differ (cosine similarity of hashed
+    character n-grams at least `threshold`), everything else must match exactly. Its hits
+    are audited by the teacher at the route's `audit.share` and rolled back (exact matching
+    goes on) when audit agreement falls below `audit.min_agreement`, as a student would be;
+    a changed threshold starts it again."""
 
+    threshold: float = Field(default=0.9, gt=0, le=1)
 
-class Rail(_Strict):
-    """One guardrail. `pii` masks, blocks or flags personal data and secrets; `jailbreak`
-    (regex tripwire) and `deny_topics` block or flag; `prompt_attack` is the learned
-    jailbreak and injection detector, its threshold chosen on the route's own traffic;
-    `self_check` asks the route's teacher (LLM rail)."""
-
-    rail: Literal["pii", "jailbreak", "deny_topics", "prompt_attack", "self_check"]
-    action: Literal["block", "mask", "flag"] = "block"
-    entities: list[Entity] = Field(default_factory=lambda: list(_ENTITIES))
-    mask_upstream: bool = Field(
-        default=True,
-        description="input pii masks: true = the model sees masked text too; false = only "
-        "the logs and training data are masked",
-    )
-    topics: dict[str, list[str]] = Field(
-        default_factory=dict, description="deny_topics: topic name -> keywords"
-    )
-    phone_regions: list[str] | None = Field(
-        default=None,
-        description="pii: regions (ISO 3166 alpha-2) whose national phone formats count; "
-        "default US GB DE FR ES IT NL IN AU BR; any region's with a + country code",
-    )
-    detector: str = Field(
-        default="prompt-attack",
-        pattern=r"^[a-z0-9][a-z0-9_-]*$",
-        description="prompt_attack: the trained detector's name in the model store",
-    )
-    target_fpr: float = Field(
-        default=0.005,
-        gt=0,
-        lt=0.5,
-        description="prompt_attack: the share of this route's logged traffic the chosen "
-        "threshold may flag",
-    )
-
-    @model_validator(mode="after")
-    def _fits(self) -> Rail:
-        if self.action == "mask" and self.rail != "pii":
-            raise ValueError(f"action `mask` applies to the pii rail only, not {self.rail}")
-        if self.rail == "deny_topics" and not self.topics:
-            raise ValueError("deny_topics needs `topics`")
-        if self.phone_regions is not None:
-            import phonenumbers
-
-            known = phonenumbers.SUPPORTED_REGIONS
-            bad = [r for r in self.phone_regions if r not in known]
-            if bad:
-                raise ValueError(f"unknown phone_regions {bad}: use ISO 3166 codes like GB, DK")
-        return self
-
-
-class Guardrails(_Strict):
-    input: list[Rail] = Field(default_factory=list)
-    output: list[Rail] = Field(default_factory=list)
-    block_with: Literal["error", "refusal"] = Field(
-        default="error",
-        description="error: an OpenAI-style 400 `guardrail_blocked`; refusal: a normal answer "
-        "carrying `refusal_message`",
-    )
-    refusal_message: str = "I can't help with that request."
-
-    @model_validator(mode="after")
-    def _input_only(self) -> Guardrails:
-        if any(r.rail == "prompt_attack" for r in self.output):
-            raise ValueError("`prompt_attack` reads what users send: it is an input rail")
-        return self
+    @property
+    def name(self) -> str:
+        """What its audits, state and events go by: a new threshold is a fresh start."""
+        return f"semantic-cache@{self.threshold:g}"
 
 
 class Cache(_Strict):
@@ -264,6 +221,9 @@ class Cache(_Strict):
 
     ttl_s: float = Field(default=3600.0, gt=0)
     max_entries: int = Field(default=10_000, ge=1)
+    semantic: SemanticCache | None = Field(
+        default=None, description="off unless given: near-identical questions hit too"
+    )
 
 
 class Route(_Strict):

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+N_FEATURES = 2**18
+
 
 @dataclass
 class PromptIndex:
@@ -30,7 +32,7 @@ class PromptIndex:
         return HashingVectorizer(
             analyzer="char_wb",
             ngram_range=(3, 4),
-            n_features=2**18,
+            n_features=N_FEATURES,
             alternate_sign=False,
             norm="l2",
             lowercase=True,
@@ -47,3 +49,24 @@ class PromptIndex:
         vec = self._vectorizer().transform([prompt])
         sims = (self.matrix @ vec.T).toarray().ravel()
         return float(1.0 - np.max(sims))
+
+
+class Features:
+    """`PromptIndex`'s features for one text, hashed here: sklearn's `transform` spends
+    ~0.6 ms a call on checks, ten times the hashing (the same trick as the attack rail's)."""
+
+    def __init__(self) -> None:
+        self._analyze = PromptIndex._vectorizer().build_analyzer()
+
+    def __call__(self, text: str) -> tuple[Any, Any]:
+        """(feature indices, L2-normalised weights) of `text`."""
+        from sklearn.utils import murmurhash3_32
+
+        grams = self._analyze(text)
+        index = np.fromiter((murmurhash3_32(g, seed=0) for g in grams), dtype=np.int64)
+        # sklearn's bucket of a signed hash (`_hashing_fast.transform`).
+        index = np.where(index == -(2**31), 2**31 - 1, np.abs(index)) % N_FEATURES
+        buckets, counts = np.unique(index, return_counts=True)
+        weights = counts.astype(np.float32)
+        norm = float(np.sqrt(weights @ weights)) or 1.0
+        return buckets.astype(np.int32), weights / norm

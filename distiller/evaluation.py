@@ -208,6 +208,19 @@ def evaluate(
         raise ValueError("metric llm_judge needs a judge: teacher_judge(<route's teacher>)")
     report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples, [], min_coverage)
     answers = generate(model_path, [e.prompt for e in examples])
+    return score_answers(report, examples, answers, fields, judge)
+
+
+def score_answers(
+    report: EvalReport,
+    examples: list[Example],
+    answers: list[tuple[str, float]],
+    fields: list[str] | None = None,
+    judge: Judge | None = None,
+) -> EvalReport:
+    """`report` filled with the candidate's (answer, confidence) to each eval example,
+    however the answers were made (a local student, or a few-shot prompt to an upstream)."""
+    metric = report.metric
     for ex, (answer, confidence) in zip(examples, answers, strict=True):
         if judge is not None and metric == "llm_judge":
             score = judge(ex.prompt, answer, ex.answer)

@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from contracts.bases import CandidateKind
+from contracts.bases import CandidateKind, Retriever
 from contracts.model_config import ModelConfig
 from contracts.policy import Gate
 from contracts.training import Resources, Training
@@ -37,6 +37,7 @@ from distiller.bases import resolve as resolve_base
 from distiller.classifier import split_calibration, train_classifier
 from distiller.evaluation import EvalReport, evaluate, teacher_judge
 from distiller.examples import Example
+from distiller.few_shot import build_and_evaluate
 from distiller.model_store import ModelStore
 from distiller.training import TrainResult, train
 
@@ -63,6 +64,10 @@ class TrainJob:
     eval_set_id: str
     gate: Gate
     teacher: ModelConfig
+    # few_shot: the model prompted with the examples, how many, and the dataset indexed.
+    model: ModelConfig | None = None
+    examples: int = 8
+    dataset_id: str = ""
 
 
 def _base_for(base: str, texts: list[str], dirs: Path, settings: Training) -> str:
@@ -96,15 +101,37 @@ def train_and_evaluate(
     eval_set_id: str,
     gate: Gate,
     teacher: ModelConfig,
+    model: ModelConfig | None = None,
+    examples: int = 8,
+    dataset_id: str = "",
 ) -> tuple[TrainResult, EvalReport]:
     """The heavy half of a run, with no store access: safe to run anywhere."""
+    judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
+    if kind == "few_shot":
+        if model is None:
+            raise ValueError("a few_shot job needs the candidate's model")
+        retriever: Retriever = "ngram" if base_spec == "ngram" else "minilm-l6"
+        encoder = "" if retriever == "ngram" else _base_for(base_spec, texts, dirs, settings)
+        return build_and_evaluate(
+            retriever,
+            examples,
+            encoder,
+            model,
+            train_set,
+            eval_set,
+            dirs,
+            run_id,
+            eval_set_id,
+            dataset_id,
+            gate,
+            judge,
+        )
     base = _base_for(base_spec, texts, dirs, settings)
     if kind == "classifier":
         result = train_classifier(base, train_set, dirs, settings)
     else:
         fit, dev = _dev_split(train_set, settings)
         result = train(base, fit, dirs, settings, dev)
-    judge = teacher_judge(teacher) if gate.metric == "llm_judge" else None
     report = evaluate(
         result.merged,
         run_id,
@@ -163,6 +190,9 @@ def run_job(model_store: str, rel_dir: str) -> None:
             job.eval_set_id,
             job.gate,
             job.teacher,
+            job.model,
+            job.examples,
+            job.dataset_id,
         )
     finally:
         stop.set()

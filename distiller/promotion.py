@@ -166,7 +166,7 @@ def _shadow_agreement(store: Store, route: Route, candidate: str) -> tuple[int, 
     return agree, len(rows)
 
 
-def _audits(store: Store, route: str, candidate: str, window: int) -> list[float]:
+def recent_audits(store: Store, route: str, candidate: str, window: int) -> list[float]:
     rows = store.query_rows(
         "SELECT agreement FROM audits WHERE route = {r:String} AND candidate = {c:String} "
         "ORDER BY at DESC LIMIT {n:UInt32}",
@@ -260,7 +260,7 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
                 )
                 changes.append(f"{cand.name}: shadow → {to}: {why}")
         elif st.state in ("canary", "promoted"):
-            audits = _audits(store, route.name, cand.name, route.audit.window)
+            audits = recent_audits(store, route.name, cand.name, route.audit.window)
             if not audits:
                 continue
             mean = sum(audits) / len(audits)

@@ -28,6 +28,7 @@ from contracts.policy import PolicySet, Route
 from contracts.pricing import price_table
 from distiller.backends import JobFailed
 from distiller.bases import BaseUnavailable
+from distiller.cache_audits import advance_semantic
 from distiller.classifier import NotAClosedSet
 from distiller.curation import curate
 from distiller.datasets import DatasetVersion, build_dataset, reload_dataset
@@ -208,6 +209,9 @@ def _train_candidates(
             ds.eval_set_id,
             route.gate,
             policies.models[route.teacher],
+            policies.models[cand.model],
+            cand.examples,
+            ds.dataset_id,
         )
         try:
             job, result, report = run_with_retries(ctx, job, ds.dataset_id, lease)
@@ -245,7 +249,11 @@ def _train_candidates(
                 min_confidence=serving_threshold,
             )
         passed = report.passed(route.gate.confidence)
-        if passed:
+        if cand.kind == "few_shot":
+            evidence.update(
+                retriever=cand.retriever, k=cand.examples, index=ctx.models.artifact(result.merged)
+            )
+        elif passed:
             # A student may serve only once its endpoint has it loaded.
             try:
                 evidence["published"] = publish(policies.models[cand.model], location)
@@ -284,6 +292,24 @@ def guard_pass(
     return [{"guard": asdict(r)} for r in reports]
 
 
+def _semantic_pass(store: Store, policies: PolicySet, workload: str | None) -> list[dict[str, Any]]:
+    """Roll back the semantic caches whose audited hits stopped agreeing with the teacher."""
+    out: list[dict[str, Any]] = []
+    for route in policies.routes:
+        if route.cache is None or route.cache.semantic is None:
+            continue
+        if workload and route.name != workload:
+            continue
+        try:
+            changes = advance_semantic(store, route)
+        except Exception as e:  # one route's failure spares the others
+            log.exception("semantic cache of %s not advanced", route.name)
+            changes = [f"error: {type(e).__name__}: {e}"]
+        if changes:
+            out.append({"route": route.name, "semantic_cache": changes})
+    return out
+
+
 def distill_pass(
     ctx: TrainingContext,
     policies: PolicySet,
@@ -304,6 +330,7 @@ def distill_pass(
 
     with ThreadPoolExecutor(max(1, ctx.config.concurrency), "distill") as pool:
         out = list(pool.map(one, routes))
+    out += _semantic_pass(ctx.store, policies, workload)
     for item in out:
         log.info("%s", orjson.dumps(item, default=str).decode())
     if not workload:

@@ -4,7 +4,8 @@ The key is a hash of everything that determines the answer (route, endpoint, the
 upstream would get minus streaming and bookkeeping fields), so a differing parameter
 misses. Only deterministic requests are cached (`temperature: 0`, embeddings) unless the
 client opts in (`x-flywheel-cache: allow`). A route that masks PII caches only answers with
-no PII in them, so the cache never holds raw personal data.
+no PII in them, so the cache never holds raw personal data. Near-identical questions may
+find each other through `gateway/semantic_cache.py`, which maps them to keys of this cache.
 
 Invariant: bounded (`max_entries` per route, oldest out first) and expiring (`ttl_s`), in
 this process or in Redis; entries are whole answers, copied out, never shared with a
@@ -21,8 +22,10 @@ from typing import Any
 
 import orjson
 
+from contracts.openai_shapes import content_text
 from contracts.policy import Cache
 from gateway.redis_link import RedisLink, SharedStateDown
+from gateway.semantic_cache import SemanticIndex
 
 # Fields that do not change the answer (or are the gateway's own).
 _NOT_IN_KEY = frozenset(
@@ -41,6 +44,25 @@ def cache_key(route: str, endpoint: str, body: dict[str, Any], opt_in: bool) -> 
     except TypeError:
         return None
     return hashlib.sha256(blob).hexdigest()
+
+
+def split_request(route: str, body: dict[str, Any], opt_in: bool) -> tuple[str, str] | None:
+    """For semantic matching: (context key, last user turn's text), the key hashing the
+    whole request but that text; None when the request is not cacheable or does not end in
+    a user turn."""
+    messages = body.get("messages")
+    if not (body.get("temperature") == 0 or opt_in) or not isinstance(messages, list):
+        return None
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    keyed = {k: v for k, v in body.items() if k not in _NOT_IN_KEY}
+    keyed["messages"] = [*messages[:-1], {**last, "content": None}]
+    try:
+        blob = orjson.dumps([route, keyed], option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return None
+    return hashlib.sha256(blob).hexdigest(), content_text(last.get("content"))
 
 
 # KEYS[1]: the entry, KEYS[2]: the route's index. ARGV: answer, ttl ms, max entries, now ms.
@@ -64,6 +86,7 @@ class ResponseCache:
 
     def __init__(self, link: RedisLink | None = None) -> None:
         self.link = link
+        self.semantic = SemanticIndex(link)
         self._routes: dict[str, OrderedDict[str, tuple[float, dict[str, Any]]]] = {}
 
     async def lookup(self, route: str, key: str) -> dict[str, Any] | None:

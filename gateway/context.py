@@ -41,6 +41,8 @@ class RequestContext:
     unrecorded: bool = False  # the journal could not take the row: withhold the answer
     surface: Surface | None = None  # the API the client speaks (translated at the edge)
     cache_key: str = ""  # set when this request may be answered from / stored in the cache
+    # (context key, last user text) when the route's semantic cache may match this request
+    semantic: tuple[str, str] | None = None
     reservation: Reservation | None = None  # cost held on the budgets covering it
     upstream_headers: dict[str, str] = field(default_factory=dict)  # its rate-limit state
 

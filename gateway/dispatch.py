@@ -22,6 +22,7 @@ from contracts.openai_shapes import answer_text, without_stream
 from contracts.states import RowKind
 from gateway.context import RequestContext
 from gateway.escalation import confidence_of, confidence_reason
+from gateway.few_shot import few_shot_candidate, with_examples
 from gateway.request_log import RequestRecord, utc_timestamp
 from gateway.routing import Target
 from gateway.state import GatewayState
@@ -42,6 +43,17 @@ def _short(e: UpstreamError) -> str:
 def _upstream_body(body: dict[str, Any], target: Target) -> dict[str, Any]:
     out = dict(body)
     out["model"] = target.model.upstream_name
+    return out
+
+
+async def _body_for(ctx: RequestContext, body: dict[str, Any], target: Target) -> dict[str, Any]:
+    """What `target` is sent: the body under its upstream name, with a few-shot candidate's
+    examples put in."""
+    out = _upstream_body(body, target)
+    route = ctx.chosen.route
+    if target.candidate and few_shot_candidate(route, target.candidate) is not None:
+        run = ctx.router.states.runs.get((route.name, target.candidate), "")
+        out = await with_examples(ctx.state.few_shot, route, target.candidate, run, out)
     return out
 
 
@@ -113,7 +125,7 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
         return await upstreams.call(
             target.model,
             ctx.endpoint,
-            _upstream_body(body, target),
+            await _body_for(ctx, body, target),
             timeout_s=target.timeout_s,
             relay=ctx.upstream_headers,
         )
@@ -155,7 +167,7 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
         return await upstreams.stream(
             target.model,
             ctx.endpoint,
-            _upstream_body(body, target),
+            await _body_for(ctx, body, target),
             timeout_s=target.timeout_s,
             relay=ctx.upstream_headers,
         )
@@ -188,7 +200,7 @@ async def _confident_student(
         raw = await ctx.state.upstreams.call(
             target.model,
             ctx.endpoint,
-            {**_upstream_body(body, target), "logprobs": True},
+            {**(await _body_for(ctx, body, target)), "logprobs": True},
             timeout_s=target.timeout_s,
         )
         answer = orjson.loads(raw)
@@ -258,7 +270,10 @@ async def _background_call(
     body = without_stream(body)
     try:
         raw = await ctx.state.upstreams.call(
-            target.model, ctx.endpoint, _upstream_body(body, target), timeout_s=target.timeout_s
+            target.model,
+            ctx.endpoint,
+            await _body_for(ctx, body, target),
+            timeout_s=target.timeout_s,
         )
         rec.response = orjson.loads(raw)
         rec.finish("ok", 200)
@@ -278,11 +293,15 @@ async def shadow(ctx: RequestContext) -> None:
 
 
 async def audit(
-    ctx: RequestContext, body: dict[str, Any], student_answer: dict[str, Any] | None
+    ctx: RequestContext,
+    body: dict[str, Any],
+    student_answer: dict[str, Any] | None,
+    teacher: Target | None = None,
 ) -> None:
-    """Re-ask the teacher what the student answered and record whether they agree."""
+    """Re-ask the teacher what the student (or the semantic cache, given `teacher`)
+    answered and record whether they agree."""
     decision, parent = ctx.chosen, ctx.record
-    teacher = decision.fallbacks[0]
+    teacher = teacher or decision.fallbacks[0]
     rec = _child(parent, "audit", teacher, f"audit of {parent.candidate}")
     teacher_answer = await _background_call(ctx, rec, teacher, body)
     if teacher_answer is None or student_answer is None:

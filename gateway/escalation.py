@@ -14,20 +14,9 @@ lookup is one sparse vector product, done only on routes that ask for it.
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from contracts.openai_shapes import confidence_of
 
-
-def confidence_of(response: dict[str, Any]) -> float | None:
-    """exp(mean token logprob) of the first choice, or None when no logprobs came back."""
-    choices = response.get("choices") or []
-    if not choices:
-        return None
-    logprobs = (choices[0].get("logprobs") or {}).get("content") or []
-    values = [t["logprob"] for t in logprobs if isinstance(t, dict) and "logprob" in t]
-    if not values:
-        return None
-    return math.exp(sum(values) / len(values))
+__all__ = ["confidence_of", "confidence_reason"]
 
 
 def confidence_reason(confidence: float | None, threshold: float) -> str | None:

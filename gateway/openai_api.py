@@ -23,7 +23,7 @@ from gateway import dispatch
 from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
 from gateway.budgets import estimate_nano
-from gateway.caching import cache_lookup, cache_store
+from gateway.caching import cache_lookup, cache_store, maybe_audit_hit
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
 from gateway.outcome import fail, failed_upstream, internal_error, reject, unrecordable
@@ -230,6 +230,7 @@ async def _answer_whole(ctx: RequestContext) -> Response:
 async def _answer_from_cache(ctx: RequestContext, answer: dict[str, Any]) -> Response:
     """A cache hit: no upstream call; output checks still run on the answer."""
     rec = ctx.record
+    maybe_audit_hit(ctx, answer)
     if rec.is_stream and ctx.endpoint == "chat.completions":
         return await checked_stream(ctx, answer)
     if ctx.endpoint != "embeddings":

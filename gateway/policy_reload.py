@@ -25,6 +25,7 @@ from contracts.prompt_index import PromptIndex
 from contracts.states import as_state
 from contracts.yaml_source import ConfigError
 from gateway.config import GatewayConfig, load_policy_set
+from gateway.few_shot import load_indexes
 from gateway.guardrails.engine import compile_guardrails
 from gateway.guardrails.nemo import NemoRails
 from gateway.guardrails.prompt_attack import load_detectors
@@ -36,7 +37,8 @@ log = logging.getLogger("flywheel.policy")
 
 STATES_SQL = (
     "SELECT route, candidate, argMax(state, updated_at), argMax(dataset_id, updated_at), "
-    "argMax(min_confidence, updated_at) FROM candidate_states GROUP BY route, candidate"
+    "argMax(min_confidence, updated_at), argMax(version, updated_at) "
+    "FROM candidate_states GROUP BY route, candidate"
 )
 TRAIN_PROMPTS_SQL = (
     "SELECT messages FROM requests WHERE request_id IN "
@@ -127,6 +129,15 @@ class PolicyReloader:
             {(str(r[0]), str(r[1])): as_state(str(r[2])) for r in rows},
             {(str(r[0]), str(r[1])): str(r[3]) for r in rows if r[3]},
             {(str(r[0]), str(r[1])): float(r[4]) for r in rows if r[4] is not None},
+            {(str(r[0]), str(r[1])): str(r[5]) for r in rows if r[5]},
+        )
+        # A few-shot run's index is in memory before the router may send it traffic.
+        await load_indexes(
+            self.state.store,
+            self.state.router.policies.routes,
+            states.states,
+            states.runs,
+            self.state.few_shot,
         )
         if states != self.state.router.states:
             self.state.router = self.state.router.with_states(states)

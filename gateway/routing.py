@@ -96,6 +96,8 @@ class CandidateStates:
     datasets: dict[tuple[str, str], str] = field(default_factory=dict)
     # The confidence a selective gate chose for the candidate's run: below it, escalate.
     thresholds: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The run each candidate's state belongs to (a few-shot candidate serves its index).
+    runs: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def get(self, route: str, candidate: str) -> CandidateState:
         return self.states.get((route, candidate), "untrained")
@@ -134,6 +136,10 @@ class Router:
         self._by_price = {
             r.name: sorted(r.candidates, key=lambda c: _price_key(prices, c.model)) for r in routes
         }
+
+    def sample(self, share: float) -> bool:
+        """True for `share` of calls (audit sampling outside a decision)."""
+        return self._rng.random() < share
 
     @property
     def policy_version(self) -> str:

@@ -17,6 +17,7 @@ from gateway.budgets import BudgetBook
 from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
 from gateway.dashboard.session import Sessions
+from gateway.few_shot import Loaded
 from gateway.log_writer import LogWriter
 from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
@@ -48,6 +49,8 @@ class GatewayState:
     cache: ResponseCache = field(default_factory=ResponseCache)
     # (route, candidate) -> (dataset id, index of its training prompts)
     prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)
+    # (route, candidate) -> (run id, few-shot index) of the few-shot runs the router may call
+    few_shot: Loaded = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run in the background, keeping a reference so the task is not collected."""

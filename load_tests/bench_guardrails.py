@@ -29,7 +29,7 @@ from typing import Any
 import guard_recall
 
 from contracts.model_config import ModelConfig
-from contracts.policy import Guardrails
+from contracts.rails import Guardrails
 from distiller.attack_corpora import attacks, benign, fetch, wheels
 from distiller.guard_training import choose_threshold, fit
 from gateway.guardrails.engine import RouteRails

@@ -10,6 +10,7 @@ import openai
 
 from distiller.curation import curate
 from tests.support.gateway import APP_KEY, RunningGateway
+from tests.support.wait import eventually
 
 
 def _ask(gw: RunningGateway, content: str, **extra: Any) -> Any:
@@ -90,3 +91,72 @@ def test_a_masking_route_never_caches_raw_personal_data(gateway: RunningGateway,
     for _ in range(2):
         _ask(gateway, plain, model="cached-logmask", temperature=0)
     assert _calls(upstream, plain) == 1
+
+
+def _semantic(gw: RunningGateway, content: str, system: str = "Be brief.") -> Any:
+    client = openai.OpenAI(base_url=gw.base_url, api_key=APP_KEY, max_retries=0)
+    return client.chat.completions.with_raw_response.create(
+        model="cached-semantic",
+        temperature=0,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": content}],
+    )
+
+
+def test_a_reworded_question_hits_the_semantic_cache_and_is_audited(
+    gateway: RunningGateway, upstream
+) -> None:
+    first = _semantic(gateway, "how can I reset my online banking password 8401")
+    near = _semantic(gateway, "How can I reset my online-banking password? 8401")
+    assert first.headers["x-flywheel-served-by"] == "teacher"
+    assert near.headers["x-flywheel-served-by"] == "cache"
+    assert near.parse().choices[0].message.content == first.parse().choices[0].message.content
+    row = gateway.row(near.parse().id)
+    assert row["candidate"] == "semantic-cache@0.8" and row["cost_usd"] == 0
+    assert row["route_reason"].startswith("semantic cache hit: similarity 0.")
+    # Anything else differing misses: another system prompt, an unrelated question.
+    other = _semantic(gateway, "How can I reset my online-banking password? 8401", "Be long.")
+    assert other.headers["x-flywheel-served-by"] == "teacher"
+    assert _semantic(gateway, "what time is it 8401").headers["x-flywheel-served-by"] == "teacher"
+    # The route audits every semantic hit: the teacher's answer to the reworded question
+    # differs from the cached one (the fake teacher echoes the exact words).
+    audits = gateway.rows_eventually(
+        "SELECT * FROM audits WHERE request_id = {r:String}", 1, r=near.parse().id
+    )
+    assert audits[0]["candidate"] == "semantic-cache@0.8" and audits[0]["agreement"] == 0
+    assert _calls(upstream, "How can I reset my online-banking password? 8401") == 2
+
+
+def test_a_semantic_cache_whose_audits_disagree_is_rolled_back(
+    gateway: RunningGateway, upstream
+) -> None:
+    from distiller.cache_audits import advance_semantic
+    from distiller.promotion import current
+
+    store = gateway.state.store
+    route = gateway.state.router.route_named("cached-semantic")
+    assert route is not None
+    hits = []
+    for n in range(3):
+        _semantic(gateway, f"please block my lost debit card number {n} 8601")
+        hit = _semantic(gateway, f"Please block my lost debit card, number {n}! 8601")
+        assert hit.headers["x-flywheel-served-by"] == "cache"
+        hits.append(hit.parse().id)
+    for rid in hits:
+        gateway.rows_eventually("SELECT * FROM audits WHERE request_id = {r:String}", 1, r=rid)
+    # The first pass finds it configured (on), the next reads its audits.
+    assert advance_semantic(store, route) == [
+        "semantic-cache@0.8: → promoted: semantic cache configured (threshold 0.8)"
+    ]
+    changes = advance_semantic(store, route)
+    assert any("rolled_back" in c for c in changes), changes
+    assert current(store, "cached-semantic", "semantic-cache@0.8").state == "rolled_back"
+    eventually(
+        lambda: gateway.state.router.states.get("cached-semantic", "semantic-cache@0.8"),
+        15,
+        lambda s: s == "rolled_back",
+    )
+    # Rolled back: a rewording goes to the teacher; an exact repeat still hits.
+    again = _semantic(gateway, "Please block my lost debit card, number 0!! 8601")
+    assert again.headers["x-flywheel-served-by"] == "teacher"
+    exact = _semantic(gateway, "please block my lost debit card number 0 8601")
+    assert exact.headers["x-flywheel-served-by"] == "cache"

@@ -167,16 +167,24 @@ def test_two_gateway_processes_share_one_response_cache(
         "name": "support",
         "match": {"models": ["gpt-4o"]},
         "teacher": "teacher",
-        "cache": {"ttl_s": 60},
+        "cache": {"ttl_s": 60, "semantic": {"threshold": 0.8}},
     }
     with _two_gateways(tmp_path, upstream, redis_url, route) as bases:
         first = _chat(bases[0], "shared cache 8501", temperature=0)
         time.sleep(0.3)  # the entry is written just after the answer
         second = _chat(bases[1], "shared cache 8501", temperature=0)
+        # Semantic matching is shared too: a rewording asked of the other process hits.
+        _chat(bases[0], "how do I close my savings account 8502", temperature=0)
+        time.sleep(0.3)
+        near = _chat(bases[1], "How do I close my savings account? 8502", temperature=0)
     assert first.headers["x-flywheel-served-by"] == "teacher"
     assert second.headers["x-flywheel-served-by"] == "cache"
     assert second.json()["choices"] == first.json()["choices"]
     calls = [b for b in upstream.fake.requests if "shared cache 8501" in str(b.get("messages"))]
+    assert len(calls) == 1
+    assert near.headers["x-flywheel-served-by"] == "cache"
+    assert near.json()["choices"][0]["message"]["content"].startswith("echo: how do I close")
+    calls = [b for b in upstream.fake.requests if "8502" in str(b.get("messages"))]
     assert len(calls) == 1
 
 

@@ -114,6 +114,7 @@ async def get_finance(request: Request) -> Response:
             code="invalid_filter",
             param="split",
         )
+    f = f.model_copy(update={"few_shot_models": finance.few_shot_models(state.router.policies)})
     report = await _run(finance.finance_report, state.store, f, None, split)
     return _respond(request, report, "finance")
 

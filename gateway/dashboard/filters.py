@@ -55,6 +55,9 @@ class Filters(BaseModel):
     end: datetime
     apps: tuple[str, ...] = Field(default=())
     teams: tuple[str, ...] = Field(default=())
+    # Not a query parameter: the models few-shot candidates serve (the policy says), so
+    # savings by lever tell a few-shot candidate's answers from a fine-tuned student's.
+    few_shot_models: tuple[str, ...] = Field(default=())
 
     @classmethod
     def last_days(cls, days: int = DEFAULT_DAYS, now: datetime | None = None) -> Filters:
@@ -95,6 +98,7 @@ class Filters(BaseModel):
             "end": self.end.replace(tzinfo=None),
             "apps": list(self.apps),
             "teams": list(self.teams),
+            "few_shot_models": list(self.few_shot_models),
         }
 
     def describe(self) -> dict[str, Any]:

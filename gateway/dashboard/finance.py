@@ -6,8 +6,9 @@ Definitions (the same in the page, the JSON, the CSV, `flywheel report` and Graf
 - baseline: what the users' requests would have cost on their route's teacher;
 - savings = baseline - spend, and savings % = savings / baseline;
 - student share: users' requests answered by a student, over all users' requests;
-- by lever: the same figures grouped by who answered (`student`, `cache`, `teacher`): what
-  each cost lever saved (the teacher's rows carry the audits' and shadows' spend).
+- by lever: the same figures grouped by who answered (`student`: a fine-tuned candidate,
+  `few_shot`: a few-shot candidate, `cache`, `teacher`): what each cost lever saved (the
+  teacher's rows carry the audits' and shadows' spend).
 
 Invariant: money is summed by ClickHouse as Decimal(38, 9) and stays `Decimal` here, so every
 figure is exact to the nano-dollar; only the projection divides, and it says it is an estimate.
@@ -19,17 +20,29 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from contracts.policy import PolicySet
 from gateway.dashboard.filters import Filters
 from store import Store
 
-# `lever`: who answered (student, cache, teacher): savings by cost lever.
+# `lever`: who answered (student, few_shot, cache, teacher): savings by cost lever. A
+# few-shot candidate's rows are a student's served by a model the policy's few-shot
+# candidates use (`Filters.few_shot_models`).
 DIMENSIONS = {
     "app": "app",
     "team": "team",
     "model": "served_model",
     "route": "route",
-    "lever": "served_by",
+    "lever": "if(t.served_by = 'student' AND has({few_shot_models:Array(String)}, "
+    "t.served_model), 'few_shot', t.served_by)",
 }
+
+
+def few_shot_models(policies: PolicySet) -> tuple[str, ...]:
+    return tuple(
+        sorted({c.model for r in policies.routes for c in r.candidates if c.kind == "few_shot"})
+    )
+
+
 PCT = Decimal("0.01")
 MICRO = Decimal("0.000001")
 

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from contracts.model_config import ModelConfig
-from contracts.policy import Guardrails, PolicySet, Rail
+from contracts.policy import PolicySet
+from contracts.rails import Guardrails, Rail
 from gateway.guardrails.detectors import (
     JAILBREAK_PATTERNS,
     JAILBREAK_RULES,

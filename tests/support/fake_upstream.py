@@ -8,7 +8,8 @@ It answers deterministically so tests can check what the gateway logged:
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
   usage, `[[cut]]` drops the connection mid-stream, `[[differ]]` makes student-* models answer
-  differently from the teacher, `[[conf:0.3]]` sets the probability of
+  differently from the teacher, `fewshot-*` models answer from the examples in their prompt
+  (the nearest one's answer), `[[conf:0.3]]` sets the probability of
   every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
@@ -48,6 +49,28 @@ def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+def _in_context(body: dict[str, Any], text: str) -> tuple[str, float]:
+    """A small model that learns only from the examples in its prompt: it answers what the
+    example whose user turn shares the most words with the question was answered (its
+    confidence grows with the overlap); `fewshot-blind-*` ignores its examples."""
+    messages = body.get("messages") or []
+    pairs = [
+        (str(messages[i].get("content")), str(messages[i + 1].get("content")))
+        for i in range(len(messages) - 2)
+        if messages[i].get("role") == "user" and messages[i + 1].get("role") == "assistant"
+    ]
+    if not pairs or str(body.get("model")).startswith("fewshot-blind"):
+        return "I am not sure.", 0.3
+    asked = set(text.lower().split())
+
+    def overlap(pair: tuple[str, str]) -> float:
+        seen = set(pair[0].lower().split())
+        return len(asked & seen) / max(1, len(asked | seen))
+
+    best = max(pairs, key=overlap)
+    return best[1], 0.5 + 0.5 * overlap(best)
 
 
 class FakeUpstream(ResponsesApi, AnthropicApi):
@@ -104,6 +127,9 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
         answer = f"echo: {text}"
         if "differ" in marks and str(body.get("model", "")).startswith("student"):
             answer = f"student guess: {text}"  # a student that disagrees with its teacher
+        confidence = float(marks.get("conf") or 0.9)
+        if str(body.get("model", "")).startswith("fewshot-"):
+            answer, confidence = _in_context(body, text)
         if "be blocked (Yes or No)" in last_user_text(body):
             # A guardrail self-check: judge by the [[unsafe]] marker in the checked text.
             answer = "Yes" if "[[unsafe]]" in last_user_text(body) else "No"
@@ -138,7 +164,7 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
             return await self._stream(request, body, marks, answer, usage, n)
         logprobs = None
         if body.get("logprobs"):
-            lp = math.log(float(marks.get("conf") or 0.9))
+            lp = math.log(confidence)
             logprobs = {"content": [{"token": w, "logprob": lp} for w in answer.split()]}
         return web.json_response(
             {

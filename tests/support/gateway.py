@@ -36,7 +36,18 @@ models:
   student-slow: {model: openai/slow-student, api_base: "%(up)s",
                  price: {input_per_million: "0.01", output_per_million: "0.02"}}
   native-responses: {model: openai/gpt-4o, api_base: "%(up)s", responses_api: true}
+  fewshot-small: {model: openai/fewshot-small, api_base: "%(up)s",
+                  price: {input_per_million: "0.15", output_per_million: "0.60"}}
+  fewshot-blind: {model: openai/fewshot-blind, api_base: "%(up)s",
+                  price: {input_per_million: "0.15", output_per_million: "0.60"}}
 routes:
+  - name: fewshot
+    match: {models: [fewshot]}
+    teacher: teacher
+    candidates:
+      - {name: fs, model: fewshot-small, kind: few_shot, examples: 4}
+      - {name: blind, model: fewshot-blind, kind: few_shot, examples: 4, canary_share: 0.1}
+    gate: {metric: json_field_match, fields: [intent], threshold: 0.8, min_examples: 20}
   - name: native
     match: {models: [native-responses]}
     teacher: native-responses
@@ -71,6 +82,12 @@ routes:
     match: {models: [cached]}
     teacher: teacher
     cache: {ttl_s: 1.5, max_entries: 100}
+  - name: cached-semantic
+    match: {models: [cached-semantic]}
+    teacher: teacher
+    cache: {ttl_s: 60, semantic: {threshold: 0.8}}
+    audit: {share: 1.0, window: 3, min_agreement: 0.9}
+    rollout: {canary_min_examples: 3}
   - name: cached-logmask
     match: {models: [cached-logmask]}
     teacher: teacher
