@@ -131,6 +131,13 @@ class Candidate(_Strict):
             raise ValueError(problem)
         return base
 
+    @model_validator(mode="after")
+    def _few_shot_fields(self) -> Candidate:
+        stray = {"examples", "retriever"} & self.model_fields_set
+        if self.kind != "few_shot" and stray:
+            raise ValueError(f"{', '.join(sorted(stray))}: only for `kind: few_shot` candidates")
+        return self
+
     @property
     def resolved_base(self) -> str:
         """What the job starts from: a base to train, or a few-shot candidate's retriever."""

@@ -51,7 +51,7 @@ def fetch(url: str, key: str, params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def compute(dsn: str, params: dict[str, Any]) -> dict[str, Any]:
+def compute(dsn: str, params: dict[str, Any], few_shot: tuple[str, ...] = ()) -> dict[str, Any]:
     from starlette.datastructures import QueryParams
 
     from gateway.dashboard.api import json_response
@@ -66,12 +66,27 @@ def compute(dsn: str, params: dict[str, Any]) -> dict[str, Any]:
             f"{e}\n(the embedded store is held by a running gateway: use --url and a key)"
         ) from e
     try:
-        report = finance_report(store, Filters.from_query(QueryParams(params)))
+        f = Filters.from_query(QueryParams(params)).model_copy(update={"few_shot_models": few_shot})
+        report = finance_report(store, f)
     finally:
         store.close()
     # Through the API's own encoder: the terminal and the JSON show the same strings.
     parsed: dict[str, Any] = json.loads(bytes(json_response(report).body))
     return parsed
+
+
+def _few_shot_models(config: str | None) -> tuple[str, ...]:
+    """The models few-shot candidates serve, when the config (and its policies) say: savings
+    by lever then tell their answers from fine-tuned students'."""
+    if not config:
+        return ()
+    from gateway.config import load_policy_set
+    from gateway.dashboard.finance import few_shot_models
+
+    try:
+        return few_shot_models(load_policy_set(load_or_exit(config)))
+    except Exception:  # a policy that does not load: the report still runs, few-shot as student
+        return ()
 
 
 def usd(v: Any) -> str:
@@ -162,7 +177,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 print("give --config, --dsn or --url", file=sys.stderr)
                 return 2
             dsn = load_or_exit(args.config).clickhouse_dsn
-        report = compute(dsn, params)
+        report = compute(dsn, params, _few_shot_models(args.config))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
