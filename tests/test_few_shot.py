@@ -141,6 +141,8 @@ def test_a_few_shot_candidate_names_a_retriever_not_a_base(tmp_path: Path) -> No
     policy.write_text(policy.read_text().replace("base: minilm-l6", "retriever: minilm-l6"))
     cand = load_policies([policy]).routes[0].candidates[0]
     assert (cand.kind, cand.resolved_base, cand.examples) == ("few_shot", "minilm-l6", 8)
-    policy.write_text(policy.read_text().replace("kind: few_shot, retriever", "kind: lm, retriever"))
+    policy.write_text(
+        policy.read_text().replace("kind: few_shot, retriever", "kind: lm, retriever")
+    )
     with pytest.raises(PolicyError, match="retriever: only for `kind: few_shot`"):
         load_policies([policy])
