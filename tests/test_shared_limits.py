@@ -168,6 +168,7 @@ def test_two_gateway_processes_share_one_response_cache(
         "match": {"models": ["gpt-4o"]},
         "teacher": "teacher",
         "cache": {"ttl_s": 60, "semantic": {"threshold": 0.8}},
+        "audit": {"share": 0},  # no audits of semantic hits: the upstream calls are the users'
     }
     with _two_gateways(tmp_path, upstream, redis_url, route) as bases:
         first = _chat(bases[0], "shared cache 8501", temperature=0)
