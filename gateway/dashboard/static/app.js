@@ -174,7 +174,7 @@ async function loadFinance() {
     table("By team", r.by_team, csv("by_team"), ["team", ...money]),
     table("By model", r.by_model, csv("by_model"), ["model", ...money]),
     table("By route", r.by_route, csv("by_route"), ["route", ...money]),
-    table("By lever (who answered: student, cache, teacher)", r.by_lever, csv("by_lever"), ["lever", ...money]),
+    table("By lever (who answered: student, few_shot, cache, teacher)", r.by_lever, csv("by_lever"), ["lever", ...money]),
     // Empty buckets stay in the charts and the CSV; the table lists the ones with traffic.
     table(`Over time (per ${r.bucket})`, r.series.filter((s) => s.requests > 0), csv("series"), ["bucket", ...money]),
     table(`Over time by ${split} (per ${r.bucket})`, r.series_split, csv("series_split"), ["bucket", split, ...money]),
