@@ -160,3 +160,28 @@ def test_a_semantic_cache_whose_audits_disagree_is_rolled_back(
     assert again.headers["x-flywheel-served-by"] == "teacher"
     exact = _semantic(gateway, "please block my lost debit card number 0 8601")
     assert exact.headers["x-flywheel-served-by"] == "cache"
+
+
+def test_the_semantic_index_holds_at_most_its_bound() -> None:
+    """One context (one system prompt) filled far past `max_entries`: evicted vectors leave
+    the matrix, and only live ones are found."""
+    import asyncio
+
+    from contracts.policy import SemanticCache
+    from gateway.semantic_cache import SemanticIndex
+
+    index, policy = SemanticIndex(), SemanticCache(threshold=0.9)
+
+    async def fill() -> tuple[object, object, object]:
+        for n in range(1000):
+            await index.add("r", "ctx", f"k{n}", f"question {n:04d} about my card", 60, 10)
+        return (
+            await index.nearest("r", "ctx", "question 0995 about my card", policy, 60, 10),
+            await index.nearest("r", "ctx", "question 0005 about my card", policy, 60, 10),
+            index._routes["r"].contexts["ctx"].matrix.shape[0],
+        )
+
+    recent, evicted, rows = asyncio.run(fill())
+    assert recent is not None and recent[0] == "k995"
+    assert evicted is None or evicted[0] != "k5"  # its own vector is gone
+    assert rows <= 10 + 32 + 1
