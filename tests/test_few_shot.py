@@ -69,7 +69,16 @@ def test_a_promoted_few_shot_candidate_serves_with_its_examples(
 ) -> None:
     fs = next(r for r in distilled["runs"] if r["candidate"] == "fs")
     write_state(gateway.state.store, ROUTE, "fs", "promoted", version=fs["run_id"])
-    eventually(lambda: gateway.state.few_shot.get((ROUTE, "fs"), ("", None))[0], 20)
+    # The index may already be loaded from the shadow state: wait for the router to see the
+    # promotion itself, which the gateway swaps in only after the index is in memory.
+    assert eventually(
+        lambda: (
+            gateway.state.router.states.get(ROUTE, "fs") == "promoted"
+            and gateway.state.router.states.runs.get((ROUTE, "fs")) == fs["run_id"]
+        ),
+        20,
+    )
+    assert gateway.state.few_shot[(ROUTE, "fs")][0] == fs["run_id"]
     client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
     text, intent = generate(1, 77)[0]
     resp = client.chat.completions.with_raw_response.create(
@@ -77,7 +86,7 @@ def test_a_promoted_few_shot_candidate_serves_with_its_examples(
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
     )
     answer = resp.parse()
-    assert resp.headers["x-flywheel-served-by"] == "student"
+    assert resp.headers["x-flywheel-served-by"] == "student", gateway.row(answer.id)["route_reason"]
     assert json.loads(answer.choices[0].message.content or "{}") == {"intent": intent}
     sent = next(b for b in reversed(upstream.fake.requests) if b.get("model") == "fewshot-small")
     roles = [m["role"] for m in sent["messages"]]
