@@ -139,6 +139,12 @@ class Candidate(_Strict):
         return self
 
     @property
+    def prompts_per_request(self) -> int:
+        """A request's prompt length in questions: a few-shot prompt also carries `examples`
+        questions and their answers (what ranks candidates by the cost of one request)."""
+        return 2 * self.examples + 1 if self.kind == "few_shot" else 1
+
+    @property
     def resolved_base(self) -> str:
         """What the job starts from: a base to train, or a few-shot candidate's retriever."""
         if self.kind == "few_shot":

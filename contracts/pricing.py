@@ -32,6 +32,12 @@ class Price:
         total = self.input_per_token * input_tokens + self.output_per_token * output_tokens
         return total.quantize(NANO)
 
+    def nominal_request(self, prompts: int = 1) -> Decimal:
+        """One request whose prompt is `prompts` questions, each as long as its answer, in
+        units of a token: the cost that ranks candidates (per-token price alone would rank a
+        cheap model shown 8 examples below a dearer one that costs less per request)."""
+        return self.input_per_token * prompts + self.output_per_token
+
 
 @cache
 def litellm_price_table() -> dict[str, Any]:

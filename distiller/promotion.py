@@ -312,9 +312,8 @@ def _retire_dearer(store: Store, route: Route, prices: dict[str, Any]) -> list[s
     if len(promoted) < 2 or not prices:
         return []
 
-    def cost(c: Any) -> Any:
-        p = prices[c.model]
-        return p.input_per_token + p.output_per_token
+    def cost(c: Any) -> Any:  # the router's order: the cost of one request
+        return prices[c.model].nominal_request(c.prompts_per_request)
 
     cheapest = min(promoted, key=cost)
     out = []

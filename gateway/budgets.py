@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -32,6 +33,7 @@ from contracts.budgets import NANO, Budget, period_bounds, period_id
 from contracts.errors import ApiError
 from contracts.pricing import Price
 from gateway.redis_link import RedisLink, SharedStateDown
+from gateway.routing import Decision
 from store import Store
 
 log = logging.getLogger("flywheel.budgets")
@@ -83,14 +85,17 @@ def _keys(budget: Budget, now: datetime) -> tuple[str, str]:
     return base + ":spent", base + ":held"
 
 
-def estimate_nano(price: Price | None, body: dict[str, object], hard: bool = False) -> int:
-    """An upper bound of what the request will cost: ~4 characters a prompt token, and
-    the output it may produce (`hard`: the model's longest answer when the request sets no
-    `max_tokens`, so a hard budget's bound holds)."""
+def estimate_nano(
+    price: Price | None, body: dict[str, object], hard: bool = False, prompts: int = 1
+) -> int:
+    """An upper bound of what the request will cost: ~4 characters a prompt token (times
+    `prompts` for a few-shot candidate, whose examples are added later), and the output it
+    may produce (`hard`: the model's longest answer when the request sets no `max_tokens`,
+    so a hard budget's bound holds)."""
     if price is None:
         return 0
     prompt = body.get("messages", body.get("input", body.get("prompt", "")))
-    tokens_in = len(orjson.dumps(prompt)) // 4 + 1
+    tokens_in = (len(orjson.dumps(prompt)) // 4 + 1) * prompts
     max_out = (
         body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     )
@@ -101,6 +106,21 @@ def estimate_nano(price: Price | None, body: dict[str, object], hard: bool = Fal
     else:
         tokens_out = DEFAULT_OUTPUT_TOKENS
     return int(price.cost(tokens_in, tokens_out) * NANO)
+
+
+def reservation_nano(
+    decision: Decision, prices: Mapping[str, Price], body: dict[str, object], hard: bool
+) -> int:
+    """What a routed request holds: the dearest estimate of whoever may answer it (the
+    student, or the teacher or a backup it falls back to), a few-shot candidate's with its
+    examples, so no answer costs more than its reservation."""
+    by_name = {c.name: c for c in decision.route.candidates}
+    estimate = 0
+    for target in (decision.primary, *decision.fallbacks):
+        cand = by_name.get(target.candidate or "")
+        prompts = cand.prompts_per_request if cand is not None else 1
+        estimate = max(estimate, estimate_nano(prices.get(target.model_name), body, hard, prompts))
+    return estimate
 
 
 class BudgetBook:

@@ -70,6 +70,8 @@ class LogWriter:
         self._replayed = 0
         self._segment: Segment | None = None  # the journal segment being read
         self._offset = 0
+        # (segment, start, stop) of a batch marked and sent but not acknowledged.
+        self._unacked: tuple[Segment, int, int] | None = None
         self._memory_batch: tuple[str, int] | None = None  # (token, rows) being inserted
         self._catching_up = False  # inserting rows that waited through a failure
         self._recovered = journal.backlog_rows if journal is not None else 0
@@ -284,28 +286,35 @@ class LogWriter:
                 self._segment, self._offset = seg, 0
                 last = j.last_batch(seg)
                 if last is not None:
-                    # A previous process may have died inside this insert: repeat it with
-                    # the same bounds and tokens, which ClickHouse dedups if it had it.
+                    # A previous process may have died inside this insert: the rows before
+                    # it are in ClickHouse, and it is repeated below with the same bounds
+                    # and token, which ClickHouse dedups if it had it.
                     start, stop = last
-                    if not self._insert_journal(
-                        j, seg, start, stop, j.read_range(seg, start, stop)
-                    ):
+                    j.acked(len(j.read_range(seg, 0, start)))
+                    self._offset = start
+                    self._unacked = (seg, start, stop)
+            if self._unacked is not None and self._unacked[0] is seg:
+                # The last insert failed, and may have landed (a timeout after ClickHouse
+                # took it): the same bounds and token again, never a longer batch under a
+                # new token, which would write its first rows twice.
+                stop = self._unacked[2]
+                rows = j.read_range(seg, self._offset, stop)
+            else:
+                sealed = seg.sealed  # read before the rows: a sealed segment's end is final
+                rows, stop = j.read(seg, self._offset, self.config.batch_rows)
+                if not rows:
+                    if not sealed:
+                        j.rotate_if_drained(seg, self._offset)
+                        self._caught_up()
                         return
-                    j.acked(len(j.read_range(seg, 0, stop)))
-                    self._offset = stop
-            sealed = seg.sealed  # read before the rows: a sealed segment's end is final
-            rows, stop = j.read(seg, self._offset, self.config.batch_rows)
-            if not rows:
-                if not sealed:
-                    j.rotate_if_drained(seg, self._offset)
-                    self._caught_up()
-                    return
-                j.retire(seg)
-                self._segment = None
-                continue
-            j.mark_batch(seg, self._offset, stop)
+                    j.retire(seg)
+                    self._segment = None
+                    continue
+                j.mark_batch(seg, self._offset, stop)
+                self._unacked = (seg, self._offset, stop)
             if not self._insert_journal(j, seg, self._offset, stop, rows):
                 return
+            self._unacked = None
             j.acked(len(rows))
             self._offset = stop
 

@@ -22,7 +22,7 @@ from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
 from gateway import dispatch
 from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
-from gateway.budgets import estimate_nano
+from gateway.budgets import reservation_nano
 from gateway.caching import cache_lookup, cache_store, maybe_audit_hit
 from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
@@ -179,9 +179,9 @@ async def _reserve_budget(ctx: RequestContext, body: dict[str, Any]) -> None:
     covering = book.covering(p.key_id, p.app, p.team, route)
     if not covering:
         return
-    price = ctx.router.prices.get(ctx.chosen.primary.model_name)
     hard = any(b.kind == "hard" for b in covering)
-    ctx.reservation = await book.reserve(covering, estimate_nano(price, body, hard))
+    estimate = reservation_nano(ctx.chosen, ctx.router.prices, body, hard)
+    ctx.reservation = await book.reserve(covering, estimate)
     if ctx.reservation is not None and ctx.reservation.over:
         ctx.record.budgets_over = ctx.reservation.over
         for name in ctx.reservation.over:

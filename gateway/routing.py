@@ -1,9 +1,11 @@
 """Which route a request belongs to, and which model serves it.
 
 The router sends a request to the cheapest candidate whose state allows it (canary or
-promoted), else to the teacher; shadow candidates get sampled background copies; promoted
-and canary students are audited by the teacher on a sampled share. Every decision carries a
-reason a person can read (`canary 10%`, `promoted`, `teacher: no candidate passed its gate`).
+promoted), else to the teacher; cheapest is the cost of one request
+(`Price.nominal_request`), so a few-shot candidate pays for the examples in its prompt.
+Shadow candidates get sampled background copies; promoted and canary students are audited
+by the teacher on a sampled share. Every decision carries a reason a person can read
+(`canary 10%`, `promoted`, `teacher: no candidate passed its gate`).
 
 Invariant: `decide` is in-memory work only (no I/O): candidate states are a snapshot that a
 background task refreshes from ClickHouse and swaps in whole.
@@ -103,9 +105,8 @@ class CandidateStates:
         return self.states.get((route, candidate), "untrained")
 
 
-def _price_key(prices: dict[str, Price], model: str) -> Any:
-    price = prices[model]
-    return price.input_per_token + price.output_per_token
+def _price_key(prices: dict[str, Price], cand: Candidate) -> Any:
+    return prices[cand.model].nominal_request(cand.prompts_per_request)
 
 
 class Router:
@@ -134,7 +135,7 @@ class Router:
             for m in r0.match.models
         }
         self._by_price = {
-            r.name: sorted(r.candidates, key=lambda c: _price_key(prices, c.model)) for r in routes
+            r.name: sorted(r.candidates, key=lambda c: _price_key(prices, c)) for r in routes
         }
 
     def sample(self, share: float) -> bool:

@@ -304,6 +304,24 @@ def test_cheapest_promoted_serves_and_falls_back_to_teacher(tmp_path: Path) -> N
     assert [f.model_name for f in d.fallbacks] == ["teacher", "backup"]
 
 
+def test_cheapest_is_per_request_so_a_few_shot_prompt_pays_for_its_examples(
+    tmp_path: Path,
+) -> None:
+    """`tiny` is half `small`'s price per token, but shown 8 examples its prompt is 17
+    questions long: the fine-tuned `small` is the cheaper request and serves. A fine-tuned
+    `tiny` is cheaper and serves."""
+    text = CANDIDATES % {"canary": 0.1, "shadow": 0, "audit": 0}
+    promoted = {("r", "small"): "promoted", ("r", "tiny"): "promoted"}
+    few_shot = text.replace(
+        "{name: tiny, model: tiny}", "{name: tiny, model: tiny, kind: few_shot}"
+    )
+    assert few_shot != text
+    assert _router(tmp_path, few_shot, promoted).decide(_facts()).primary.model_name == "small"
+    assert _router(tmp_path, text, promoted).decide(_facts()).primary.model_name == "tiny"
+    prices = price_table(MODELS)
+    assert prices["tiny"].nominal_request(17) > prices["small"].nominal_request(1)
+
+
 def test_shares_are_within_statistical_bounds(tmp_path: Path) -> None:
     n = 4000
     router = _router(
