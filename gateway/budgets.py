@@ -2,7 +2,8 @@
 
 Before dispatch a request reserves its estimated cost (the priced prompt plus its
 `max_tokens` of output; without one, the model's longest answer when a hard budget covers it,
-else `DEFAULT_OUTPUT_TOKENS`) on every budget that covers it; after the answer the
+else `DEFAULT_OUTPUT_TOKENS`; at the dearest of the models that may answer it, a few-shot
+prompt with its examples) on every budget that covers it; after the answer the
 reservation is settled with the real cost. A hard budget refuses (429 `insufficient_quota`,
 with the period's reset time and `Retry-After`) a request whose reservation would take
 spent + reserved past the limit; since no answer costs more than its reservation (a model
