@@ -1,10 +1,9 @@
-"""Training at scale without a cluster: the Kubernetes backend's Job manifest validated
-against the Kubernetes schema and its submission driven against a fake API server that
-checks the request shapes; leases (ClickHouse and a real Redis) that let one distiller train
-a route; runs a dead distiller left `running` turned failed and retrained on their dataset;
-the admin API that asks a running gateway's distiller for a pass.
+"""Training at scale without a cluster: leases (ClickHouse and a real Redis) that let one
+distiller train a route; runs a dead distiller left `running` turned failed and retrained
+on their dataset; the admin API that asks a running gateway's distiller for a pass.
 
-The Ray backend, on a real local Ray cluster, is in `test_ray_training.py`.
+The Ray backend, on a real local Ray cluster, is in `test_ray_training.py`; the Kubernetes
+backend in `test_kubernetes_backend.py`.
 """
 
 from __future__ import annotations
@@ -16,133 +15,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import kubernetes_validate
 import pytest
-import yaml
 
 from contracts.backends import Backend as BackendConfig
-from contracts.backends import KubernetesBackend as K8sConfig
 from contracts.model_config import ModelConfig
-from contracts.policy import Gate
-from contracts.training import Resources, Training
 from distiller.backends import JobFailed
-from distiller.backends.kubernetes import KubernetesBackend, render
 from distiller.backends.local import InlineBackend
-from distiller.examples import Example
-from distiller.jobs import TrainJob, write_job
+from distiller.jobs import TrainJob
 from distiller.leases import RedisLeases, StoreLeases
 from distiller.model_store import ModelStore
 from distiller.runs import COLUMNS, TrainingContext, abandon_stale, run_with_retries
 from tests.support.dashboard_data import api_get
-from tests.support.fake_kube import TOKEN, FakeKube
 from tests.support.gateway import ADMIN_KEY, APP_KEY, RunningGateway
-from tests.support.intents import SYSTEM, generate
+from tests.support.intents import generate
 from tests.support.redis_server import running_redis
-
-TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "training-job.yaml"
-
-
-def _job(run_id: str, route: str = "k8s-route", **resources: float) -> TrainJob:
-    examples = [
-        Example(
-            str(uuid.uuid4()),
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
-            json.dumps({"intent": intent}),
-        )
-        for text, intent in generate(40, 21)
-    ]
-    return TrainJob(
-        run_id,
-        route,
-        "tiny",
-        f"{route}/tiny/{run_id}",
-        Resources(**resources),
-        "generator",
-        "local:tiny",
-        [SYSTEM] + [t for t, _ in generate(40, 21)],
-        examples[:30],
-        examples[30:],
-        Training(epochs=1, pretrain_steps=5, max_steps=4),
-        "eval-k8s",
-        Gate(metric="json_field_match", fields=["intent"], threshold=0.0, min_examples=1),
-        ModelConfig(model="openai/teacher", api_base="http://127.0.0.1:9/v1"),
-    )
-
-
-def test_job_manifest_is_valid_kubernetes() -> None:
-    config = K8sConfig(template=TEMPLATE, namespace="ml", model_store_claim="models-rwx")
-    gpu = render(TEMPLATE.read_text(), _job("Route_A-tiny-1", cpus=4, gpus=1, memory_gb=16), config)
-    kubernetes_validate.validate(gpu, kubernetes_validate.latest_version(), strict=True)
-    pod = gpu["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert gpu["metadata"]["name"] == "fw-route-a-tiny-1" and gpu["metadata"]["namespace"] == "ml"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"] == {"cpu": "4", "memory": "16384Mi"}
-    assert container["command"][-1] == "k8s-route/tiny/Route_A-tiny-1"
-    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "models-rwx"
-    assert container["volumeMounts"][0]["mountPath"] == "/models"
-    cpu_only = render(TEMPLATE.read_text(), _job("r-2"), config)
-    kubernetes_validate.validate(cpu_only, kubernetes_validate.latest_version(), strict=True)
-    assert cpu_only["spec"]["template"]["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "1"}
-    }
-    broken = {**cpu_only, "spec": {**cpu_only["spec"], "backoffLimit": "never"}}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> tuple[FakeKube, KubernetesBackend, Path]:
-    store = tmp_path / "models"
-    fake = FakeKube("ml", "/models", store)
-    token = tmp_path / "token"
-    token.write_text(TOKEN + "\n")
-    config = K8sConfig(
-        api_url=fake.url,
-        namespace="ml",
-        token_file=token,
-        ca_file=None,
-        template=TEMPLATE,
-        poll_s=0.2,
-    )
-    yield fake, KubernetesBackend(config), store
-    fake.stop()
-
-
-@pytest.mark.slow
-def test_kubernetes_backend_runs_the_job_and_reports_failures(
-    kube: tuple[FakeKube, KubernetesBackend, Path],
-) -> None:
-    fake, backend, store = kube
-    ticks: list[int] = []
-    job = _job("k8s-ok")
-    write_job(job, ModelStore(store))
-    result, report = backend.run(job, ModelStore(store), lambda: ticks.append(1))
-    assert result.steps > 0 and (result.merged / "config.json").exists()
-    assert result.merged.is_relative_to(store), "paths come back in this machine's store"
-    assert report.n == 10 and ticks, "the distiller heard from the wait"
-    (created,) = fake.created
-    kubernetes_validate.validate(created, kubernetes_validate.latest_version(), strict=True)
-    assert fake.problems == []
-
-    fake.outcomes["fw-k8s-deadline"] = "fail:DeadlineExceeded"
-    write_job(_job("k8s-deadline"), ModelStore(store))
-    with pytest.raises(JobFailed, match="DeadlineExceeded"):
-        backend.run(_job("k8s-deadline"), ModelStore(store), lambda: None)
-    fake.outcomes["fw-k8s-gone"] = "vanish"
-    with pytest.raises(JobFailed, match="gone"):
-        backend.run(_job("k8s-gone"), ModelStore(store), lambda: None)
-
-
-def test_kubernetes_api_refusal_is_a_failed_run(tmp_path: Path) -> None:
-    fake = FakeKube("ml", "/models", tmp_path)
-    try:
-        config = K8sConfig(api_url=fake.url, namespace="ml", token_file=None, template=TEMPLATE)
-        with pytest.raises(JobFailed, match="refused the Job \\(401\\)"):
-            KubernetesBackend(config).run(_job("no-token"), ModelStore(tmp_path), lambda: None)
-        assert fake.problems and "no bearer token" in fake.problems[0]
-    finally:
-        fake.stop()
+from tests.support.training_jobs import intent_job
 
 
 def _claims(leases: StoreLeases | RedisLeases, name: str, n: int) -> list[bool]:
@@ -212,7 +99,7 @@ def test_failed_attempts_are_rows_and_a_stale_run_is_abandoned(
         tmp_path,
     )
     route = f"retry-{uuid.uuid4().hex[:6]}"
-    job, result, _ = run_with_retries(ctx, _job(f"{route}-a", route), "ds-1")
+    job, result, _ = run_with_retries(ctx, intent_job(f"{route}-a", route), "ds-1")
     assert job.run_id.endswith("-r2") and result.steps > 0
     rows = store.query_dicts(
         "SELECT run_id, attempt, argMax(status, updated_at) AS last, argMax(error, updated_at)"
@@ -300,17 +187,6 @@ def test_admin_api_asks_the_distiller_for_a_pass(gateway: RunningGateway) -> Non
     assert no_key.returncode == 2 and "admin key" in no_key.stderr
 
 
-def test_backend_config_is_typed() -> None:
-    cfg = BackendConfig.model_validate(
-        yaml.safe_load("kind: ray\nconcurrency: 3\nray: {address: 'ray://head:10001'}")
-    )
-    assert cfg.kind == "ray" and cfg.ray.address == "ray://head:10001"
-    with pytest.raises(ValueError, match="kind"):
-        BackendConfig.model_validate({"kind": "slurm"})
-    with pytest.raises(ValueError, match="gpus"):
-        Training.model_validate({"resources": {"gpus": -1}})
-
-
 @pytest.mark.slow
 def test_a_url_model_store_carries_runs_and_the_student_server_loads_from_it(
     gateway: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -334,7 +210,7 @@ def test_a_url_model_store_carries_runs_and_the_student_server_loads_from_it(
         store_url=f"file://{bucket}",
     )
     try:
-        job, _, report = run_with_retries(ctx, _job(f"{route}-1", route), "ds-url")
+        job, _, report = run_with_retries(ctx, intent_job(f"{route}-1", route), "ds-url")
     finally:
         backend.close()
     run = bucket / job.rel_dir
