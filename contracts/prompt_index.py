@@ -10,7 +10,7 @@ comparable with a vector made by another.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,9 @@ class PromptIndex:
 
     matrix: Any  # scipy.sparse.csr_matrix, rows = training prompts
     size: int
+    # The same matrix by column, so a query reads only the columns of its own n-grams.
+    _columns: Any = field(default=None, init=False, repr=False)
+    _features: Features | None = field(default=None, init=False, repr=False)
 
     @staticmethod
     def _vectorizer() -> Any:
@@ -40,14 +43,23 @@ class PromptIndex:
 
     @classmethod
     def build(cls, prompts: list[str]) -> PromptIndex:
-        return cls(cls._vectorizer().transform(prompts), len(prompts))
+        index = cls(cls._vectorizer().transform(prompts), len(prompts))
+        index._columns = index.matrix.tocsc()
+        index._features = Features()
+        return index
 
     def distance(self, prompt: str) -> float:
-        """1 - cosine similarity to the nearest training prompt (1.0 for an empty index)."""
+        """1 - cosine similarity to the nearest training prompt (1.0 for an empty index).
+        On the gateway's hot path: the query is hashed directly (`Features`) and scored
+        against its own columns only, not through sklearn's `transform` (~0.6 ms)."""
         if self.size == 0:
             return 1.0
-        vec = self._vectorizer().transform([prompt])
-        sims = (self.matrix @ vec.T).toarray().ravel()
+        if self._columns is None or self._features is None:
+            self._columns, self._features = self.matrix.tocsc(), Features()
+        buckets, weights = self._features(prompt)
+        if len(buckets) == 0:
+            return 1.0
+        sims = self._columns[:, buckets] @ weights
         return float(1.0 - np.max(sims))
 
 
