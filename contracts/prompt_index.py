@@ -43,6 +43,10 @@ class PromptIndex:
 
     @classmethod
     def build(cls, prompts: list[str]) -> PromptIndex:
+        if not prompts:  # sklearn's transform raises StopIteration on no input
+            from scipy.sparse import csr_matrix
+
+            return cls(csr_matrix((0, N_FEATURES), dtype=np.float64), 0)
         index = cls(cls._vectorizer().transform(prompts), len(prompts))
         index._columns = index.matrix.tocsc()
         index._features = Features()

@@ -84,3 +84,20 @@ def test_prompt_far_from_training_data_goes_to_teacher(gateway: RunningGateway) 
     row = _row(gateway, far.id)
     assert row["served_by"] == "teacher"
     assert row["route_reason"].startswith("escalated: prompt distance ")
+
+
+def test_prompt_distance_is_sklearns_cosine_computed_on_the_query_columns() -> None:
+    """The novelty index hashes the query itself (the hot path skips sklearn's transform):
+    its distances are those of the plain sparse product, and a prompt with no n-grams is
+    unlike everything."""
+    from contracts.prompt_index import PromptIndex
+    from tests.support.intents import generate
+
+    train = [t for t, _ in generate(200, 5)]
+    index = PromptIndex.build(train)
+    reference = PromptIndex._vectorizer()
+    for text in [t for t, _ in generate(30, 6)] + ["Explain quantum chromodynamics", train[3]]:
+        expected = 1.0 - float((index.matrix @ reference.transform([text]).T).toarray().max())
+        assert abs(index.distance(text) - expected) < 1e-5, text
+    assert index.distance(train[3]) < 1e-5
+    assert index.distance("") == 1.0 and PromptIndex.build([]).distance("hello") == 1.0
