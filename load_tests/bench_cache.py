@@ -102,7 +102,12 @@ def gateway_times(data_dir: Path) -> dict[str, Any]:
         "quantile(0.99)(latency_us) AS p99, max(latency_us) AS worst FROM requests "
         "WHERE kind = 'request' GROUP BY route, served_by ORDER BY route, served_by"
     )
-    return {
+    rows_total, unique = store.query_rows(
+        "SELECT count(), uniqExact(request_id) FROM requests WHERE kind = 'request'"
+    )[0]
+    # Every answer once: more rows than ids would be a batch written twice.
+    times: dict[str, Any] = {"rows": int(rows_total), "unique_request_ids": int(unique)}
+    return times | {
         f"{r['route']}/{r['served_by']}": {
             "rows": int(r["n"]),
             "gateway_p50_ms": float(r["p50"]) / 1000,
