@@ -149,16 +149,17 @@ def direct(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def loop(args: argparse.Namespace) -> dict[str, Any]:
-    """Through the gateway: replay, curate, split, then each candidate."""
+def replayed_split(data: Path, limit: int = 0) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """Every query replayed through a gateway in front of the oracle teacher, then curated
+    and split by the distiller: (what happened, train examples, eval examples)."""
     from distiller.curation import curate
     from distiller.datasets import build_dataset
     from flywheel.serve import GatewayThread
     from gateway.config import GatewayConfig
 
-    rows = read(args.data, "train") + read(args.data, "test")
-    if args.limit:
-        rows = rows[: args.limit]
+    rows = read(data, "train") + read(data, "test")
+    if limit:
+        rows = rows[:limit]
     labels = {t: y for t, y in rows}
     port = free_port()
     loop_ = asyncio.new_event_loop()
@@ -206,12 +207,20 @@ def loop(args: argparse.Namespace) -> dict[str, Any]:
         "eval": len(ds.eval),
         "eval_set": ds.eval_set_id,
     }
+    report["work_dir"] = str(tmp)
+    return report, ds.train, ds.eval
+
+
+def loop(args: argparse.Namespace) -> dict[str, Any]:
+    """Through the gateway: replay, curate, split, then each candidate."""
+    report, train, evals = replayed_split(args.data, args.limit)
+    tmp = Path(report.pop("work_dir"))
     pairs = lambda exs: [(e.prompt[-1]["content"], e.answer) for e in exs]  # noqa: E731
-    report["baseline_tfidf_logreg"] = baseline(pairs(ds.train), pairs(ds.eval))
+    report["baseline_tfidf_logreg"] = baseline(pairs(train), pairs(evals))
     report["candidates"] = []
     for spec in args.candidates.split(","):
         print(f"--- {spec}", flush=True)
-        out = run_candidate(spec, ds.train, ds.eval, tmp / "models", _settings(spec, args))
+        out = run_candidate(spec, train, evals, tmp / "models", _settings(spec, args))
         print(json.dumps(out), flush=True)
         report["candidates"].append(out)
     return report

@@ -2,6 +2,10 @@
 traffic a few-shot candidate can take at 97% agreement, next to the TF-IDF + logistic
 regression baseline (and the fine-tuned students' recorded results), with its serving cost.
 
+With `--replay`, the split is the distiller's instead: all 13,083 queries replayed through
+the gateway in front of an oracle teacher (`bench_banking77.replayed_split`), curated, and
+split by the stable hash.
+
 1. Retrievers, on the whole official split (10,003 train / 3,080 test): `ngram` (hashed
    character n-grams) against `minilm-l6` (MiniLM-L6 sentence embeddings): whether the
    nearest example's label is the right one, whether the right one is among the k shown,
@@ -17,6 +21,8 @@ regression baseline (and the fine-tuned students' recorded results), with its se
 
     python load_tests/bench_few_shot.py --data ../shared/datasets/banking77 \
         --out load_tests/results/few_shot.json
+    python load_tests/bench_few_shot.py --replay --retrievers minilm-l6 --eval 200 \
+        --out load_tests/results/few_shot_replayed.json     # through the gateway first
 """
 
 from __future__ import annotations
@@ -125,19 +131,28 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--retrievers", default="ngram,minilm-l6")
     parser.add_argument("--skip-lm", action="store_true")
+    parser.add_argument(
+        "--replay", action="store_true", help="the split of the traffic replayed via the gateway"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    train_rows, test_rows = rows(args.data / "train.csv"), rows(args.data / "test.csv")
-    train = [example(i, t, y) for i, (t, y) in enumerate(train_rows)]
-    test = [example(100_000 + i, t, y) for i, (t, y) in enumerate(test_rows)]
+    out: dict[str, Any] = {}
+    if args.replay:
+        # The split the distiller makes of the traffic: every query replayed through the
+        # gateway (oracle teacher), curated, split by its stable hash.
+        from bench_banking77 import replayed_split
+
+        out["replayed"], train, test = replayed_split(args.data)
+        out["replayed"].pop("work_dir")
+        train_rows = [(e.prompt[-1]["content"], e.answer) for e in train]
+        test_rows = [(e.prompt[-1]["content"], e.answer) for e in test]
+    else:
+        train_rows, test_rows = rows(args.data / "train.csv"), rows(args.data / "test.csv")
+        train = [example(i, t, y) for i, (t, y) in enumerate(train_rows)]
+        test = [example(100_000 + i, t, y) for i, (t, y) in enumerate(test_rows)]
     sample = random.Random(77).sample(test, min(args.eval, len(test)))
     work = Path(tempfile.mkdtemp(prefix="flywheel-fewshot-"))
-    out: dict[str, Any] = {
-        "train": len(train),
-        "test": len(test),
-        "k": args.k,
-        "lm_eval": len(sample),
-    }
+    out |= {"train": len(train), "test": len(test), "k": args.k, "lm_eval": len(sample)}
     print("baseline: TF-IDF + logistic regression", flush=True)
     out["baseline"] = baseline(train_rows, test_rows)
     indexes: dict[str, FewShotIndex] = {}
