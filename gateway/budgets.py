@@ -176,7 +176,10 @@ class BudgetBook:
             column = {"key": "key_id", "app": "app", "team": "team", "route": "route"}[scope]
             rows = await asyncio.to_thread(
                 store.query_rows,
-                f"SELECT sum(cost_usd) FROM requests WHERE {column} = {{v:String}}"
+                # Callers' requests only, as settling counts them: shadow, audit and
+                # escalated-student rows are the gateway's own calls (the finance page's).
+                f"SELECT sum(cost_usd) FROM requests WHERE kind = 'request'"
+                f" AND {column} = {{v:String}}"
                 " AND started_at >= {s:DateTime64(3)} AND started_at < {e:DateTime64(3)}",
                 {"v": value, "s": start.replace(tzinfo=None), "e": end.replace(tzinfo=None)},
             )
