@@ -25,8 +25,12 @@ class PromptIndex:
     matrix: Any  # scipy.sparse.csr_matrix, rows = training prompts
     size: int
     # The same matrix by column, so a query reads only the columns of its own n-grams.
-    _columns: Any = field(default=None, init=False, repr=False)
-    _features: Features | None = field(default=None, init=False, repr=False)
+    _columns: Any = field(init=False, repr=False)
+    _features: Features = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._columns = self.matrix.tocsc().astype(np.float32)
+        self._features = Features()
 
     @staticmethod
     def _vectorizer() -> Any:
@@ -42,29 +46,32 @@ class PromptIndex:
         )
 
     @classmethod
-    def build(cls, prompts: list[str]) -> PromptIndex:
-        if not prompts:  # sklearn's transform raises StopIteration on no input
+    def vectors(cls, texts: list[str]) -> Any:
+        """The texts' rows (a sparse matrix; none for no texts: sklearn's `transform` raises
+        StopIteration on an empty input)."""
+        if not texts:
             from scipy.sparse import csr_matrix
 
-            return cls(csr_matrix((0, N_FEATURES), dtype=np.float64), 0)
-        index = cls(cls._vectorizer().transform(prompts), len(prompts))
-        index._columns = index.matrix.tocsc()
-        index._features = Features()
-        return index
+            return csr_matrix((0, N_FEATURES), dtype=np.float64)
+        return cls._vectorizer().transform(texts)
+
+    @classmethod
+    def build(cls, prompts: list[str]) -> PromptIndex:
+        return cls(cls.vectors(prompts), len(prompts))
+
+    def similarities(self, text: str) -> Any:
+        """Cosine of `text` to every row. On the request path: the text is hashed directly
+        (`Features`) and scored on its own n-grams' columns only, not through sklearn's
+        `transform` and a product over the whole matrix (~9 ms at 10k rows, this ~0.6 ms)."""
+        buckets, weights = self._features(text)
+        return np.asarray(self._columns[:, buckets] @ weights).ravel()
 
     def distance(self, prompt: str) -> float:
-        """1 - cosine similarity to the nearest training prompt (1.0 for an empty index).
-        On the gateway's hot path: the query is hashed directly (`Features`) and scored
-        against its own columns only, not through sklearn's `transform` (~0.6 ms)."""
+        """1 - cosine similarity to the nearest training prompt (1.0 for an empty index)."""
         if self.size == 0:
             return 1.0
-        if self._columns is None or self._features is None:
-            self._columns, self._features = self.matrix.tocsc(), Features()
-        buckets, weights = self._features(prompt)
-        if len(buckets) == 0:
-            return 1.0
-        sims = self._columns[:, buckets] @ weights
-        return float(1.0 - np.max(sims))
+        # float32 columns: an identical prompt may score a hair above 1.
+        return max(0.0, float(1.0 - np.max(self.similarities(prompt))))
 
 
 class Features:

@@ -85,7 +85,7 @@ def _near_duplicates(texts: list[str], threshold: float = 0.9) -> list[bool]:
         return []
     from contracts.prompt_index import PromptIndex
 
-    matrix = PromptIndex.build(texts).matrix
+    matrix = PromptIndex.vectors(texts)
     dropped = [False] * len(texts)
     kept_rows: list[int] = []
     block = 512

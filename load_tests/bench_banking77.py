@@ -149,9 +149,10 @@ def direct(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def replayed_split(data: Path, limit: int = 0) -> tuple[dict[str, Any], list[Any], list[Any]]:
+def replayed_split(data: Path, limit: int = 0) -> tuple[dict[str, Any], list[Any], list[Any], Path]:
     """Every query replayed through a gateway in front of the oracle teacher, then curated
-    and split by the distiller: (what happened, train examples, eval examples)."""
+    and split by the distiller: (what happened, train examples, eval examples, the
+    gateway's data folder)."""
     from distiller.curation import curate
     from distiller.datasets import build_dataset
     from flywheel.serve import GatewayThread
@@ -207,14 +208,12 @@ def replayed_split(data: Path, limit: int = 0) -> tuple[dict[str, Any], list[Any
         "eval": len(ds.eval),
         "eval_set": ds.eval_set_id,
     }
-    report["work_dir"] = str(tmp)
-    return report, ds.train, ds.eval
+    return report, ds.train, ds.eval, tmp
 
 
 def loop(args: argparse.Namespace) -> dict[str, Any]:
     """Through the gateway: replay, curate, split, then each candidate."""
-    report, train, evals = replayed_split(args.data, args.limit)
-    tmp = Path(report.pop("work_dir"))
+    report, train, evals, tmp = replayed_split(args.data, args.limit)
     pairs = lambda exs: [(e.prompt[-1]["content"], e.answer) for e in exs]  # noqa: E731
     report["baseline_tfidf_logreg"] = baseline(pairs(train), pairs(evals))
     report["candidates"] = []

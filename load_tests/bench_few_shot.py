@@ -142,8 +142,7 @@ def main() -> None:
         # gateway (oracle teacher), curated, split by its stable hash.
         from bench_banking77 import replayed_split
 
-        out["replayed"], train, test = replayed_split(args.data)
-        out["replayed"].pop("work_dir")
+        out["replayed"], train, test, _ = replayed_split(args.data)
         train_rows = [(e.prompt[-1]["content"], e.answer) for e in train]
         test_rows = [(e.prompt[-1]["content"], e.answer) for e in test]
     else:

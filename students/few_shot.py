@@ -25,7 +25,7 @@ import numpy as np
 
 from contracts.bases import Retriever
 from contracts.openai_shapes import prompt_text
-from contracts.prompt_index import Features
+from contracts.prompt_index import PromptIndex
 
 MANIFEST = "few_shot.json"
 EXAMPLES = "examples.jsonl"
@@ -39,12 +39,6 @@ class Shot:
     request_id: str
     text: str
     answer: str
-
-
-def _ngram_vectors(texts: list[str]) -> Any:
-    from contracts.prompt_index import PromptIndex
-
-    return PromptIndex._vectorizer().transform(texts)
 
 
 def _read(location: str, name: str) -> bytes:
@@ -82,11 +76,10 @@ class FewShotIndex:
         if vectors is None:
             vectors = self._encode([s.text for s in shots]) if shots else None
         self.vectors = vectors
-        # ngram: the vectors by column (a lookup reads only its n-grams' columns).
-        self._features = Features()
-        self._columns: Any = None
+        # ngram: the same lookup as the novelty index (only the query's n-grams' columns).
+        self._ngrams: PromptIndex | None = None
         if retriever == "ngram" and vectors is not None:
-            self._columns = vectors.tocsc().astype(np.float32)
+            self._ngrams = PromptIndex(vectors, len(shots))
 
     # --- building and storing ---------------------------------------------------------------
 
@@ -151,15 +144,9 @@ class FewShotIndex:
 
     # --- serving ----------------------------------------------------------------------------
 
-    def _ngram_sims(self, text: str) -> Any:
-        """Cosine to every example, reading only the columns of the query's n-grams (a
-        sparse product over all rows costs ~6 ms at 10k examples, this ~0.7 ms)."""
-        idx, weights = self._features(text)
-        return np.asarray(self._columns[:, idx] @ weights).ravel()
-
     def _encode(self, texts: list[str]) -> Any:
         if self.retriever == "ngram":
-            return _ngram_vectors(texts)
+            return PromptIndex.vectors(texts)
         with self._lock:  # one load, even when the first lookups arrive together
             if self._encoder is None:
                 from students.classifier import Encoder
@@ -172,8 +159,8 @@ class FewShotIndex:
         k = k or self.k
         if not self.shots:
             return []
-        if self.retriever == "ngram":
-            sims = self._ngram_sims(prompt_text(messages))
+        if self._ngrams is not None:
+            sims = self._ngrams.similarities(prompt_text(messages))
         else:
             query = self._encode([prompt_text(messages)])
             sims = np.asarray(self.vectors @ query.T).ravel()
