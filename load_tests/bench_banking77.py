@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "banking77"
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
@@ -49,7 +49,7 @@ from banking77_candidates import SYSTEM, baseline, example, run_candidate  # noq
 
 def read(data: Path, split: str) -> list[tuple[str, str]]:
     if not (data / f"{split}.csv").exists():
-        raise SystemExit(f"Banking77 not found at {data} (see shared/datasets/banking77)")
+        raise SystemExit(f"Banking77 not found at {data} (the repository has it in tests/data)")
     with (data / f"{split}.csv").open() as f:
         return [(r["text"], r["category"]) for r in csv.DictReader(f)]
 

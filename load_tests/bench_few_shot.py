@@ -19,7 +19,7 @@ split by the stable hash.
    at the student server's price, plus the teacher for what it escalates, against the
    teacher (gpt-4o prices) for all.
 
-    python load_tests/bench_few_shot.py --data ../shared/datasets/banking77 \
+    python load_tests/bench_few_shot.py --data tests/data/banking77 \
         --out load_tests/results/few_shot.json
     python load_tests/bench_few_shot.py --replay --retrievers minilm-l6 --eval 200 \
         --out load_tests/results/few_shot_replayed.json     # through the gateway first
@@ -126,7 +126,11 @@ def cost_per_1000(report: EvalReport, tokens: int, kept: float, evals: list[Exam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests" / "data" / "banking77",
+    )
     parser.add_argument("--eval", type=int, default=300, help="test queries for the LM run")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--retrievers", default="ngram,minilm-l6")

@@ -37,8 +37,8 @@ from gateway.guardrails.nemo import NemoRails, flywheel_detect_pii, input_flow_r
 from gateway.guardrails.prompt_attack import Loaded
 from students.attack_detector import AttackDetector, Thresholds
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
-BANKING77 = SHARED / "test.csv"
+BANKING77_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "banking77"
+BANKING77 = BANKING77_DIR / "test.csv"
 CORPORA = Path.home() / ".cache" / "flywheel" / "corpora"
 INPUT_RAILS: list[dict[str, Any]] = [
     {"rail": "pii", "action": "mask"},
@@ -61,7 +61,7 @@ def prompts() -> tuple[list[str], str]:
     if BANKING77.exists():
         with BANKING77.open() as f:
             return [row["text"] for row in csv.DictReader(f)], "banking77 test.csv"
-    return SAMPLE * 250, "built-in sample (banking77 not found at ../shared/datasets)"
+    return SAMPLE * 250, "built-in sample (banking77 not found at tests/data/banking77)"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -141,7 +141,7 @@ def production_detector(corpora: Path, b77_train: list[str]) -> tuple[Loaded, di
 
 
 def banking77(split: str) -> list[str]:
-    with (SHARED / f"{split}.csv").open() as f:
+    with (BANKING77_DIR / f"{split}.csv").open() as f:
         return [row["text"] for row in csv.DictReader(f)]
 
 

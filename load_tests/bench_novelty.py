@@ -37,7 +37,11 @@ def _per_call_ms(fn: Any, queries: list[str]) -> dict[str, float]:
 
 def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests" / "data" / "banking77",
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

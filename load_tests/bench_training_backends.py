@@ -39,7 +39,7 @@ from distiller.examples import Example
 from distiller.jobs import TrainJob, write_job
 from distiller.model_store import ModelStore
 
-BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+BANKING77 = Path(__file__).resolve().parents[1] / "tests" / "data" / "banking77"
 
 
 def examples(n: int) -> list[Example]:

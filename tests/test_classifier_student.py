@@ -1,4 +1,4 @@
-"""Classifier students on real data (a Banking77 slice from ../shared): the named base
+"""Classifier students on real data (a Banking77 slice from tests/data): the named base
 resolves offline from its package, the student trains and passes a selective gate, its
 calibrated threshold holds on a fresh slice, and published to a student server it answers
 through the gateway with its confidence, escalating prompts it is unsure of.
@@ -26,7 +26,7 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow  # trains real models
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+DATA = Path(__file__).resolve().parent / "data" / "banking77"
 LABELS = 12  # a slice: 12 intents, so the test trains in well under a minute on CPU
 
 
@@ -42,7 +42,7 @@ def _bases_installed() -> None:
 
 def _slice() -> tuple[list[Example], list[Example], list[Example]]:
     """(train, eval, fresh): 12 intents from train.csv and test.csv, shuffled by a seed."""
-    assert DATA.exists(), f"Banking77 is expected at {DATA} (shared/datasets/banking77)"
+    assert DATA.exists(), f"Banking77 is expected at {DATA} (tests/data/banking77)"
     rows = list(csv.DictReader((DATA / "train.csv").open()))
     rows += list(csv.DictReader((DATA / "test.csv").open()))
     keep = sorted({r["category"] for r in rows})[:: 77 // LABELS][:LABELS]

@@ -165,7 +165,17 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
         logprobs = None
         if body.get("logprobs"):
             lp = math.log(confidence)
-            logprobs = {"content": [{"token": w, "logprob": lp} for w in answer.split()]}
+            # Every field OpenAI sends per token (litellm 1.108 refuses entries without
+            # `top_logprobs`, which OpenAI sends as [] unless asked for alternatives); the
+            # token's own entry is its only alternative.
+            top = int(body.get("top_logprobs") or 0)
+            entries = [
+                {"token": w, "logprob": lp, "bytes": list(w.encode())} for w in answer.split()
+            ]
+            logprobs = {
+                "content": [{**e, "top_logprobs": [e][:top]} for e in entries],
+                "refusal": None,
+            }
         return web.json_response(
             {
                 "id": "chatcmpl-fake",

@@ -10,7 +10,7 @@ import json
 import zipfile
 from pathlib import Path
 
-BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "banking77"
+BANKING77 = Path(__file__).resolve().parents[1] / "data" / "banking77"
 
 # The canonical opener the regex rail used to miss (the guardrails issue); never trained on.
 DAN_MODE = (
