@@ -8,30 +8,42 @@ ClickHouse, the gateway and the student server over HTTP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 from starlette.applications import Starlette
 
 from distiller.embedded import EmbeddedDistiller, die_with_parent
+from distiller.publishing import restore
 from flywheel.distill_cli import leases_for
 from gateway.app import Companion, build_app, build_state
 from gateway.config import GatewayConfig
 from gateway.http_protocol import bounded_protocol
 from gateway.state import GatewayState
-from store import Store
+from store import Store, StoreUnavailable
+
+log = logging.getLogger("flywheel.serve")
 
 
 class StudentServerProcess:
-    """The student server as a child process: generation never shares the gateway's GIL."""
+    """The student server as a child process: generation never shares the gateway's GIL.
 
-    def __init__(self, config: GatewayConfig) -> None:
+    It starts empty, so every shadow, canary and promoted candidate's run is loaded into it
+    again before the gateway listens (start) and whenever the child had to be started again
+    (it died: a watcher thread restarts it)."""
+
+    def __init__(self, config: GatewayConfig, ready_within_s: float = 180) -> None:
         self._config = config
+        self._ready_within_s = ready_within_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
-    def start(self, state: GatewayState) -> None:
+    def _launch(self) -> None:
         cmd = [sys.executable, "-m", "flywheel.cli", "students", "serve"]
         cmd += ["--port", str(self._config.students.port)]
         for name, path in self._config.students.models.items():
@@ -39,7 +51,57 @@ class StudentServerProcess:
         # Dies with the gateway even when the gateway is killed (no orphaned student server).
         self._proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
 
+    def _ready(self) -> bool:
+        """Until the child answers `/v1/models` (it imports torch first), or it exits."""
+        url = f"http://127.0.0.1:{self._config.students.port}/v1/models"
+        deadline = time.monotonic() + self._ready_within_s
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if self._proc is None or self._proc.poll() is not None:
+                return False
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            self._stopping.wait(0.2)
+        return False
+
+    def _restore(self, state: GatewayState, why: str) -> None:
+        try:
+            pending = restore(
+                state.store,
+                state.router.policies,
+                self._config.students.port,
+                why,
+                log=lambda line: log.info("student reloaded: %s", line),
+                before=self._ready,
+            )
+        except StoreUnavailable as e:
+            log.warning("students not reloaded (ClickHouse unavailable): %s", e)
+            return
+        for done in pending:
+            if not done.ok:
+                log.error("%s/%s not reloaded: %s", done.route, done.candidate, done.note)
+
+    def start(self, state: GatewayState) -> None:
+        self._launch()
+        self._restore(state, "flywheel serve started")
+        self._watcher = threading.Thread(
+            target=self._watch, args=(state,), name="student-server", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, state: GatewayState) -> None:
+        while not self._stopping.wait(1.0):
+            proc = self._proc
+            if proc is None or proc.poll() is None:
+                continue
+            log.error("student server exited (code %s): starting it again", proc.returncode)
+            self._launch()
+            self._restore(state, f"student server restarted after exit code {proc.returncode}")
+
     def stop(self) -> None:
+        self._stopping.set()
         if self._proc is not None:
             self._proc.terminate()
 
