@@ -45,6 +45,7 @@ from gateway.policy_reload import PolicyReloader, build_router
 from gateway.rate_limit import RateLimiter
 from gateway.redis_link import RedisLink
 from gateway.state import GatewayState
+from gateway.student_health import StudentHealth
 from gateway.upstream import Upstreams
 from store import Store, StoreUnavailable, server_store
 
@@ -91,6 +92,7 @@ def build_state(
         store=store,
         writer=LogWriter(store, journal, router.prices, config.log, metrics_),
         upstreams=Upstreams(config.server.upstream_connections),
+        students=StudentHealth(metrics_.student_healthy, metrics_.student_errors),
         sessions=Sessions(
             keys,
             load_secret(config.server.session_secret, config.data_dir),

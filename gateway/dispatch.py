@@ -69,9 +69,12 @@ async def _attempts(ctx: RequestContext, call: Callable[[Target], Awaitable[T]])
             except UpstreamError as e:
                 if e.status in _CLIENT_ERRORS:
                     raise
+                _student_failed(ctx, target, e)
                 first_error = first_error or e
                 errors.append(f"{target.model_name}: {_short(e)}")
                 continue
+            if target.served_by == "student":
+                ctx.state.students.answered(decision.route.name, target.candidate)
             rec.served_model = target.model_name
             rec.served_by = target.served_by
             rec.candidate = target.candidate
@@ -85,6 +88,12 @@ async def _attempts(ctx: RequestContext, call: Callable[[Target], Awaitable[T]])
     assert first_error is not None
     rec.route_reason = f"all targets failed ({'; '.join(errors)})"
     raise first_error
+
+
+def _student_failed(ctx: RequestContext, target: Target, e: UpstreamError) -> None:
+    if target.served_by == "student":
+        error = f"{_short(e)}: {e}"[:300]
+        ctx.state.students.failed(ctx.chosen.route.name, target.candidate, e.status, error)
 
 
 class Escalated(Exception):
@@ -205,9 +214,11 @@ async def _confident_student(
         )
         answer = orjson.loads(raw)
     except UpstreamError as e:
+        _student_failed(ctx, target, e)
         raise Escalated(f"fallback: student {_short(e)}") from e
     except orjson.JSONDecodeError as e:
         raise Escalated("fallback: student answered with invalid JSON") from e
+    ctx.state.students.answered(ctx.chosen.route.name, target.candidate)
     confidence = confidence_of(answer)
     rec.confidence = -1.0 if confidence is None else confidence
     reason = confidence_reason(confidence, threshold)

@@ -1,7 +1,8 @@
 """`GET /healthz` and `GET /metrics`.
 
 Health says whether the gateway can serve: 200 `ok` when ClickHouse and every probed
-upstream answer, 200 `degraded` when rows wait in the journal or some upstream is down, 503
+upstream answer, 200 `degraded` when rows wait in the journal, some upstream is down or a
+serving student fails (`students`: each called candidate's health), 503
 when no upstream answers or the gateway refuses traffic because it cannot record it.
 Probes are cached for a few seconds so a busy balancer costs nothing.
 """
@@ -42,7 +43,13 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
             redis.ok, redis.error = False, f"{type(e).__name__}: {e}"
     if writer.refusing or (probed and not any(probed)):
         status = "down"
-    elif not clickhouse_ok or pending or not all(probed) or (redis is not None and not redis.ok):
+    elif (
+        not clickhouse_ok
+        or pending
+        or not all(probed)
+        or (redis is not None and not redis.ok)
+        or state.students.unhealthy()
+    ):
         status = "degraded"
     else:
         status = "ok"
@@ -60,6 +67,7 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
             "refusing_traffic": writer.refusing,
         },
         "upstreams": upstreams,
+        "students": state.students.report(),
         "redis": None if redis is None else {"ok": redis.ok, "error": redis.error},
         "worker": state.worker,
     }

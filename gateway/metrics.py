@@ -96,6 +96,18 @@ class GatewayMetrics:
         self.policy_reload_errors = Counter(
             "flywheel_policy_reload_errors", "Policy edits rejected", registry=r
         )
+        self.student_healthy = Gauge(
+            "flywheel_student_healthy",
+            "1 while a candidate student answers, 0 after a 404 or failures in a row",
+            ["route", "candidate"],
+            registry=r,
+        )
+        self.student_errors = Counter(
+            "flywheel_student_errors",
+            "Failed calls to a candidate student on the user path",
+            ["route", "candidate"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

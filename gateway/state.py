@@ -23,6 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.redis_link import RedisLink
 from gateway.routing import Router
+from gateway.student_health import StudentHealth
 from gateway.surfaces import Conversations
 from gateway.upstream import Upstreams
 from store import Store
@@ -38,6 +39,7 @@ class GatewayState:
     writer: LogWriter
     upstreams: Upstreams
     sessions: Sessions
+    students: StudentHealth
     limiter: RateLimiter = field(default_factory=RateLimiter)
     budgets: BudgetBook = field(default_factory=lambda: BudgetBook([]))
     redis: RedisLink | None = None

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.dashboard_data import api_get
 from tests.support.gateway import ADMIN_KEY, APP_KEY, RunningGateway
 from tests.support.wait import eventually
 
@@ -73,6 +74,56 @@ def test_student_failure_falls_back_when_streaming(gateway: RunningGateway) -> N
     assert text == "echo: streamed anyway"
     row = _row(gateway, chunks[0].id)
     assert row["route_reason"] == "fallback: student error 500"
+
+
+def test_a_failing_student_is_marked_unhealthy_where_operators_look(
+    gateway: RunningGateway,
+) -> None:
+    """Users still get the teacher's answer; /healthz, /metrics and the Candidates view say
+    which student fails and why, and a student that answers is healthy."""
+    for _ in range(3):
+        _ask(gateway, "student-crash", "still answered")
+    _ask(gateway, "promoted", "fine")
+    gateway.state.health_cache.clear()
+    root = gateway.base_url.removesuffix("/v1")
+    health = httpx.get(root + "/healthz").json()
+    broken = health["students"]["student-crash/broken"]
+    assert broken["healthy"] is False and "error 500" in broken["last_error"]
+    assert broken["unhealthy_since"] and broken["failures_in_a_row"] >= 3
+    assert health["students"]["promoted/ok"]["healthy"] is True
+    assert health["status"] == "degraded"
+    text = httpx.get(root + "/metrics").text
+    assert 'flywheel_student_healthy{candidate="broken",route="student-crash"} 0.0' in text
+    assert 'flywheel_student_healthy{candidate="ok",route="promoted"} 1.0' in text
+    cands = {
+        (c["route"], c["candidate"]): c
+        for c in api_get(gateway, "/admin/api/candidates").json()["candidates"]
+    }
+    assert cands[("student-crash", "broken")]["serving"] == "unhealthy"
+    assert "error 500" in cands[("student-crash", "broken")]["serving_error"]
+    assert cands[("promoted", "ok")]["serving"] == "ok"
+
+
+def test_student_health_marks_a_missing_model_at_once_and_heals() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from gateway.student_health import StudentHealth
+
+    r = CollectorRegistry()
+    book = StudentHealth(
+        Gauge("h", "h", ["route", "candidate"], registry=r),
+        Counter("e", "e", ["route", "candidate"], registry=r),
+    )
+    book.failed("r", "a", 500, "error 500")
+    book.failed("r", "a", 500, "error 500")
+    assert not book.unhealthy(), "two failures in a row are not yet a verdict"
+    book.failed("r", "b", 404, "error 404: model not loaded")
+    assert book.report()["r/b"]["healthy"] is False, "a 404: the model is not loaded"
+    book.answered("r", "b")
+    book.failed("r", "a", 502, "error 502")
+    assert book.report()["r/a"]["healthy"] is False and book.report()["r/b"]["healthy"]
+    book.answered("r", "a")
+    assert not book.unhealthy() and book.view("r", "a") == {"serving": "ok", "serving_error": ""}
 
 
 def test_teacher_failure_goes_to_backup(gateway: RunningGateway) -> None:
