@@ -81,6 +81,7 @@ class CorsConfig(Strict):
         default_factory=lambda: [
             "x-request-id",
             "x-flywheel-served-by",
+            "x-flywheel-reason",
             "x-flywheel-model",
             "retry-after",
             "x-ratelimit-remaining-requests",

@@ -321,17 +321,34 @@ async def audit(
     student_text, teacher_text = answer_text(student_answer), answer_text(teacher_answer)
     if gate.metric == "llm_judge":
         prompt = orjson.dumps(body.get("messages") or body.get("prompt")).decode()
-        verdict = await ctx.state.upstreams.call(
-            teacher.model,
-            "chat.completions",
-            {
-                "model": teacher.model.upstream_name,
-                "temperature": 0,
-                "max_tokens": 3,
-                "messages": judge_messages(prompt, student_text, teacher_text),
-            },
-        )
-        score = parse_judgement(answer_text(orjson.loads(verdict)))
+        try:
+            verdict = await ctx.state.upstreams.call(
+                teacher.model,
+                "chat.completions",
+                {
+                    "model": teacher.model.upstream_name,
+                    "temperature": 0,
+                    "max_tokens": 3,
+                    "messages": judge_messages(prompt, student_text, teacher_text),
+                },
+            )
+            score = parse_judgement(answer_text(orjson.loads(verdict)))
+        except (UpstreamError, orjson.JSONDecodeError) as e:
+            # No verdict is not a disagreement: the audit is kept as failed, with why.
+            error = f"judge {_short(e)}: {e}" if isinstance(e, UpstreamError) else str(e)
+            ctx.state.writer.submit_row(
+                "audit_failures",
+                {
+                    "request_id": parent.request_id,
+                    "audit_request_id": rec.request_id,
+                    "at": utc_timestamp(time.time()),
+                    "route": decision.route.name,
+                    "candidate": parent.candidate,
+                    "metric": gate.metric,
+                    "error": error[:500],
+                },
+            )
+            return
     else:
         score = agreement(gate.metric, student_text, teacher_text, gate.fields)
     ctx.state.writer.submit_row(

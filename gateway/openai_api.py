@@ -69,6 +69,12 @@ async def messages(request: Request) -> Response:
     return await handle(request, Messages(state.store, state.conversations))
 
 
+def _header_text(text: str) -> str:
+    """A reason as one printable ASCII header line (model and rule names may be anything)."""
+    line = " ".join(text.split())
+    return line.encode("ascii", "replace").decode()[:300]
+
+
 async def handle(request: Request, surface: Surface) -> Response:
     """The one exit: whatever happens below, the request's row is written once; the
     surface turns the finished response into the client's API shape."""
@@ -83,8 +89,14 @@ async def handle(request: Request, surface: Surface) -> Response:
     ctx.surface = surface
     response = await _guarded(ctx, request, surface)
     if ctx.decision is not None:
-        # Who answered: teacher, student, backup (a fallback) or cache, and which model.
-        response.headers["x-flywheel-served-by"] = ctx.record.served_by
+        # Who answered: teacher, student, backup (a fallback) or cache, and which model;
+        # `escalated` is the teacher (or a backup) answering because the student was unsure
+        # (or failed, or the prompt was novel): the reason header says which.
+        served_by: str = ctx.record.served_by
+        if ctx.decision.escalated and served_by in ("teacher", "fallback"):
+            served_by = "escalated"
+        response.headers["x-flywheel-served-by"] = served_by
+        response.headers["x-flywheel-reason"] = _header_text(ctx.record.route_reason)
         response.headers["x-flywheel-model"] = ctx.record.served_model
         response.headers["x-flywheel-route"] = ctx.record.route
         if ctx.decision.route.rate_limit is None:

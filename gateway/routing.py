@@ -58,6 +58,7 @@ class Decision:
     policy_version: str
     shadow: Target | None = None
     audit: bool = False
+    escalated: str = ""  # why the student was passed over for this request, once it was
 
     @property
     def teacher(self) -> str:
@@ -77,7 +78,13 @@ class Decision:
         teacher, *rest = self.fallbacks
         primary = Target(teacher.model_name, teacher.model, "teacher", reason)
         return Decision(
-            self.route, primary, tuple(rest), self.policy_version, self.shadow, audit=False
+            self.route,
+            primary,
+            tuple(rest),
+            self.policy_version,
+            self.shadow,
+            audit=False,
+            escalated=reason,
         )
 
 

@@ -48,6 +48,28 @@ def test_unsure_student_escalates_to_teacher(gateway: RunningGateway, upstream) 
     assert asked == ["student-ok", "gpt-4o"]
 
 
+def test_headers_tell_an_escalated_answer_from_plain_teacher_traffic(
+    gateway: RunningGateway,
+) -> None:
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=APP_KEY, max_retries=0)
+
+    def headers(model: str, text: str, **kw: object) -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": text}], **kw
+        )
+        raw.parse()
+        return raw.headers["x-flywheel-served-by"], raw.headers["x-flywheel-reason"]
+
+    assert headers("careful", "header sure") == ("student", "promoted: ok")
+    assert headers("careful", "header unsure [[conf:0.3]]") == (
+        "escalated",
+        "escalated: confidence 0.30 < 0.60",
+    )
+    assert headers("careful", "header unsure [[conf:0.3]]", stream=True)[0] == "escalated"
+    served, reason = headers("gpt-4o", "plain teacher traffic")
+    assert served == "teacher" and not reason.startswith("escalated")
+
+
 def test_escalation_when_streaming(gateway: RunningGateway) -> None:
     for text, served in [("stream sure", "student-ok"), ("stream unsure [[conf:0.2]]", "teacher")]:
         chunks = list(_ask(gateway, "careful", text, stream=True))

@@ -126,6 +126,21 @@ def test_student_health_marks_a_missing_model_at_once_and_heals() -> None:
     assert not book.unhealthy() and book.view("r", "a") == {"serving": "ok", "serving_error": ""}
 
 
+def test_llm_judge_audits_are_recorded_and_a_failing_judge_leaves_its_error(
+    gateway: RunningGateway,
+) -> None:
+    judged = _ask(gateway, "judged", "judge me")
+    rows = _wait_rows(gateway, "SELECT * FROM audits WHERE request_id = {id:UUID}", 1, id=judged.id)
+    assert rows[0]["metric"] == "llm_judge" and rows[0]["agreement"] == 1.0
+    failed = _ask(gateway, "judged", "judge me [[judgefail:503]]")
+    assert _row(gateway, failed.id)["served_by"] == "student"
+    errors = _wait_rows(
+        gateway, "SELECT * FROM audit_failures WHERE request_id = {id:UUID}", 1, id=failed.id
+    )
+    assert errors[0]["candidate"] == "ok" and "judge error 503" in errors[0]["error"]
+    assert not gateway.rows("SELECT * FROM audits WHERE request_id = {id:UUID}", id=failed.id)
+
+
 def test_teacher_failure_goes_to_backup(gateway: RunningGateway) -> None:
     resp = _ask(gateway, "teacher-down")
     row = _row(gateway, resp.id)

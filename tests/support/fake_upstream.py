@@ -13,7 +13,8 @@ It answers deterministically so tests can check what the gateway logged:
   every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
-  NO.") is answered YES when candidate and reference are equal, case and spacing aside.
+  NO.") is answered YES when candidate and reference are equal, case and spacing aside
+  (`[[judgefail:503]]` in the judged prompt fails that judge call alone).
 Run alone: `python -m tests.support.fake_upstream --port 9001`.
 """
 
@@ -100,6 +101,8 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
             marks["status"] = "500"
         elif model.startswith("slow-"):
             marks["sleep"] = "3"
+        if "judgefail" in marks and _JUDGE.search(last_user_text(body)):
+            marks["status"] = marks["judgefail"] or "503"  # only the agreement judge fails
         if "sleep" in marks:
             await asyncio.sleep(float(marks["sleep"]))
         if "status" in marks:

@@ -56,6 +56,12 @@ routes:
     teacher: teacher
     candidates: [{name: dear, model: student-dear}, {name: ok, model: student-ok}]
     audit: {share: 1.0}
+  - name: judged
+    match: {models: [judged]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
+    gate: {metric: llm_judge, threshold: 0.8, min_examples: 20}
+    audit: {share: 1.0}
   - name: student-crash
     match: {models: [student-crash]}
     teacher: teacher
@@ -174,6 +180,7 @@ ROUTING_STATES = {
     ("promoted", "dear"): "promoted",
     ("promoted", "ok"): "promoted",
     ("student-crash", "broken"): "promoted",
+    ("judged", "ok"): "promoted",
     ("student-hang", "slow"): "promoted",
     ("shadowed", "ok"): "shadow",
     ("careful", "ok"): "promoted",
