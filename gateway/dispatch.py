@@ -319,6 +319,14 @@ async def audit(
         return
     gate = decision.route.gate
     student_text, teacher_text = answer_text(student_answer), answer_text(teacher_answer)
+    row = {
+        "request_id": parent.request_id,
+        "audit_request_id": rec.request_id,
+        "at": utc_timestamp(time.time()),
+        "route": decision.route.name,
+        "candidate": parent.candidate,
+        "metric": gate.metric,
+    }
     if gate.metric == "llm_judge":
         prompt = orjson.dumps(body.get("messages") or body.get("prompt")).decode()
         try:
@@ -336,32 +344,11 @@ async def audit(
         except (UpstreamError, orjson.JSONDecodeError) as e:
             # No verdict is not a disagreement: the audit is kept as failed, with why.
             error = f"judge {_short(e)}: {e}" if isinstance(e, UpstreamError) else str(e)
-            ctx.state.writer.submit_row(
-                "audit_failures",
-                {
-                    "request_id": parent.request_id,
-                    "audit_request_id": rec.request_id,
-                    "at": utc_timestamp(time.time()),
-                    "route": decision.route.name,
-                    "candidate": parent.candidate,
-                    "metric": gate.metric,
-                    "error": error[:500],
-                },
-            )
+            ctx.state.writer.submit_row("audit_failures", {**row, "error": error[:500]})
             return
     else:
         score = agreement(gate.metric, student_text, teacher_text, gate.fields)
     ctx.state.writer.submit_row(
         "audits",
-        {
-            "request_id": parent.request_id,
-            "audit_request_id": rec.request_id,
-            "at": utc_timestamp(time.time()),
-            "route": decision.route.name,
-            "candidate": parent.candidate,
-            "metric": gate.metric,
-            "agreement": score,
-            "student_answer": student_text,
-            "teacher_answer": teacher_text,
-        },
+        {**row, "agreement": score, "student_answer": student_text, "teacher_answer": teacher_text},
     )
