@@ -176,6 +176,12 @@ class Rollout(_Strict):
     canary_share: Share = Field(default=0.1, ge=0, le=1)
     shadow_min_examples: int = Field(default=50, ge=0)
     canary_min_examples: int = Field(default=100, ge=0)
+    stage_timeout_h: float = Field(
+        default=72,
+        gt=0,
+        description="how long a stage waits for the evidence its target needs before it "
+        "fails, saying how many answers it needed",
+    )
 
 
 class Audit(_Strict):

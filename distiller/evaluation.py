@@ -34,18 +34,24 @@ if TYPE_CHECKING:  # scoring needs no database: it runs where none is installed 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
 
 
-def wilson_lower(successes: int, n: int, confidence: float = 0.95) -> float:
-    """Lower bound of the Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return 0.0
+def wilson_bounds(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """(lower, upper) of the Wilson score interval for a binomial proportion; (0, 1) with
+    no evidence."""
+    if n <= 0:
+        return 0.0, 1.0
     from statistics import NormalDist
 
     z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
     p = successes / n
     denom = 1 + z * z / n
     centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - margin) / denom
+    margin = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return (centre - margin) / denom, (centre + margin) / denom
+
+
+def wilson_lower(successes: int, n: int, confidence: float = 0.95) -> float:
+    """Lower bound of the Wilson score interval for a binomial proportion."""
+    return wilson_bounds(successes, n, confidence)[0]
 
 
 @dataclass

@@ -2,8 +2,12 @@
 
 - A run that passes its gate enters the rollout: `shadow` when the route samples shadows,
   else `canary` (or straight to `promoted` when the canary share is 0).
-- shadow → canary once `shadow_min_examples` shadow answers agree with the teacher's
-  answers to the same requests at the gate's threshold (Wilson lower bound).
+- shadow → canary once at least `shadow_min_examples` shadow answers agree with the
+  teacher's answers to the same requests at the gate's threshold (Wilson lower bound); a
+  selective candidate is judged on the answers it would keep (those below its confidence
+  threshold count as coverage). shadow → failed only once the upper bound is below the
+  threshold, or when the stage outlives `rollout.stage_timeout_h` without the evidence it
+  needs (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
 - canary → promoted once `canary_min_examples` audits agree at the audit threshold.
 - canary or promoted → rolled_back when agreement over the last `window` audits falls below
   `audit.min_agreement`; the router stops sending it traffic at its next state refresh.
@@ -23,14 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from contracts.agreement import agreement
-from contracts.openai_shapes import answer_text
 from contracts.policy import Route
 from contracts.states import CandidateState, as_state, may_move
-from distiller.evaluation import AGREE_AT, wilson_lower
 from distiller.events import record_event
+from distiller.evidence import entered, shadow_evidence, verdict
 from store import Store
 
 # A `candidate_states` row, in the order `transition` writes it.
@@ -145,32 +145,15 @@ def after_evaluation(
     return state
 
 
-def _shadow_agreement(store: Store, route: Route, candidate: str) -> tuple[int, int]:
-    """(agreeing, total) between shadow answers and the teacher's answers they shadowed."""
-    rows = store.query_rows(
-        "SELECT s.response, p.response FROM requests AS s "
-        "INNER JOIN requests AS p ON p.request_id = toUUIDOrZero(s.parent_id) "
-        "WHERE s.kind = 'shadow' AND s.route = {r:String} AND s.candidate = {c:String} "
-        "AND s.status = 'ok' AND p.status = 'ok' AND p.served_by = 'teacher'",
-        {"r": route.name, "c": candidate},
-    )
-    agree = 0
-    for shadow, teacher in rows:
-        s = answer_text(orjson.loads(shadow or "{}") or {})
-        t = answer_text(orjson.loads(teacher or "{}") or {})
-        if route.gate.metric == "llm_judge":
-            score = agreement("chrf", s, t)  # shadows are judged offline by similarity
-        else:
-            score = agreement(route.gate.metric, s, t, route.gate.fields)
-        agree += score >= AGREE_AT
-    return agree, len(rows)
-
-
-def recent_audits(store: Store, route: str, candidate: str, window: int) -> list[float]:
+def recent_audits(
+    store: Store, route: str, candidate: str, window: int, since: datetime | None = None
+) -> list[float]:
+    """The last `window` audits' agreement (of this run's answers: from `since`)."""
+    after = (since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC).replace(tzinfo=None)
     rows = store.query_rows(
         "SELECT agreement FROM audits WHERE route = {r:String} AND candidate = {c:String} "
-        "ORDER BY at DESC LIMIT {n:UInt32}",
-        {"r": route, "c": candidate, "n": window},
+        "AND at >= {since:DateTime64(3)} ORDER BY at DESC LIMIT {n:UInt32}",
+        {"r": route, "c": candidate, "n": window, "since": after},
     )
     return [float(r[0]) for r in rows]
 
@@ -239,28 +222,12 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
         if st is None:
             continue
         if st.state == "shadow":
-            agree, n = _shadow_agreement(store, route, cand.name)
-            if n >= route.rollout.shadow_min_examples:
-                lower = wilson_lower(agree, n, route.gate.confidence)
-                ok = lower >= route.gate.threshold
-                to: CandidateState = (
-                    ("canary" if route.rollout.canary_share > 0 else "promoted") if ok else "failed"
-                )
-                why = (
-                    f"shadow agreement {agree}/{n} (lower bound {lower:.3f}) "
-                    f"{'≥' if ok else '<'} {route.gate.threshold}"
-                )
-                transition(
-                    store,
-                    route.name,
-                    cand.name,
-                    to,
-                    why,
-                    {"agree": agree, "n": n, "wilson_lower": lower},
-                )
-                changes.append(f"{cand.name}: shadow → {to}: {why}")
+            change = _advance_shadow(store, route, cand.name, st)
+            if change:
+                changes.append(change)
         elif st.state in ("canary", "promoted"):
-            audits = recent_audits(store, route.name, cand.name, route.audit.window)
+            since = entered(store, route.name, cand.name, st.version)
+            audits = recent_audits(store, route.name, cand.name, route.audit.window, since)
             if not audits:
                 continue
             mean = sum(audits) / len(audits)
@@ -301,6 +268,71 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
                 changes.append(f"{cand.name}: canary → promoted: {why}")
     changes += _retire_dearer(store, route, prices or {})
     return changes
+
+
+def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> str:
+    """Move a shadow candidate on, fail it, or record once what it waits for."""
+    threshold = route.escalation.min_confidence
+    if threshold is None:
+        threshold = st.min_confidence
+    since = entered(store, route.name, candidate, st.version, "shadow")
+    ev = shadow_evidence(store, route, candidate, since, threshold)
+    target, min_n = route.gate.threshold, route.rollout.shadow_min_examples
+    evidence: dict[str, Any] = {**ev.as_dict(), "target": target, "min_confidence": threshold}
+    found = verdict(ev, min_n, target)
+    kept = f" of {ev.seen} kept" if threshold is not None else ""
+    record = f"shadow agreement {ev.agree}/{ev.n}{kept} (lower bound {ev.lower:.3f})"
+    to: CandidateState
+    if found == "pass":
+        min_coverage = route.gate.min_coverage
+        if min_coverage is not None and ev.coverage < min_coverage:
+            to, why = "failed", f"{record}: coverage {ev.coverage:.2f} < {min_coverage}"
+        else:
+            to = "canary" if route.rollout.canary_share > 0 else "promoted"
+            why = f"{record} ≥ {target}"
+    elif found == "fail":
+        to, why = "failed", f"{record}: upper bound {ev.upper:.3f} < {target}"
+    else:
+        hours = (datetime.now(UTC) - since).total_seconds() / 3600
+        needs = max(min_n, ev.needed) if ev.needed is not None else None
+        wants = f"needs {needs} at this agreement" if needs else "cannot reach it at this rate"
+        if hours <= route.rollout.stage_timeout_h:
+            _note_once(
+                store,
+                route.name,
+                candidate,
+                "stage_waiting",
+                st.version,
+                f"shadow waits for evidence: {record} < {target}; {wants}",
+                evidence,
+            )
+            return f"{candidate}: shadow, waiting: {record}; {wants}"
+        to = "failed"
+        why = (
+            f"{record} < {target} after {hours:.0f} h "
+            f"(rollout.stage_timeout_h {route.rollout.stage_timeout_h:g}); {wants}"
+        )
+    transition(store, route.name, candidate, to, why, evidence)
+    return f"{candidate}: shadow → {to}: {why}"
+
+
+def _note_once(
+    store: Store,
+    route: str,
+    candidate: str,
+    kind: str,
+    version: str,
+    why: str,
+    evidence: dict[str, Any],
+) -> None:
+    """An event the distiller would otherwise write on every pass: once per run."""
+    seen = store.query_rows(
+        "SELECT count() FROM events WHERE route = {r:String} AND candidate = {c:String} "
+        "AND kind = {k:String} AND JSONExtractString(evidence, 'run') = {v:String}",
+        {"r": route, "c": candidate, "k": kind, "v": version},
+    )
+    if not seen or not seen[0][0]:
+        record_event(store, route, candidate, kind, why, {**evidence, "run": version})
 
 
 def _retire_dearer(store: Store, route: Route, prices: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ import yaml
 
 from contracts.policy import PolicyFile, PolicySet, load_policies
 from contracts.yaml_source import ConfigError
+from distiller.evidence import rollout_notes
 from gateway.config import GatewayConfig, load_config, load_policy_set
 
 # Keys only a gateway config has: a file with any of them is checked as one.
@@ -52,6 +53,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"ok: {len(policy.routes)} routes, {len(policy.models)} models, "
         f"policy version {policy.version}"
     )
+    for route in policy.routes:
+        for note in rollout_notes(route):
+            kind = "warning" if note.startswith("cannot pass") else "note"
+            print(f"{kind}: route {route.name}: {note}")
     return 0
 
 

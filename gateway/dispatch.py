@@ -276,8 +276,14 @@ def reject_student_answer(
 
 
 async def _background_call(
-    ctx: RequestContext, rec: RequestRecord, target: Target, body: dict[str, Any]
+    ctx: RequestContext,
+    rec: RequestRecord,
+    target: Target,
+    body: dict[str, Any],
+    min_confidence: float | None = None,
 ) -> dict[str, Any] | None:
+    """`min_confidence`: measure the answer's confidence (the body asks for logprobs) and
+    name the escalation it would have caused in the row's reason."""
     body = without_stream(body)
     try:
         raw = await ctx.state.upstreams.call(
@@ -287,6 +293,12 @@ async def _background_call(
             timeout_s=target.timeout_s,
         )
         rec.response = orjson.loads(raw)
+        if min_confidence is not None and isinstance(rec.response, dict):
+            confidence = confidence_of(rec.response)
+            rec.confidence = -1.0 if confidence is None else confidence
+            unsure = confidence_reason(confidence, min_confidence)
+            if unsure is not None:
+                rec.route_reason = f"{rec.route_reason}; would be {unsure}"
         rec.finish("ok", 200)
     except (UpstreamError, orjson.JSONDecodeError) as e:
         rec.error = getattr(e, "message", str(e))
@@ -296,11 +308,20 @@ async def _background_call(
 
 
 async def shadow(ctx: RequestContext) -> None:
-    """The shadow candidate answers a copy; its row is all that comes of it."""
+    """The shadow candidate answers a copy; its row is all that comes of it. A selective
+    candidate's copy carries its confidence, and says when it would have escalated: its
+    shadow stage judges only the answers it would keep."""
     target = ctx.chosen.shadow
     assert target is not None
     rec = _child(ctx.record, "shadow", target, target.reason)
-    await _background_call(ctx, rec, target, ctx.upstream_body)
+    route = ctx.chosen.route
+    threshold = route.escalation.min_confidence
+    if threshold is None:
+        threshold = ctx.router.states.thresholds.get((route.name, target.candidate))
+    if threshold is None or ctx.endpoint != "chat.completions":
+        await _background_call(ctx, rec, target, ctx.upstream_body)
+        return
+    await _background_call(ctx, rec, target, {**ctx.upstream_body, "logprobs": True}, threshold)
 
 
 async def audit(

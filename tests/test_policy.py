@@ -15,7 +15,7 @@ import pytest
 from contracts.errors import ApiError
 from contracts.model_config import ModelConfig
 from contracts.openai_shapes import fingerprint_system_prompt
-from contracts.policy import PolicyError, load_policies
+from contracts.policy import PolicyError, Route, load_policies
 from contracts.pricing import price_table
 from gateway.routing import CandidateStates, RequestFacts, Router
 
@@ -146,6 +146,34 @@ def test_example_policies_are_valid() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok: ")
+
+
+def test_policy_check_says_what_each_stage_needs_and_which_cannot_pass() -> None:
+    from distiller.evidence import rollout_notes
+
+    route = Route.model_validate(
+        {
+            "name": "r",
+            "teacher": "teacher",
+            "candidates": [{"name": "c", "model": "small"}],
+            "gate": {"threshold": 0.97, "min_coverage": 0.5},
+            "rollout": {"shadow_share": 0.1, "canary_min_examples": 300},
+            "audit": {"window": 200},
+        }
+    )
+    shadow, canary = rollout_notes(route)
+    assert shadow.startswith("shadow needs ≥ 125 answers kept (min_coverage 0.5)")
+    assert "about 2500 requests at shadow_share 0.1" in shadow
+    assert canary == (
+        "cannot pass: canary needs 300 audits but reads only the last audit.window 200"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "flywheel.cli", "policy", "check", "router_policies/gateway.yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "note: route banking-intents: shadow needs ≥ 125 answers kept" in out.stdout
 
 
 def test_policy_check_cli_fails_with_location(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ when audits drop, and the router following at its next refresh."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -138,3 +139,116 @@ def test_promotion_waits_for_a_student_as_fast_as_the_teacher(gateway: RunningGa
         )
         == 1
     )
+
+
+def _shadowed(store, route: str, candidate: str, answers: list[tuple[bool, float]]) -> None:
+    """Teacher-served requests, each with the candidate's shadow copy: (agrees, confidence)."""
+    now = datetime.now(UTC)
+    rows = []
+    for agrees, confidence in answers:
+        parent = uuid.uuid4()
+        teacher = {"choices": [{"message": {"role": "assistant", "content": "refund"}}]}
+        said = "refund" if agrees else "card_lost"
+        shadow = {"choices": [{"message": {"role": "assistant", "content": said}}]}
+        rows.append([parent, "", now, now, route, "teacher", "", "request", "ok", teacher, -1.0])
+        rows.append(
+            [
+                uuid.uuid4(),
+                str(parent),
+                now,
+                now,
+                route,
+                "shadow",
+                candidate,
+                "shadow",
+                "ok",
+                shadow,
+                confidence,
+            ]
+        )
+    store.insert_rows(
+        "requests",
+        [[*r[:9], json.dumps(r[9]), r[10]] for r in rows],
+        [
+            "request_id",
+            "parent_id",
+            "started_at",
+            "finished_at",
+            "route",
+            "served_by",
+            "candidate",
+            "kind",
+            "status",
+            "response",
+            "confidence",
+        ],
+    )
+
+
+def _selective_route(name: str, **rollout: object) -> Route:
+    return Route.model_validate(
+        {
+            "name": name,
+            "teacher": "teacher",
+            "candidates": [{"name": "c", "model": "student-ok", "kind": "classifier"}],
+            "gate": {"threshold": 0.97, "min_coverage": 0.5},
+            "rollout": {"shadow_share": 0.2, **rollout},
+        }
+    )
+
+
+def test_a_selective_shadow_is_judged_on_what_it_would_keep(gateway: RunningGateway) -> None:
+    """At a 0.97 target a perfect record needs 125 answers: 60 wait (once noted, with the
+    number), 130 kept pass although 40 unsure ones disagree (those the router escalates)."""
+    store = gateway.state.store
+    route = _selective_route("distill-selective")
+    transition(store, route.name, "c", "shadow", "gate passed", {}, "run-1", "d", 0.6)
+    _shadowed(store, route.name, "c", [(True, 0.9)] * 60 + [(False, 0.3)] * 20)
+    for _ in range(2):  # asked on every pass: noted once
+        changes = advance(store, route)
+        assert changes == [
+            "c: shadow, waiting: shadow agreement 60/60 of 80 kept "
+            "(lower bound 0.940); needs 125 at this agreement"
+        ]
+    waits = store.query_dicts(
+        "SELECT reason, evidence FROM events WHERE route = {r:String} AND kind = 'stage_waiting'",
+        {"r": route.name},
+    )
+    assert len(waits) == 1 and json.loads(waits[0]["evidence"])["needed"] == 125
+    _shadowed(store, route.name, "c", [(True, 0.95)] * 70 + [(False, 0.2)] * 20)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow → canary: shadow agreement 130/130 of 170 kept")
+    assert current(store, route.name, "c").state == "canary"
+
+
+def test_a_shadow_fails_when_its_bound_cannot_reach_the_target_and_runs_start_afresh(
+    gateway: RunningGateway,
+) -> None:
+    store = gateway.state.store
+    route = _selective_route("distill-shadow-fail")
+    transition(store, route.name, "c", "shadow", "gate passed", {}, "run-1", "d", 0.6)
+    _shadowed(store, route.name, "c", [(True, 0.9), (False, 0.9)] * 30)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow → failed: shadow agreement 30/60")
+    assert "upper bound" in changes[0]
+    # A new run's shadow stage reads only its own answers: it waits, with none.
+    time.sleep(0.01)
+    transition(store, route.name, "c", "shadow", "gate passed", {}, "run-2", "d", 0.6)
+    changes = advance(store, route)
+    assert changes == [
+        "c: shadow, waiting: shadow agreement 0/0 of 0 kept "
+        "(lower bound 0.000); needs 125 at this agreement"
+    ]
+
+
+def test_a_shadow_that_outlives_its_stage_bound_fails_saying_what_it_needed(
+    gateway: RunningGateway,
+) -> None:
+    store = gateway.state.store
+    route = _selective_route("distill-shadow-timeout", stage_timeout_h=0.000001)
+    transition(store, route.name, "c", "shadow", "gate passed", {}, "run-1", "d", 0.6)
+    _shadowed(store, route.name, "c", [(True, 0.9)] * 55)
+    time.sleep(0.01)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow → failed: shadow agreement 55/55 of 55 kept")
+    assert "needs 125 at this agreement" in changes[0]

@@ -165,6 +165,20 @@ def test_shadow_answers_in_background_only(gateway: RunningGateway, upstream) ->
     assert "echo: shadow me" in shadow["response"] and shadow["baseline_cost_usd"] == 0
 
 
+def test_a_selective_shadow_records_its_confidence_and_what_it_would_escalate(
+    gateway: RunningGateway,
+) -> None:
+    for text, confidence in (("sure shadow", 0.9), ("unsure shadow [[conf:0.3]]", 0.3)):
+        resp = _ask(gateway, "shadowed-selective", text)
+        shadow = _wait_rows(
+            gateway, "SELECT * FROM requests WHERE parent_id = {id:String}", 1, id=resp.id
+        )[0]
+        assert shadow["kind"] == "shadow" and abs(shadow["confidence"] - confidence) < 1e-9
+        unsure = "would be escalated: confidence 0.30 < 0.60" in shadow["route_reason"]
+        assert unsure == (confidence < 0.6), shadow["route_reason"]
+        assert "logprobs" not in resp.choices[0].model_dump(exclude_none=True)
+
+
 def test_rate_limit_per_key_is_429(gateway: RunningGateway) -> None:
     codes = []
     for _ in range(5):

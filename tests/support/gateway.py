@@ -76,6 +76,12 @@ routes:
     teacher: teacher
     candidates: [{name: ok, model: student-ok}]
     rollout: {shadow_share: 1.0}
+  - name: shadowed-selective
+    match: {models: [shadowed-selective]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok}]
+    rollout: {shadow_share: 1.0}
+    escalation: {min_confidence: 0.6}
   - name: teacher-down
     match: {models: [teacher-down]}
     teacher: dead
@@ -183,6 +189,7 @@ ROUTING_STATES = {
     ("judged", "ok"): "promoted",
     ("student-hang", "slow"): "promoted",
     ("shadowed", "ok"): "shadow",
+    ("shadowed-selective", "ok"): "shadow",
     ("careful", "ok"): "promoted",
     ("novel", "ok"): "promoted",
 }

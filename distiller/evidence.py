@@ -1,0 +1,169 @@
+"""The evidence a rollout stage reads, and how much of it a target needs.
+
+A stage passes when the Wilson lower bound of agreement reaches the target, fails when the
+upper bound is below it (no amount of further evidence would pass it), and otherwise waits
+for more, up to `rollout.stage_timeout_h`. `needed_examples` is the sample size at which
+the observed agreement's lower bound would reach the target: what a stage waits for, and
+what `flywheel policy check` compares with a route's windows.
+
+Invariant: evidence belongs to one run. Shadow answers and audits count only from the time
+the candidate's current version (its run) first entered the rollout, so a retrained run is
+never promoted, or rolled back, on its predecessor's record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import orjson
+
+from contracts.agreement import agreement
+from contracts.openai_shapes import answer_text
+from contracts.policy import Route
+from distiller.evaluation import AGREE_AT, wilson_bounds
+from store import Store
+
+Verdict = Literal["pass", "fail", "wait"]
+
+
+def needed_examples(
+    agreement_rate: float, target: float, confidence: float = 0.95, cap: int = 10_000_000
+) -> int | None:
+    """The fewest examples at which `agreement_rate` has a lower bound ≥ `target`; None
+    when no number would do (the rate is not above the target)."""
+    if agreement_rate <= target:
+        return None
+
+    def enough(n: int) -> bool:
+        return wilson_bounds(agreement_rate * n, n, confidence)[0] >= target
+
+    hi = 1
+    while not enough(hi):
+        hi *= 2
+        if hi > cap:
+            return None
+    lo = hi // 2
+    while lo + 1 < hi:  # the lower bound grows with n at a fixed rate: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
+
+
+@dataclass(frozen=True)
+class StageEvidence:
+    agree: int
+    n: int  # judged answers (a selective candidate's: those it would keep)
+    seen: int  # every answer, kept or not
+    lower: float
+    upper: float
+    needed: int | None  # examples the observed agreement needs to pass; None: it cannot
+
+    @property
+    def coverage(self) -> float:
+        return self.n / self.seen if self.seen else 0.0
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "agree": self.agree,
+            "n": self.n,
+            "seen": self.seen,
+            "coverage": round(self.coverage, 4),
+            "wilson_lower": round(self.lower, 4),
+            "wilson_upper": round(self.upper, 4),
+            "needed": self.needed,
+        }
+
+
+def judge(agree: int, n: int, seen: int, target: float, confidence: float) -> StageEvidence:
+    lower, upper = wilson_bounds(agree, n, confidence)
+    # With no disagreement yet, the sample size is a perfect record's.
+    rate = agree / n if n else 1.0
+    return StageEvidence(agree, n, seen, lower, upper, needed_examples(rate, target, confidence))
+
+
+def verdict(ev: StageEvidence, min_examples: int, target: float) -> Verdict:
+    if ev.n >= min_examples and ev.lower >= target:
+        return "pass"
+    if ev.n >= min_examples and ev.upper < target:
+        return "fail"
+    return "wait"
+
+
+def entered(
+    store: Store, route: str, candidate: str, version: str, state: str | None = None
+) -> datetime:
+    """When the run `version` entered the rollout (or, given `state`, that stage)."""
+    rows = store.query_rows(
+        "SELECT min(updated_at) FROM candidate_states WHERE route = {r:String} "
+        "AND candidate = {c:String} AND version = {v:String}"
+        + (" AND state = {s:String}" if state else ""),
+        {"r": route, "c": candidate, "v": version, "s": state or ""},
+    )
+    at = rows[0][0] if rows else None
+    if not isinstance(at, datetime):
+        return datetime.now(UTC)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def shadow_evidence(
+    store: Store, route: Route, candidate: str, since: datetime, min_confidence: float | None
+) -> StageEvidence:
+    """Shadow answers since `since` against the teacher's answers they shadowed. With a
+    `min_confidence`, an answer below it is one the router would have escalated: it counts
+    toward coverage, not agreement."""
+    rows = store.query_rows(
+        "SELECT s.response, p.response, s.confidence FROM requests AS s "
+        "INNER JOIN requests AS p ON p.request_id = toUUIDOrZero(s.parent_id) "
+        "WHERE s.kind = 'shadow' AND s.route = {r:String} AND s.candidate = {c:String} "
+        "AND s.status = 'ok' AND p.status = 'ok' AND p.served_by = 'teacher' "
+        "AND s.started_at >= {since:DateTime64(3)}",
+        {"r": route.name, "c": candidate, "since": since.astimezone(UTC).replace(tzinfo=None)},
+    )
+    agree = kept = 0
+    for shadow, teacher, confidence in rows:
+        if min_confidence is not None and float(confidence) < min_confidence:
+            continue  # escalated: the teacher would have answered it
+        kept += 1
+        s = answer_text(orjson.loads(shadow or "{}") or {})
+        t = answer_text(orjson.loads(teacher or "{}") or {})
+        if route.gate.metric == "llm_judge":
+            score = agreement("chrf", s, t)  # shadows are judged offline by similarity
+        else:
+            score = agreement(route.gate.metric, s, t, route.gate.fields)
+        agree += score >= AGREE_AT
+    return judge(agree, kept, len(rows), route.gate.threshold, route.gate.confidence)
+
+
+def rollout_notes(route: Route) -> list[str]:
+    """What `flywheel policy check` says of a route's rollout: the evidence each stage
+    needs, and a stage that cannot pass as configured (prefixed `cannot pass:`)."""
+    if not route.candidates:
+        return []
+    gate, rollout, audit = route.gate, route.rollout, route.audit
+    out: list[str] = []
+    perfect = needed_examples(1.0, gate.threshold, gate.confidence)
+    if rollout.shadow_share > 0:
+        if perfect is None:
+            out.append(
+                f"cannot pass: shadow needs a lower bound ≥ gate.threshold {gate.threshold}, "
+                "which no record reaches"
+            )
+        else:
+            need = max(perfect, rollout.shadow_min_examples)
+            kept = f" kept (min_coverage {gate.min_coverage})" if gate.min_coverage else ""
+            share = gate.min_coverage or 1.0
+            out.append(
+                f"shadow needs ≥ {need} answers{kept} for a lower bound ≥ {gate.threshold} at "
+                f"confidence {gate.confidence} (a perfect record): about "
+                f"{math.ceil(need / (share * rollout.shadow_share))} requests at shadow_share "
+                f"{rollout.shadow_share}, within stage_timeout_h {rollout.stage_timeout_h:g}"
+            )
+    if rollout.canary_share > 0 and rollout.canary_min_examples > audit.window:
+        out.append(
+            f"cannot pass: canary needs {rollout.canary_min_examples} audits but reads only "
+            f"the last audit.window {audit.window}"
+        )
+    return out
