@@ -261,6 +261,13 @@ class Route(_Strict):
     guardrails: Guardrails = Field(default_factory=Guardrails)
     training: Training = Field(default_factory=Training, description="read by the distiller")
 
+    def canary_share(self, candidate: Candidate) -> float:
+        """The candidate's own `canary_share` when set (0 included: it skips canary), else
+        the route's: the one reading the router, the distiller and the checks share."""
+        if candidate.canary_share is None:
+            return self.rollout.canary_share
+        return candidate.canary_share
+
 
 class PolicyFile(_Strict):
     description: str = ""
@@ -312,7 +319,7 @@ def _check(routes: list[tuple[_Source, int, Route]], models: dict[str, ModelConf
                 problems.append(
                     _problem(src, (*at, "candidates", j, "model"), f"unknown model {cand.model!r}")
                 )
-        shares = [c.canary_share or route.rollout.canary_share for c in route.candidates]
+        shares = [route.canary_share(c) for c in route.candidates]
         if sum(shares) > 1:
             problems.append(
                 _problem(

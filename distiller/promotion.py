@@ -117,6 +117,11 @@ def transition(
     )
 
 
+def _canary_share(route: Route, name: str) -> float:
+    cand = next((c for c in route.candidates if c.name == name), None)
+    return route.rollout.canary_share if cand is None else route.canary_share(cand)
+
+
 def after_evaluation(
     store: Store,
     route: Route,
@@ -135,7 +140,7 @@ def after_evaluation(
         state, reason = "failed", "gate failed"
     elif route.rollout.shadow_share > 0:
         state, reason = "shadow", "gate passed"
-    elif route.rollout.canary_share > 0:
+    elif _canary_share(route, candidate) > 0:
         state, reason = "canary", "gate passed; no shadow stage"
     else:
         state, reason = "promoted", "gate passed; no shadow or canary stage"
@@ -288,7 +293,7 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         if min_coverage is not None and ev.coverage < min_coverage:
             to, why = "failed", f"{record}: coverage {ev.coverage:.2f} < {min_coverage}"
         else:
-            to = "canary" if route.rollout.canary_share > 0 else "promoted"
+            to = "canary" if _canary_share(route, candidate) > 0 else "promoted"
             why = f"{record} ≥ {target}"
     elif found == "fail":
         to, why = "failed", f"{record}: upper bound {ev.upper:.3f} < {target}"

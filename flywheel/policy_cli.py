@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,40 @@ def check_files(files: list[Path]) -> PolicySet:
     return result
 
 
+def _configs_naming(policy: Path) -> list[Path]:
+    """Gateway configs near a policy file (its folder and the two above) that load it."""
+    target = policy.resolve()
+    out: list[Path] = []
+    for folder in [target.parent, *list(target.parents)[1:3]]:
+        for candidate in sorted(folder.glob("*.y*ml")):
+            if candidate.resolve() == target or not _is_gateway_config(candidate):
+                continue
+            try:
+                paths = load_config(candidate).policy_paths()
+            except (ConfigError, OSError):
+                continue
+            if target in {p.resolve() for p in paths}:
+                out.append(candidate)
+    return out
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    files = [Path(f) for f in args.files]
     try:
-        policy = check_files([Path(f) for f in args.files])
+        policy = check_files(files)
     except ConfigError as e:
         print(e, file=sys.stderr)
+        lone = [f for f in files if not _is_gateway_config(f)]
+        if "unknown model" in str(e) and len(lone) == len(files):
+            # Models are often declared in the gateway config that loads the policy.
+            configs = sorted({c for f in lone for c in _configs_naming(f)})
+            names = " ".join(os.path.relpath(c) for c in configs) or "<gateway.yaml>"
+            print(
+                "hint: models declared in a gateway config are known only when it is checked "
+                f"too: flywheel policy check {names} (it loads the policy files it names)"
+                + ("" if configs else "; no gateway config near these files loads them"),
+                file=sys.stderr,
+            )
         return 1
     print(
         f"ok: {len(policy.routes)} routes, {len(policy.models)} models, "

@@ -247,11 +247,7 @@ class Router:
         if promoted is not None:
             return (Share(promoted, 1.0, "promoted"),)
         return tuple(
-            Share(
-                c,
-                route.rollout.canary_share if c.canary_share is None else c.canary_share,
-                "canary",
-            )
+            Share(c, route.canary_share(c), "canary")
             for c in self._by_price[route.name]
             if self.states.get(route.name, c.name) == "canary"
         )

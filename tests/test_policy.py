@@ -176,6 +176,28 @@ def test_policy_check_says_what_each_stage_needs_and_which_cannot_pass() -> None
     assert "note: route banking-intents: shadow needs ≥ 125 answers kept" in out.stdout
 
 
+def test_a_lone_policy_file_check_names_the_gateway_config_it_needs() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flywheel.cli",
+            "policy",
+            "check",
+            "router_policies/support-triage.policy.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "unknown model 'gpt-4o-mini'" in out.stderr
+    assert (
+        "hint: " in out.stderr
+        and "flywheel policy check router_policies/gateway.yaml" in out.stderr
+    )
+
+
 def test_policy_check_cli_fails_with_location(tmp_path: Path) -> None:
     bad = _write(tmp_path, "routes:\n  - name: a\n    teacher: teacher\n    colour: red\n")
     out = subprocess.run(

@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from contracts.policy import Route
+from contracts.policy import PolicySet, Route
 from distiller.promotion import advance, current, transition
 from tests.support.gateway import RunningGateway
 from tests.support.wait import eventually
@@ -252,3 +252,32 @@ def test_a_shadow_that_outlives_its_stage_bound_fails_saying_what_it_needed(
     changes = advance(store, route)
     assert changes[0].startswith("c: shadow → failed: shadow agreement 55/55 of 55 kept")
     assert "needs 125 at this agreement" in changes[0]
+
+
+def test_a_candidates_own_canary_share_of_zero_skips_canary_everywhere(
+    gateway: RunningGateway,
+) -> None:
+    """`canary_share: 0` on a candidate is read as 0 by the checks, the router and the
+    distiller alike (it once meant "the route's" to one of them)."""
+    from distiller.promotion import after_evaluation
+    from gateway.routing import CandidateStates, Router
+
+    route = Route.model_validate(
+        {
+            "name": "distill-no-canary",
+            "teacher": "teacher",
+            "candidates": [
+                {"name": "direct", "model": "student-ok", "canary_share": 0},
+                {"name": "usual", "model": "student-dear"},
+            ],
+            "rollout": {"shadow_share": 0, "canary_share": 0.4},
+        }
+    )
+    assert [route.canary_share(c) for c in route.candidates] == [0, 0.4]
+    store = gateway.state.store
+    assert after_evaluation(store, route, "direct", "run-1", "d", True, {}) == "promoted"
+    assert after_evaluation(store, route, "usual", "run-1", "d", True, {}) == "canary"
+    policies = gateway.state.router.policies
+    states = CandidateStates({(route.name, "usual"): "canary"})
+    router = Router(PolicySet([route], policies.models, "v"), gateway.state.router.prices, states)
+    assert [(s.candidate.name, s.share) for s in router.serving_plan(route)] == [("usual", 0.4)]
