@@ -182,6 +182,21 @@ class Rollout(_Strict):
         description="how long a stage waits for the evidence its target needs before it "
         "fails, saying how many answers it needed",
     )
+    max_p99_ratio: float | None = Field(
+        default=1.0,
+        gt=0,
+        description="canary → promoted is held while the student's p99 latency exceeds the "
+        "teacher's times this (1.0: no slower than the teacher; 3: a slower, far cheaper "
+        "student is fine; null: no ratio)",
+    )
+    max_p99_ms: float | None = Field(
+        default=None, gt=0, description="held while the student's p99 exceeds this (null: none)"
+    )
+    latency_window_h: float = Field(
+        default=1,
+        gt=0,
+        description="latencies judged over this recent window (early slow answers age out)",
+    )
 
 
 class Audit(_Strict):

@@ -12,10 +12,11 @@
 - canary or promoted → rolled_back when agreement over the last `window` audits falls below
   `audit.min_agreement`; the router stops sending it traffic at its next state refresh.
 - A promoted candidate that is cheaper than another promoted one retires the dearer one.
-- canary → promoted is held while the student is slower than the teacher at the route's
-  traffic (its p99 latency over its canary and shadow answers above the teacher's p99) or
-  while students on the route fall back on timeouts (more than 1% of their answers):
-  serving cheaper must not make users wait longer.
+- canary → promoted is held while the student is too slow at the route's traffic over the
+  last `rollout.latency_window_h` (its p99 latency over its canary and shadow answers above
+  `max_p99_ratio` times the teacher's p99, or above `max_p99_ms`) or while students on the
+  route fall back on timeouts (more than 1% of their answers): serving cheaper must not
+  make users wait longer than the policy accepts.
 
 Invariant: every state change writes both the new state (`candidate_states`, what the
 router reads) and an `events` row with the reason and its evidence.
@@ -24,7 +25,7 @@ router reads) and an `events` row with the reason and its evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.policy import Route
@@ -176,32 +177,45 @@ SELECT
     countIf(served_by = 'teacher' AND kind = 'request') AS teacher_n,
     countIf(kind = 'request' AND route_reason = 'fallback: student timeout') AS timeouts
 FROM requests
-WHERE route = {r:String} AND status = 'ok' AND started_at >= now() - INTERVAL 1 DAY
+WHERE route = {r:String} AND status = 'ok' AND started_at >= {since:DateTime64(3)}
 """
 
 
-def latency_hold(store: Store, route: str, candidate: str) -> tuple[str, dict[str, Any]] | None:
+def latency_hold(store: Store, route: Route, candidate: str) -> tuple[str, dict[str, Any]] | None:
     """Why the candidate may not be promoted for speed, with the evidence, or None."""
-    row = store.query_dicts(LATENCY_SQL, {"r": route, "c": candidate})[0]
+    rollout = route.rollout
+    since = datetime.now(UTC) - timedelta(hours=rollout.latency_window_h)
+    row = store.query_dicts(
+        LATENCY_SQL, {"r": route.name, "c": candidate, "since": since.replace(tzinfo=None)}
+    )[0]
     student_n, teacher_n, timeouts = (
         int(row["student_n"]),
         int(row["teacher_n"]),
         int(row["timeouts"]),
     )
+    student_ms = float(row["student_p99"] or 0) / 1000
+    teacher_ms = float(row["teacher_p99"] or 0) / 1000
     evidence = {
-        "student_p99_ms": float(row["student_p99"] or 0) / 1000,
-        "teacher_p99_ms": float(row["teacher_p99"] or 0) / 1000,
+        "student_p99_ms": student_ms,
+        "teacher_p99_ms": teacher_ms,
         "student_answers": student_n,
         "teacher_answers": teacher_n,
         "student_timeouts": timeouts,
+        "window_h": rollout.latency_window_h,
+        "max_p99_ratio": rollout.max_p99_ratio,
+        "max_p99_ms": rollout.max_p99_ms,
     }
     if timeouts > MAX_TIMEOUT_SHARE * max(student_n, 1):
         return f"{timeouts} student timeouts fell back to the teacher", evidence
-    if student_n >= MIN_LATENCY_SAMPLES and teacher_n >= MIN_LATENCY_SAMPLES:
-        if evidence["student_p99_ms"] > evidence["teacher_p99_ms"]:
+    if rollout.max_p99_ms is not None and student_n >= MIN_LATENCY_SAMPLES:
+        if student_ms > rollout.max_p99_ms:
+            return f"student p99 {student_ms:.0f} ms > max_p99_ms {rollout.max_p99_ms:g}", evidence
+    ratio = rollout.max_p99_ratio
+    if ratio is not None and student_n >= MIN_LATENCY_SAMPLES and teacher_n >= MIN_LATENCY_SAMPLES:
+        if student_ms > teacher_ms * ratio:
+            times = "" if ratio == 1 else f" × {ratio:g}"
             return (
-                f"student p99 {evidence['student_p99_ms']:.0f} ms > teacher p99 "
-                f"{evidence['teacher_p99_ms']:.0f} ms",
+                f"student p99 {student_ms:.0f} ms > teacher p99 {teacher_ms:.0f} ms{times}",
                 evidence,
             )
     return None
@@ -256,7 +270,7 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
                 and len(audits) >= route.rollout.canary_min_examples
                 and mean >= route.audit.min_agreement
             ):
-                held = latency_hold(store, route.name, cand.name)
+                held = latency_hold(store, route, cand.name)
                 if held is not None:
                     _hold(store, route.name, cand.name, held[0], held[1])
                     changes.append(f"{cand.name}: canary, promotion held: {held[0]}")

@@ -281,3 +281,68 @@ def test_a_candidates_own_canary_share_of_zero_skips_canary_everywhere(
     states = CandidateStates({(route.name, "usual"): "canary"})
     router = Router(PolicySet([route], policies.models, "v"), gateway.state.router.prices, states)
     assert [(s.candidate.name, s.share) for s in router.serving_plan(route)] == [("usual", 0.4)]
+
+
+def test_the_latency_condition_is_a_policy_setting_on_a_recent_window(
+    gateway: RunningGateway,
+) -> None:
+    """A student 3x slower than the teacher is held at the default ratio, promoted under
+    `max_p99_ratio: 5`, held by `max_p99_ms`, and slow answers older than the window age out."""
+    from datetime import timedelta
+
+    store = gateway.state.store
+
+    def latencies(route: str, cand: str, student_ms: float, ago_h: float = 0) -> None:
+        at = datetime.now(UTC) - timedelta(hours=ago_h)
+        rows = [
+            [uuid.uuid4(), at, at, route, "teacher", "", "request", "ok", 400_000]
+            for _ in range(25)
+        ] + [
+            [uuid.uuid4(), at, at, route, "student", cand, "request", "ok", student_ms * 1000]
+            for _ in range(25)
+        ]
+        store.insert_rows(
+            "requests",
+            rows,
+            [
+                "request_id",
+                "started_at",
+                "finished_at",
+                "route",
+                "served_by",
+                "candidate",
+                "kind",
+                "status",
+                "latency_us",
+            ],
+        )
+
+    def outcome(name: str, **rollout: object) -> list[str]:
+        route = Route.model_validate(
+            {
+                "name": name,
+                "teacher": "teacher",
+                "candidates": [{"name": "c", "model": "student-ok"}],
+                "audit": {"window": 20},
+                "rollout": {"canary_min_examples": 10, **rollout},
+            }
+        )
+        transition(store, name, "c", "canary", "test", {})
+        insert_audits(store, name, "c", [1.0] * 12)
+        return advance(store, route)
+
+    latencies("distill-ratio-default", "c", 1200)
+    assert outcome("distill-ratio-default") == [
+        "c: canary, promotion held: student p99 1200 ms > teacher p99 400 ms"
+    ]
+    latencies("distill-ratio-5", "c", 1200)
+    assert outcome("distill-ratio-5", max_p99_ratio=5)[0].startswith("c: canary → promoted")
+    latencies("distill-ratio-off", "c", 1200)
+    assert outcome("distill-ratio-off", max_p99_ratio=None)[0].startswith("c: canary → promoted")
+    latencies("distill-p99-bound", "c", 1200)
+    assert outcome("distill-p99-bound", max_p99_ratio=None, max_p99_ms=800) == [
+        "c: canary, promotion held: student p99 1200 ms > max_p99_ms 800"
+    ]
+    latencies("distill-aged-out", "c", 5000, ago_h=2)  # early slow answers, out of the window
+    latencies("distill-aged-out", "c", 300)
+    assert outcome("distill-aged-out")[0].startswith("c: canary → promoted")
