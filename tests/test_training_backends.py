@@ -277,3 +277,26 @@ def test_a_dataset_whose_training_died_is_trained_again_without_new_traffic(
     # Trained once it succeeded: the next pass waits for new traffic again.
     idle = distill_route(store, route, policies, tmp_path, ctx=ctx(InlineBackend()))
     assert idle["skipped"].startswith("0 new examples")
+
+
+@pytest.mark.slow
+def test_a_local_worker_that_dies_leaves_its_signal_and_last_output(tmp_path: Path) -> None:
+    """The real local backend (a spawned worker process): the failure names the signal and
+    carries the worker's last lines, for the run's row."""
+    from distiller.backends.local import LocalBackend
+    from distiller.jobs import write_job
+    from tests.support.training_jobs import dies_in_the_worker
+
+    backend = LocalBackend(poll_s=0.2, target=dies_in_the_worker)
+    store = ModelStore(tmp_path)
+    job = intent_job("run-dies", "dies-route")
+    write_job(job, store)
+    try:
+        with pytest.raises(JobFailed) as failed:
+            backend.run(job, store, lambda: None)
+    finally:
+        backend.close()
+    reason = failed.value.reason
+    assert reason.startswith("the training process died (killed by SIGKILL"), reason
+    assert f"loading the base for {job.rel_dir}" in reason
+    assert "tried to allocate 2.00 GiB" in reason

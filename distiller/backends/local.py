@@ -9,10 +9,15 @@ own process.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
+import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from distiller.backends.base import JobFailed, Tick, job_error
@@ -74,11 +79,32 @@ def _signal_name(code: int | None) -> str:
         return f"killed by signal {-code}"
 
 
+def run_logged(target: Callable[[str, str], None], root: str, rel_dir: str, log: str) -> None:
+    """In the worker: run the job with this process's output (Python's and native
+    libraries', fds 1 and 2) in `log`, so a worker that dies leaves its last words there."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    target(root, rel_dir)
+
+
+def _tail(path: Path, lines: int = 15, chars: int = 1500) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
+
+
 class LocalBackend:
     name = "local"
 
-    def __init__(self, poll_s: float = 1.0) -> None:
+    def __init__(self, poll_s: float = 1.0, target: Callable[[str, str], None] = run_job) -> None:
         self.poll_s = poll_s
+        self._target = target  # what a worker runs for a job (tests give one that dies)
         self._lock = threading.Lock()
         self._spare: Any = None
         self._running: set[Any] = set()
@@ -114,10 +140,22 @@ class LocalBackend:
                 self._spare = self._new_pool()
         pool.shutdown(wait=False)
 
+    @staticmethod
+    def _log_path(job: TrainJob, store: ModelStore) -> Path:
+        """The worker's output: beside the run's artifacts in a local store, else a temp file."""
+        if not store.remote:
+            folder = Path(store.root) / job.rel_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder / "worker.log"
+        return Path(tempfile.gettempdir()) / f"flywheel-{job.run_id}.log"
+
     def run(self, job: TrainJob, store: ModelStore, tick: Tick) -> tuple[TrainResult, EvalReport]:
         pool = self._take()
+        log = self._log_path(job, store)
         try:
-            future = pool.submit(run_job, store.root, job.rel_dir)
+            future = pool.submit(run_logged, self._target, store.root, job.rel_dir, str(log))
+            # The worker, held now: once the pool breaks it forgets its processes.
+            workers = list((getattr(pool, "_processes", None) or {}).values())
             while True:
                 try:
                     future.result(timeout=self.poll_s)
@@ -125,10 +163,18 @@ class LocalBackend:
                 except FutureTimeout:
                     tick()
                 except BrokenProcessPool:
-                    codes = [p.exitcode for p in getattr(pool, "_processes", {}).values()]
-                    how = _signal_name(codes[0]) if codes else "gone"
+                    for proc in workers:
+                        proc.join(5)
+                    codes = [p.exitcode for p in workers if p.exitcode is not None]
+                    how = _signal_name(codes[0]) if codes else "exit status unknown"
+                    last = _tail(log)
                     raise JobFailed(
-                        f"the training process died ({how}: killed or out of memory)"
+                        f"the training process died ({how}; killed or out of memory?)"
+                        + (
+                            f"; its last output ({log}):\n{last}"
+                            if last
+                            else f"; no output in {log}"
+                        )
                     ) from None
                 except Exception as e:  # the job's own error, raised in the worker
                     raise job_error(e) from e

@@ -38,3 +38,15 @@ def intent_job(run_id: str, route: str = "k8s-route", **resources: float) -> Tra
         Gate(metric="json_field_match", fields=["intent"], threshold=0.0, min_examples=1),
         ModelConfig(model="openai/teacher", api_base="http://127.0.0.1:9/v1"),
     )
+
+
+def dies_in_the_worker(root: str, rel_dir: str) -> None:
+    """A job's worker that says something and is then killed (as the OOM killer would)."""
+    import os
+    import signal
+    import sys
+
+    print(f"loading the base for {rel_dir}", flush=True)
+    sys.stderr.write("CUDA out of memory pretend: tried to allocate 2.00 GiB\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
