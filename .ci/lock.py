@@ -24,9 +24,6 @@ LOCK = ROOT / "requirements.lock"
 # (litellm[proxy] needs a litellm-proxy release for its litellm, so it resolves an older
 # litellm than the suite's) and `vllm` (it pins its own CUDA torch).
 EXTRAS = ("dev", "bases")
-# torch's CPU wheel carries a local label (`+cpu`) that PyPI does not serve: the lock names
-# the public version, which `pip install torch==2.13.0` maps to the local CPU wheel.
-STRIP_LOCAL = {"torch"}
 
 
 def spec_digest(pyproject: Path = ROOT / "pyproject.toml") -> str:
@@ -65,7 +62,9 @@ def resolve() -> dict[str, str]:
         if name == "flywheel":
             continue
         version = item["metadata"]["version"]
-        pins[name] = version.split("+")[0] if name in STRIP_LOCAL else version
+        # torch keeps its local label (`2.13.0+cpu`): the exact CPU build, which pip finds
+        # through its configured find-links (or PyTorch's CPU index), never PyPI's CUDA one.
+        pins[name] = version
     return pins
 
 
