@@ -208,7 +208,13 @@ class Audit(_Strict):
         description="share audited while in canary (default: `share`): more evidence sooner, "
         "fewer teacher calls once promoted",
     )
-    min_agreement: float = Field(default=0.9, ge=0, le=1)
+    min_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="the agreement audits hold the served answers to (default: the gate's "
+        "threshold, the figure the gate certified)",
+    )
     window: int = Field(default=200, ge=1)
 
 
@@ -275,6 +281,12 @@ class Route(_Strict):
     cache: Cache | None = Field(default=None, description="off unless given")
     guardrails: Guardrails = Field(default_factory=Guardrails)
     training: Training = Field(default_factory=Training, description="read by the distiller")
+
+    def audit_target(self) -> float:
+        """What audits hold served answers to: `audit.min_agreement`, else the gate's."""
+        if self.audit.min_agreement is None:
+            return self.gate.threshold
+        return self.audit.min_agreement
 
     def canary_share(self, candidate: Candidate) -> float:
         """The candidate's own `canary_share` when set (0 included: it skips canary), else

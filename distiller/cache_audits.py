@@ -33,10 +33,10 @@ def advance_semantic(store: Store, route: Route) -> list[str]:
     audits = recent_audits(store, route.name, name, route.audit.window)
     enough = len(audits) >= min(route.audit.window, route.rollout.canary_min_examples)
     mean = sum(audits) / len(audits) if audits else 1.0
-    if enough and mean < route.audit.min_agreement:
+    if enough and mean < route.audit_target():
         why = (
             f"audit agreement {mean:.3f} over the last {len(audits)} semantic hits < "
-            f"{route.audit.min_agreement}"
+            f"{route.audit_target()}"
         )
         evidence = {"audits": len(audits), "agreement": mean, "threshold": policy.threshold}
         transition(store, route.name, name, "rolled_back", why, evidence)

@@ -161,9 +161,23 @@ def rollout_notes(route: Route) -> list[str]:
                 f"{math.ceil(need / (share * rollout.shadow_share))} requests at shadow_share "
                 f"{rollout.shadow_share}, within stage_timeout_h {rollout.stage_timeout_h:g}"
             )
-    if rollout.canary_share > 0 and rollout.canary_min_examples > audit.window:
-        out.append(
-            f"cannot pass: canary needs {rollout.canary_min_examples} audits but reads only "
-            f"the last audit.window {audit.window}"
-        )
+    if any(route.canary_share(c) > 0 for c in route.candidates):
+        perfect_audits = needed_examples(1.0, route.audit_target(), gate.confidence)
+        if perfect_audits is None:
+            out.append(
+                f"cannot pass: canary needs a lower bound ≥ the audit target "
+                f"{route.audit_target()}, which no record reaches"
+            )
+        else:
+            need = max(perfect_audits, rollout.canary_min_examples)
+            if need > audit.window:
+                out.append(
+                    f"cannot pass: canary needs {need} audits but reads only the last "
+                    f"audit.window {audit.window}"
+                )
+            else:
+                out.append(
+                    f"canary needs ≥ {need} audits for a lower bound ≥ the audit target "
+                    f"{route.audit_target()} (a perfect record)"
+                )
     return out

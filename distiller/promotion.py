@@ -8,9 +8,10 @@
   threshold count as coverage). shadow → failed only once the upper bound is below the
   threshold, or when the stage outlives `rollout.stage_timeout_h` without the evidence it
   needs (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
-- canary → promoted once `canary_min_examples` audits agree at the audit threshold.
-- canary or promoted → rolled_back when agreement over the last `window` audits falls below
-  `audit.min_agreement`; the router stops sending it traffic at its next state refresh.
+- canary → promoted, recalibrated or rolled_back as its audits decide
+  (`distiller/audits.py`: the lower bound of this run's audited agreement must reach the
+  audit target to promote; an upper bound below it raises a selective candidate's threshold,
+  or rolls it back); the router follows at its next state refresh.
 - A promoted candidate that is cheaper than another promoted one retires the dearer one.
 - canary → promoted is held while the student is too slow at the route's traffic over the
   last `rollout.latency_window_h` (its p99 latency over its canary and shadow answers above
@@ -30,6 +31,7 @@ from typing import Any
 
 from contracts.policy import Route
 from contracts.states import CandidateState, as_state, may_move
+from distiller.audits import decide, set_threshold
 from distiller.events import record_event
 from distiller.evidence import entered, shadow_evidence, verdict
 from store import Store
@@ -245,48 +247,52 @@ def advance(store: Store, route: Route, prices: dict[str, Any] | None = None) ->
             if change:
                 changes.append(change)
         elif st.state in ("canary", "promoted"):
-            since = entered(store, route.name, cand.name, st.version)
-            audits = recent_audits(store, route.name, cand.name, route.audit.window, since)
-            if not audits:
-                continue
-            mean = sum(audits) / len(audits)
-            enough = len(audits) >= min(route.audit.window, route.rollout.canary_min_examples)
-            if enough and mean < route.audit.min_agreement:
-                why = (
-                    f"audit agreement {mean:.3f} over the last {len(audits)} audits < "
-                    f"{route.audit.min_agreement}"
-                )
-                transition(
-                    store,
-                    route.name,
-                    cand.name,
-                    "rolled_back",
-                    why,
-                    {"audits": len(audits), "agreement": mean},
-                )
-                changes.append(f"{cand.name}: {st.state} → rolled_back: {why}")
-            elif (
-                st.state == "canary"
-                and len(audits) >= route.rollout.canary_min_examples
-                and mean >= route.audit.min_agreement
-            ):
-                held = latency_hold(store, route, cand.name)
-                if held is not None:
-                    _hold(store, route.name, cand.name, held[0], held[1])
-                    changes.append(f"{cand.name}: canary, promotion held: {held[0]}")
-                    continue
-                why = f"audit agreement {mean:.3f} over {len(audits)} canary audits"
-                transition(
-                    store,
-                    route.name,
-                    cand.name,
-                    "promoted",
-                    why,
-                    {"audits": len(audits), "agreement": mean},
-                )
-                changes.append(f"{cand.name}: canary → promoted: {why}")
+            change = _advance_audited(store, route, cand.name, st)
+            if change:
+                changes.append(change)
     changes += _retire_dearer(store, route, prices or {})
     return changes
+
+
+def _advance_audited(store: Store, route: Route, candidate: str, st: State) -> str:
+    """A canary or promoted candidate, as its audits decide (`distiller/audits.py`)."""
+    call = decide(store, route, candidate, st.state, st.version, st.min_confidence)
+    if call is None or call.action == "keep":
+        return ""
+    if call.action == "wait":
+        _note_once(
+            store,
+            route.name,
+            candidate,
+            "stage_waiting",
+            st.version,
+            f"canary waits for evidence: {call.why}",
+            call.evidence,
+        )
+        return f"{candidate}: canary, waiting: {call.why}"
+    if call.action == "recalibrate":
+        assert call.threshold is not None
+        set_threshold(
+            store,
+            route.name,
+            candidate,
+            st.state,
+            st.version,
+            st.dataset_id,
+            call.threshold,
+            call.why,
+            call.evidence,
+        )
+        return f"{candidate}: {st.state}, recalibrated: {call.why}"
+    if call.action == "roll_back":
+        transition(store, route.name, candidate, "rolled_back", call.why, call.evidence)
+        return f"{candidate}: {st.state} → rolled_back: {call.why}"
+    held = latency_hold(store, route, candidate)
+    if held is not None:
+        _hold(store, route.name, candidate, held[0], {**held[1], "audits": call.evidence})
+        return f"{candidate}: canary, promotion held: {held[0]}"
+    transition(store, route.name, candidate, "promoted", call.why, call.evidence)
+    return f"{candidate}: canary → promoted: {call.why}"
 
 
 def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> str:

@@ -162,6 +162,13 @@ def test_policy_check_says_what_each_stage_needs_and_which_cannot_pass() -> None
         }
     )
     shadow, canary = rollout_notes(route)
+    assert rollout_notes(
+        route.model_copy(
+            update={"rollout": route.rollout.model_copy(update={"canary_min_examples": 10})}
+        )
+    )[1] == (
+        "canary needs ≥ 125 audits for a lower bound ≥ the audit target 0.97 (a perfect record)"
+    )
     assert shadow.startswith("shadow needs ≥ 125 answers kept (min_coverage 0.5)")
     assert "about 2500 requests at shadow_share 0.1" in shadow
     assert canary == (

@@ -53,7 +53,7 @@ def test_rollback_when_audits_drop(gateway: RunningGateway) -> None:
             "name": "distill-rollback",
             "teacher": "teacher",
             "candidates": [{"name": "c1", "model": "student-ok"}],
-            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 20},
+            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 50},
             "rollout": {"canary_min_examples": 10},
         }
     )
@@ -62,7 +62,7 @@ def test_rollback_when_audits_drop(gateway: RunningGateway) -> None:
     def audits(scores: list[float]) -> None:
         insert_audits(store, route.name, "c1", scores)
 
-    audits([1.0] * 12)
+    audits([1.0] * 40)
     assert advance(store, route)[0].startswith("c1: canary → promoted")
     time.sleep(0.01)  # the rollback reads the latest audits by time: later than the first
     audits([0.0] * 10)
@@ -88,7 +88,7 @@ def test_promotion_waits_for_a_student_as_fast_as_the_teacher(gateway: RunningGa
                 {"name": "slow", "model": "student-ok"},
                 {"name": "fast", "model": "student-dear"},
             ],
-            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 20},
+            "audit": {"share": 0.1, "min_agreement": 0.9, "window": 50},
             "rollout": {"canary_min_examples": 10},
         }
     )
@@ -103,7 +103,7 @@ def test_promotion_waits_for_a_student_as_fast_as_the_teacher(gateway: RunningGa
             [uuid.uuid4(), now, now, route.name, "student", cand, "request", "ok", latency]
             for _ in range(30)
         ]
-        insert_audits(store, route.name, cand, [1.0] * 12)
+        insert_audits(store, route.name, cand, [1.0] * 40)
     store.insert_rows(
         "requests",
         rows,
@@ -323,12 +323,12 @@ def test_the_latency_condition_is_a_policy_setting_on_a_recent_window(
                 "name": name,
                 "teacher": "teacher",
                 "candidates": [{"name": "c", "model": "student-ok"}],
-                "audit": {"window": 20},
+                "audit": {"window": 50},
                 "rollout": {"canary_min_examples": 10, **rollout},
             }
         )
         transition(store, name, "c", "canary", "test", {})
-        insert_audits(store, name, "c", [1.0] * 12)
+        insert_audits(store, name, "c", [1.0] * 40)
         return advance(store, route)
 
     latencies("distill-ratio-default", "c", 1200)
@@ -346,3 +346,87 @@ def test_the_latency_condition_is_a_policy_setting_on_a_recent_window(
     latencies("distill-aged-out", "c", 5000, ago_h=2)  # early slow answers, out of the window
     latencies("distill-aged-out", "c", 300)
     assert outcome("distill-aged-out")[0].startswith("c: canary → promoted")
+
+
+def _served_and_audited(store, route: str, cand: str, answers: list[tuple[bool, float]]) -> None:
+    """Answers the candidate served (with their confidence), each audited: (agrees, conf)."""
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4() for _ in answers]
+    store.insert_rows(
+        "requests",
+        [
+            [rid, now, now, route, "student", cand, "request", "ok", conf]
+            for rid, (_, conf) in zip(ids, answers, strict=True)
+        ],
+        [
+            "request_id",
+            "started_at",
+            "finished_at",
+            "route",
+            "served_by",
+            "candidate",
+            "kind",
+            "status",
+            "confidence",
+        ],
+    )
+    store.insert_rows(
+        "audits",
+        [
+            [rid, uuid.uuid4(), now, route, cand, "exact_match", 1.0 if ok else 0.0, "a", "b"]
+            for rid, (ok, _) in zip(ids, answers, strict=True)
+        ],
+        [
+            "request_id",
+            "audit_request_id",
+            "at",
+            "route",
+            "candidate",
+            "metric",
+            "agreement",
+            "student_answer",
+            "teacher_answer",
+        ],
+    )
+
+
+def test_audits_below_the_target_raise_a_selective_threshold_before_any_rollback(
+    gateway: RunningGateway,
+) -> None:
+    """Served answers agree 67% against a 0.9 target: the threshold rises to where the
+    audited answers agree (0.9), keeping ~2/3 of traffic; with min_coverage 0.8 that is
+    too little, and the candidate is rolled back instead."""
+    store = gateway.state.store
+    for name, min_coverage, outcome in (
+        ("distill-recalibrate", 0.5, "recalibrated"),
+        ("distill-too-little-left", 0.8, "rolled_back"),
+    ):
+        route = Route.model_validate(
+            {
+                "name": name,
+                "teacher": "teacher",
+                "candidates": [{"name": "c", "model": "student-ok", "kind": "classifier"}],
+                "gate": {"threshold": 0.9, "min_coverage": min_coverage},
+                "audit": {"window": 200},
+                "rollout": {"canary_min_examples": 30},
+            }
+        )
+        transition(store, name, "c", "promoted", "test", {}, "run-1", "d", 0.5)
+        _served_and_audited(store, name, "c", [(True, 0.95)] * 60 + [(False, 0.6)] * 30)
+        changes = advance(store, route)
+        assert len(changes) == 1 and outcome in changes[0], changes
+        st = current(store, name, "c")
+        if outcome == "recalibrated":
+            assert "threshold raised to 0.950" in changes[0]
+            assert st.state == "promoted" and st.min_confidence == 0.95
+            assert advance(store, route) == [], "the kept answers now meet the target"
+            event = store.query_dicts(
+                "SELECT from_state, to_state, evidence FROM events WHERE route = {r:String} "
+                "AND kind = 'recalibrated'",
+                {"r": name},
+            )
+            assert len(event) == 1 and event[0]["to_state"] == "promoted"
+            assert json.loads(event[0]["evidence"])["new_min_confidence"] == 0.95
+        else:
+            assert "would serve 67% < min_coverage 80%" in changes[0]
+            assert st.state == "rolled_back"

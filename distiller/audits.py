@@ -1,0 +1,206 @@
+"""What a canary or promoted candidate's audits decide: promote, wait, recalibrate, or roll
+back.
+
+The audits are of this run's served answers only (`evidence.entered`), the last
+`audit.window` of them whose answer the candidate would still serve at its current
+confidence threshold. Their agreement is held to the route's audit target
+(`audit.min_agreement`, by default the gate's `threshold`: the figure the gate certified):
+
+- canary → promoted once at least `canary_min_examples` audits put the Wilson lower bound
+  at or above the target (and latency does not hold it; `promotion.latency_hold`); until
+  then the stage waits, noting once how many audits it needs;
+- when the upper bound falls below the target (the audits show the served answers agree
+  less than promised), a selective candidate is first recalibrated: its threshold rises to
+  the lowest audited confidence at which the lower bound over the answers above it reaches
+  the target, provided that still serves `gate.min_coverage` of the traffic; only when no
+  threshold does is it rolled back, as a candidate without a gate-fitted threshold is.
+
+Invariant: every decision is a `candidate_states` row and an `events` row with its
+evidence; a recalibration keeps the state and run and changes only `min_confidence`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.policy import Route
+from distiller.evaluation import AGREE_AT, wilson_bounds
+from distiller.events import record_event
+from distiller.evidence import entered, judge
+from store import Store
+
+_AUDITS = """
+SELECT a.agreement AS agreement, r.confidence AS confidence
+FROM audits AS a
+LEFT JOIN (
+    SELECT request_id, confidence FROM requests
+    WHERE route = {r:String} AND kind = 'request' AND started_at >= {since:DateTime64(3)}
+) AS r ON r.request_id = a.request_id
+WHERE a.route = {r:String} AND a.candidate = {c:String} AND a.at >= {since:DateTime64(3)}
+ORDER BY a.at DESC
+LIMIT {n:UInt32}
+"""
+
+# The candidate's share of the requests it was offered: served, or escalated as unsure.
+_SERVED_SHARE = """
+SELECT countIf(kind = 'request' AND served_by = 'student') AS served,
+       countIf(kind = 'escalated') AS escalated
+FROM requests
+WHERE route = {r:String} AND candidate = {c:String} AND started_at >= {since:DateTime64(3)}
+"""
+
+
+@dataclass(frozen=True)
+class Audited:
+    agree: bool
+    confidence: float  # the served answer's (-1: not measured)
+
+
+def audited(
+    store: Store, route: Route, candidate: str, since: datetime, threshold: float | None
+) -> list[Audited]:
+    """This run's last `audit.window` audits of answers it would still serve."""
+    naive = since.astimezone(UTC).replace(tzinfo=None)
+    rows = store.query_dicts(
+        _AUDITS, {"r": route.name, "c": candidate, "since": naive, "n": route.audit.window}
+    )
+    out = [Audited(float(r["agreement"]) >= AGREE_AT, float(r["confidence"])) for r in rows]
+    if threshold is None:
+        return out
+    return [a for a in out if a.confidence >= threshold]
+
+
+def served_share(store: Store, route: str, candidate: str, since: datetime) -> float:
+    row = store.query_dicts(
+        _SERVED_SHARE,
+        {"r": route, "c": candidate, "since": since.astimezone(UTC).replace(tzinfo=None)},
+    )[0]
+    served, escalated = int(row["served"]), int(row["escalated"])
+    return served / (served + escalated) if served + escalated else 1.0
+
+
+def recalibrated(
+    audits: list[Audited], target: float, confidence: float
+) -> tuple[float, int, int] | None:
+    """The lowest confidence threshold at which the audited answers above it have a lower
+    bound ≥ target, with (agreeing, kept) there; None when no threshold reaches it."""
+    for t in sorted({a.confidence for a in audits}):
+        kept = [a for a in audits if a.confidence >= t]
+        agree = sum(a.agree for a in kept)
+        if wilson_bounds(agree, len(kept), confidence)[0] >= target:
+            return t, agree, len(kept)
+    return None
+
+
+def set_threshold(
+    store: Store,
+    route: str,
+    candidate: str,
+    state: str,
+    version: str,
+    dataset_id: str,
+    threshold: float,
+    why: str,
+    evidence: dict[str, Any],
+) -> None:
+    from distiller.promotion import STATE_COLUMNS
+
+    now = datetime.now(UTC)
+    store.insert_rows(
+        "candidate_states",
+        [[route, candidate, version, state, now, why, dataset_id, threshold]],
+        STATE_COLUMNS,
+    )
+    record_event(store, route, candidate, "recalibrated", why, evidence, state, state, now)
+
+
+@dataclass(frozen=True)
+class AuditCall:
+    """What the audits decided: `promote`, `wait`, `recalibrate` (to `threshold`),
+    `roll_back` or `keep`, with why and the evidence."""
+
+    action: str
+    why: str
+    evidence: dict[str, Any]
+    threshold: float | None = None
+
+
+def decide(
+    store: Store,
+    route: Route,
+    candidate: str,
+    state: str,
+    version: str,
+    gate_threshold: float | None,
+) -> AuditCall | None:
+    """The audits' verdict on a canary or promoted candidate; None with no audits yet.
+    `gate_threshold`: the confidence its selective gate fitted (movable); a hand-set
+    `escalation.min_confidence` is the route's and is never moved."""
+    fixed = route.escalation.min_confidence
+    threshold = fixed if fixed is not None else gate_threshold
+    since = entered(store, route.name, candidate, version)
+    audits = audited(store, route, candidate, since, threshold)
+    if not audits:
+        return None
+    target, z = route.audit_target(), route.gate.confidence
+    agree = sum(a.agree for a in audits)
+    ev = judge(agree, len(audits), len(audits), target, z)
+    evidence: dict[str, Any] = {
+        **ev.as_dict(),
+        "target": target,
+        "min_confidence": threshold,
+        "agreement": round(agree / len(audits), 4),
+        "audits": len(audits),
+    }
+    record = f"audited agreement {agree}/{len(audits)} (bounds {ev.lower:.3f}–{ev.upper:.3f})"
+    min_n = route.rollout.canary_min_examples
+    if ev.upper < target and len(audits) >= min(route.audit.window, min_n):
+        return _short_of_target(store, route, candidate, since, audits, record, evidence, fixed)
+    if state == "canary":
+        if len(audits) >= min_n and ev.lower >= target:
+            return AuditCall("promote", f"{record} ≥ {target}", evidence)
+        needs = max(min_n, ev.needed) if ev.needed is not None else None
+        wants = f"needs {needs} audits at this agreement" if needs else "cannot reach it"
+        return AuditCall("wait", f"{record}, target {target}: {wants}", evidence)
+    return AuditCall("keep", record, evidence)
+
+
+def _short_of_target(
+    store: Store,
+    route: Route,
+    candidate: str,
+    since: datetime,
+    audits: list[Audited],
+    record: str,
+    evidence: dict[str, Any],
+    fixed: float | None,
+) -> AuditCall:
+    target = route.audit_target()
+    short = f"{record}: upper bound < {target}"
+    selective = route.gate.min_coverage is not None and fixed is None
+    if not selective or any(a.confidence < 0 for a in audits):
+        return AuditCall("roll_back", short, evidence)
+    found = recalibrated(audits, target, route.gate.confidence)
+    if found is None:
+        return AuditCall("roll_back", f"{short}; no confidence threshold reaches it", evidence)
+    threshold, agree, kept = found
+    coverage = served_share(store, route.name, candidate, since) * kept / len(audits)
+    evidence.update(new_min_confidence=threshold, kept=kept, kept_agree=agree)
+    evidence["coverage_after"] = round(coverage, 4)
+    min_coverage = route.gate.min_coverage or 0.0
+    if coverage < min_coverage:
+        return AuditCall(
+            "roll_back",
+            f"{short}; at threshold {threshold:.3f} it would serve {coverage:.0%} "
+            f"< min_coverage {min_coverage:.0%}",
+            evidence,
+        )
+    return AuditCall(
+        "recalibrate",
+        f"{short}; threshold raised to {threshold:.3f} ({agree}/{kept} kept audits agree, "
+        f"about {coverage:.0%} of traffic still served)",
+        evidence,
+        threshold,
+    )
