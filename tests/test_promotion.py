@@ -14,23 +14,18 @@ from tests.support.gateway import RunningGateway
 from tests.support.wait import eventually
 
 
-def insert_audits(store, route: str, candidate: str, scores: list[float]) -> None:
-    """Audit rows as the gateway writes them, with the given agreement scores."""
+def insert_audits(
+    store, route: str, candidate: str, scores: list[float], request_ids: list | None = None
+) -> None:
+    """Audit rows as the gateway writes them, with the given agreement scores (of the
+    given served requests, else of unknown ones)."""
+    ids = request_ids or [uuid.uuid4() for _ in scores]
+    now = datetime.now(UTC)
     store.insert_rows(
         "audits",
         [
-            [
-                uuid.uuid4(),
-                uuid.uuid4(),
-                datetime.now(UTC),
-                route,
-                candidate,
-                "exact_match",
-                s,
-                "a",
-                "b",
-            ]
-            for s in scores
+            [rid, uuid.uuid4(), now, route, candidate, "exact_match", s, "a", "b"]
+            for rid, s in zip(ids, scores, strict=True)
         ],
         [
             "request_id",
@@ -370,24 +365,7 @@ def _served_and_audited(store, route: str, cand: str, answers: list[tuple[bool, 
             "confidence",
         ],
     )
-    store.insert_rows(
-        "audits",
-        [
-            [rid, uuid.uuid4(), now, route, cand, "exact_match", 1.0 if ok else 0.0, "a", "b"]
-            for rid, (ok, _) in zip(ids, answers, strict=True)
-        ],
-        [
-            "request_id",
-            "audit_request_id",
-            "at",
-            "route",
-            "candidate",
-            "metric",
-            "agreement",
-            "student_answer",
-            "teacher_answer",
-        ],
-    )
+    insert_audits(store, route, cand, [1.0 if ok else 0.0 for ok, _ in answers], ids)
 
 
 def test_audits_below_the_target_raise_a_selective_threshold_before_any_rollback(
