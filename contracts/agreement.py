@@ -7,7 +7,9 @@ so both judge with the same function. Each metric returns a score in [0, 1]; a p
 
 from __future__ import annotations
 
+import math
 import re
+from statistics import NormalDist
 from typing import Any
 
 import orjson
@@ -85,3 +87,16 @@ def judge_messages(prompt: str, candidate: str, reference: str) -> list[dict[str
 
 def parse_judgement(text: str) -> float:
     return 1.0 if normalise(text).startswith("yes") else 0.0
+
+
+def wilson_bounds(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """(lower, upper) of the Wilson score interval for a binomial proportion; (0, 1) with
+    no evidence. The gate, the rollout and the quality views all bound agreement with it."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return (centre - margin) / denom, (centre + margin) / denom

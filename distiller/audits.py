@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from contracts.agreement import wilson_bounds
 from contracts.policy import Route
-from distiller.evaluation import AGREE_AT, wilson_bounds
+from distiller.evaluation import AGREE_AT
 from distiller.events import record_event
 from distiller.evidence import entered, judge
 from store import Store

@@ -13,7 +13,6 @@ Invariant: every report names the frozen eval set it used, and its per-example r
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from contracts.agreement import agreement, judge_messages, parse_judgement
+from contracts.agreement import agreement, judge_messages, parse_judgement, wilson_bounds
 from contracts.model_config import ModelConfig
 from distiller.examples import Example
 from distiller.progress import RunProgress
@@ -32,21 +31,6 @@ if TYPE_CHECKING:  # scoring needs no database: it runs where none is installed 
     from store import Store
 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
-
-
-def wilson_bounds(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """(lower, upper) of the Wilson score interval for a binomial proportion; (0, 1) with
-    no evidence."""
-    if n <= 0:
-        return 0.0, 1.0
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
-    return (centre - margin) / denom, (centre + margin) / denom
 
 
 def wilson_lower(successes: int, n: int, confidence: float = 0.95) -> float:

@@ -20,10 +20,10 @@ from typing import Literal
 
 import orjson
 
-from contracts.agreement import agreement
+from contracts.agreement import agreement, wilson_bounds
 from contracts.openai_shapes import answer_text
 from contracts.policy import Route
-from distiller.evaluation import AGREE_AT, wilson_bounds
+from distiller.evaluation import AGREE_AT
 from store import Store
 
 Verdict = Literal["pass", "fail", "wait"]

@@ -141,6 +141,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         "state",
         "audits",
         "audit agreement",
+        "certified",
         "eval agreement",
         "eval coverage",
         "escalates below",
@@ -154,12 +155,19 @@ def render(report: dict[str, Any], console: Console) -> None:
             q["state"],
             str(q["audits"]),
             _pct(q["audit_agreement_pct"]),
+            _pct(q.get("certified_pct")),
             _pct(q["eval_agreement_pct"]),
             _pct(q.get("eval_coverage_pct")),
             "–" if q.get("escalate_below") is None else f"{q['escalate_below']:.3f}",
             usd(q["route_savings_usd"]),
         )
     console.print(quality)
+    for q in report["quality"]:
+        if q.get("below_certified"):
+            console.print(
+                f"[bold red]below its certified figure[/]: {q['route']}/{q['candidate']}: "
+                f"{q['below_certified']}"
+            )
 
 
 def cmd_report(args: argparse.Namespace) -> int:

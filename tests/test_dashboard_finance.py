@@ -251,3 +251,107 @@ def test_month_projection_at_the_current_rate(gateway: RunningGateway) -> None:
     assert p["projected_baseline_usd"] == (
         Decimal("0.14") + Decimal("0.07") / 168 * hours_left
     ).quantize(Decimal("0.000001"))
+
+
+def test_a_candidate_audited_below_its_certified_figure_is_flagged(
+    gateway: RunningGateway,
+) -> None:
+    """Evaluated: 97 of 100 kept answers agree at its threshold 0.6 (the 40 below it do
+    not count); audited: 140 of 160 served answers (87.5%): flagged, with the figures."""
+    from gateway.dashboard.quality import quality_by_candidate
+
+    store = gateway.state.store
+    now = datetime.now(UTC)
+    store.insert_rows(
+        "eval_reports",
+        [
+            [
+                "run-q",
+                "quality-route",
+                "q",
+                "eval-q",
+                "exact_match",
+                140,
+                0.7,
+                0.6,
+                0.9,
+                True,
+                "[]",
+                now,
+                0.6,
+                0.71,
+                0.5,
+            ]
+        ],
+        [
+            "run_id",
+            "route",
+            "candidate",
+            "eval_set_id",
+            "metric",
+            "examples",
+            "agreement",
+            "wilson_lower",
+            "threshold",
+            "passed",
+            "coverage_curve",
+            "created_at",
+            "min_confidence",
+            "coverage",
+            "min_coverage",
+        ],
+    )
+    results = [(i < 97, 0.9) for i in range(100)] + [(False, 0.3)] * 40
+    store.insert_rows(
+        "eval_results",
+        [
+            ["run-q", "eval-q", uuid.uuid4(), "exact_match", float(ok), ok, conf, "s", "t"]
+            for ok, conf in results
+        ],
+        [
+            "run_id",
+            "eval_set_id",
+            "request_id",
+            "metric",
+            "score",
+            "agree",
+            "confidence",
+            "student_answer",
+            "teacher_answer",
+        ],
+    )
+    store.insert_rows(
+        "audits",
+        [
+            [
+                uuid.uuid4(),
+                uuid.uuid4(),
+                now,
+                "quality-route",
+                "q",
+                "exact_match",
+                1.0 if i < 140 else 0.0,
+                "a",
+                "b",
+            ]
+            for i in range(160)
+        ],
+        [
+            "request_id",
+            "audit_request_id",
+            "at",
+            "route",
+            "candidate",
+            "metric",
+            "agreement",
+            "student_answer",
+            "teacher_answer",
+        ],
+    )
+    window = Filters(start=now - timedelta(days=1), end=now + timedelta(days=1))
+    rows = quality_by_candidate(store, window, [])
+    found = next(r for r in rows if (r["route"], r["candidate"]) == ("quality-route", "q"))
+    assert found["certified_pct"] == Decimal("97.0")
+    assert found["audit_agreement_pct"] == Decimal("87.5")
+    assert found["below_certified"].startswith("audited 87.5% over 160 audits (upper bound")
+    assert found["below_certified"].endswith("< certified 97.0%")

@@ -1,5 +1,7 @@
 """Quality next to savings: per route and candidate, the sampled teacher audits in the date
 range, the latest offline evaluation, the candidate's state, and the route's savings.
+`below_certified` flags a candidate whose audits show users get less than its evaluation
+certified: the upper 95% bound of audited agreement under the evaluated agreement.
 
 Audits and evaluations belong to a route and a candidate, not to an app: the app and team
 filters narrow the route's savings but not its quality figures (the page says so).
@@ -10,6 +12,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from contracts.agreement import wilson_bounds
 from gateway.dashboard.filters import Filters
 from store import Store
 
@@ -28,6 +31,21 @@ SELECT route, candidate, argMax(agreement, created_at) AS agreement,
        argMax(eval_set_id, created_at) AS eval_set_id, argMax(metric, created_at) AS metric,
        argMax(coverage, created_at) AS coverage
 FROM eval_reports GROUP BY route, candidate
+"""
+
+# What the latest evaluation certified of the answers users get: a selective candidate's
+# agreement on the eval answers it keeps at its chosen threshold, else the whole set's.
+_CERTIFIED = """
+SELECT e.route AS route, e.candidate AS candidate,
+       avgIf(toFloat64(r.agree), r.confidence >= ifNull(e.min_confidence, -2.0)) AS certified
+FROM (
+    SELECT route, candidate, argMax(run_id, created_at) AS run_id,
+           argMax(eval_set_id, created_at) AS eval_set_id,
+           argMax(min_confidence, created_at) AS min_confidence
+    FROM eval_reports GROUP BY route, candidate
+) AS e
+INNER JOIN eval_results AS r ON r.run_id = e.run_id AND r.eval_set_id = e.eval_set_id
+GROUP BY e.route, e.candidate
 """
 
 _STATES = """
@@ -66,6 +84,8 @@ def quality_by_candidate(
                 "eval_set_id": "",
                 "eval_coverage_pct": None,
                 "escalate_below": None,
+                "certified_pct": None,
+                "below_certified": "",
             },
         )
 
@@ -83,12 +103,22 @@ def quality_by_candidate(
             eval_set_id=r["eval_set_id"],
             eval_coverage_pct=_pct(float(r["coverage"])),
         )
+    for r in store.query_dicts(_CERTIFIED, {}):
+        row(r["route"], r["candidate"])["certified_pct"] = _pct(float(r["certified"]))
     for r in store.query_dicts(_AUDITS, params):
         n = int(r["audits"])
-        row(r["route"], r["candidate"]).update(
+        found = row(r["route"], r["candidate"])
+        found.update(
             audits=n,
             audit_agreement_pct=_pct(float(r["agreement_sum"]) / n) if n else None,
         )
+        certified = found.get("certified_pct")
+        upper = wilson_bounds(int(r["agreed"]), n)[1]
+        if n and certified is not None and Decimal(str(upper * 100)) < certified:
+            found["below_certified"] = (
+                f"audited {found['audit_agreement_pct']}% over {n} audits (upper bound "
+                f"{upper * 100:.1f}%) < certified {certified}%"
+            )
     savings = {r["route"]: r for r in by_route}
     out = []
     for (route, _), r in sorted(keyed.items()):
