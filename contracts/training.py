@@ -60,6 +60,15 @@ class Training(Strict):
     max_labels: int = Field(
         default=500, ge=2, description="classifier: most distinct answers that count as labels"
     )
+    scope_quantile: float | None = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="classifier: a second gate in the student's feature space: a request "
+        "farther (cosine distance to the nearest training example) than this quantile of "
+        "the held-out in-scope distances gets confidence 0, so the router escalates it "
+        "(about 1 - quantile of in-scope traffic; null: off)",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(),
         description="what one training job of this route asks a ray or kubernetes backend for",

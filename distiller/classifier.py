@@ -6,7 +6,10 @@ fitted on them (seconds on CPU, and the best start where data is scarce); on CUD
 `training.finetune_encoder: true`) the backbone and the head, warm-started from that
 solution, are then fine-tuned end to end with early stopping on the calibration split and
 a time budget. Last, a temperature is fitted on the calibration split (held out of
-training, chosen by a stable hash) so probabilities mean what they say.
+training, chosen by a stable hash) so probabilities mean what they say, and the scope gate
+(`students.classifier.Scope`: the cosine distance to the nearest training example's
+features) gets the threshold that `training.scope_quantile` of the calibration split stays
+within.
 
 Invariant: the run leaves `<out_dir>/merged` loadable by `students.classifier.Classifier`
 and by the student server, and `training_log.json`, or raises `NotAClosedSet`.
@@ -28,7 +31,7 @@ from contracts.training import Training
 from distiller.examples import Example
 from distiller.progress import RunProgress
 from distiller.training import TrainResult
-from students.classifier import Encoder, input_text, save
+from students.classifier import Encoder, Scope, input_text, save
 from students.loading import use_threads_by_load
 
 log = logging.getLogger("flywheel.classifier")
@@ -211,8 +214,14 @@ def train_classifier(
         steps = _finetune(
             encoder, weight, bias, (fit_texts, fit_y), (cal_texts, cal_y), cfg, losses, progress
         )
-    cal_logits = encoder.embed(cal_texts) @ weight.T + bias if cal else torch.zeros(0, len(labels))
+    cal_features = encoder.embed(cal_texts) if cal else torch.zeros(0, encoder.dim)
+    cal_logits = cal_features @ weight.T + bias
     temperature = fit_temperature(cal_logits, cal_y)
+    scope = None
+    if cfg.scope_quantile is not None and len(cal) >= 20:
+        if finetune:  # the tuned backbone's own feature space
+            features = encoder.embed(fit_texts)
+        scope = Scope.fit(features, cal_features, cfg.scope_quantile)
     seconds = time.perf_counter() - t0
     merged = out_dir / "merged"
     if finetune:
@@ -230,6 +239,7 @@ def train_classifier(
         bias,
         encoder.max_length,
         {"base": str(base), "finetuned": finetune},
+        scope,
     )
     epochs_done = (cfg.epochs or 3) if finetune else 1
     tokens = int(
@@ -256,6 +266,7 @@ def train_classifier(
                 "base": str(base),
                 "labels": len(labels),
                 "temperature": temperature,
+                "scope_threshold": None if scope is None else scope.threshold,
                 "fit": len(fit),
                 "calibration": len(cal),
                 "finetuned": finetune,

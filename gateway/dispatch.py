@@ -222,6 +222,9 @@ async def _confident_student(
     confidence = confidence_of(answer)
     rec.confidence = -1.0 if confidence is None else confidence
     reason = confidence_reason(confidence, threshold)
+    if reason is not None and isinstance(answer, dict) and answer.get("out_of_scope") is True:
+        # The student's own scope gate: the prompt is unlike anything it learned.
+        reason = "escalated: out of the student's scope"
     if reason is not None:
         # Keep what the student said: the review queue shows its least sure answers.
         child = _child(rec, "escalated", target, reason)

@@ -156,9 +156,10 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
         return max(1, len(text) // 4)
 
     out = []
-    for job, (label, prob) in zip(
-        jobs, student.model.predict([input_text(j.messages) for j in jobs]), strict=True
+    for job, (label, prob, distance) in zip(
+        jobs, student.model.predict_scoped([input_text(j.messages) for j in jobs]), strict=True
     ):
+        scope = student.model.scope
         out.append(
             {
                 "text": label,
@@ -166,6 +167,10 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 "tokens": [label],
                 "logprobs": [math.log(max(prob, 1e-12))],
                 "confidence": prob,
+                # Beyond the scope gate: confidence 0, and the answer says why.
+                "out_of_scope": bool(
+                    scope is not None and distance is not None and distance > scope.threshold
+                ),
                 "prompt_tokens": sum(
                     approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
                 ),

@@ -126,6 +126,7 @@ def _completion(
         "model": name,
         "choices": [choice],
         "confidence": res["confidence"],
+        **({"out_of_scope": True} if res.get("out_of_scope") else {}),
         "system_fingerprint": res["model_version"],
         "usage": {
             "prompt_tokens": res["prompt_tokens"],

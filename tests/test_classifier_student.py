@@ -94,6 +94,29 @@ def test_classifier_passes_a_selective_gate_and_its_threshold_holds(trained) -> 
     assert len(kept) / check.n >= 0.5 - 0.1
 
 
+def test_the_scope_gate_escalates_intents_it_never_learned(trained) -> None:
+    """Banking77 queries of the 65 intents outside the trained 12 are mostly out of scope
+    (confidence 0: escalated at any threshold); the fresh in-scope slice mostly is not."""
+    from students.classifier import Classifier, input_text
+
+    merged, _, (train, _evals, fresh) = trained
+    student = Classifier.load(merged)
+    assert student.scope is not None and student.scope.threshold > 0
+    learned = {ex.answer for ex in train}
+    others = [
+        r["text"]
+        for r in csv.DictReader((DATA / "test.csv").open())
+        if r["category"] not in learned
+    ]
+    random.Random(3).shuffle(others)
+    outside = student.predict_scoped(others[:300])
+    inside = student.predict_scoped([input_text(ex.prompt) for ex in fresh])
+    flagged_out = sum(conf == 0.0 for _, conf, _ in outside) / len(outside)
+    flagged_in = sum(conf == 0.0 for _, conf, _ in inside) / len(inside)
+    assert flagged_out >= 0.6, flagged_out  # 0.76 measured (kNN, quantile 0.95)
+    assert flagged_in <= 0.1, flagged_in  # 0.05 measured
+
+
 def test_classifier_serves_through_the_gateway_with_confidence(
     trained, gateway: RunningGateway, hot_policy: Path
 ) -> None:
@@ -133,7 +156,9 @@ def test_classifier_serves_through_the_gateway_with_confidence(
                 assert row["confidence"] >= threshold
                 served.append(resp.choices[0].message.content == ex.answer)
             else:
-                assert row["route_reason"].startswith("escalated: confidence ")
+                assert row["route_reason"].startswith(
+                    ("escalated: confidence ", "escalated: out of the student's scope")
+                ), row["route_reason"]
         assert len(served) >= 10 and sum(served) / len(served) >= 0.85
         # Prompts unlike any intent mostly go to the teacher.
         outside = [
