@@ -292,7 +292,7 @@ class Router:
                 *teacher_fallbacks,
             )
             share = route.audit.share
-            if reason.startswith("canary") and route.audit.canary_share is not None:
+            if reason.startswith("canary"):
                 share = route.audit.canary_share
             audit = draw() < share
         shadow = None

@@ -395,7 +395,7 @@ def test_shares_are_within_statistical_bounds(tmp_path: Path) -> None:
     assert all(d.shadow.model_name == "tiny" for d in decisions if d.shadow)
     assert _within(shadows, n, 0.25)
     audits = sum(1 for d in students if d.audit)
-    assert _within(audits, len(students), 0.2)
+    assert _within(audits, len(students), 0.5), "canary answers: audit.canary_share (0.5)"
     assert not any(d.audit for d in decisions if d.primary.served_by == "teacher")
 
 
