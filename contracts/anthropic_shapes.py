@@ -109,6 +109,17 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         raise _bad("messages", "Invalid value for 'messages': expected a non-empty list.")
     for i, turn in enumerate(turns):
         role = turn.get("role") if isinstance(turn, dict) else None
+        if role == "system":
+            # System turns inside `messages` (Claude Code sends them): a chat system message
+            # at the same place.
+            content = turn.get("content")
+            if not isinstance(content, str | list):
+                raise _bad(
+                    f"messages.{i}.content",
+                    f"Invalid value for 'messages.{i}.content': expected text.",
+                )
+            messages.append({"role": "system", "content": _text(content)})
+            continue
         if role not in ("user", "assistant"):
             raise _bad(f"messages.{i}.role", f"Invalid value for 'messages.{i}.role': {role!r}.")
         messages += _turn(role, turn.get("content"), f"messages.{i}.content")

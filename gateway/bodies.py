@@ -37,6 +37,15 @@ class ChatRequest(_Open):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
+    # Sampling parameters are checked at the edge, as OpenAI checks them: a wrong type is a
+    # 400 naming the field here, not an upstream's error (or worse, its silence) later.
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
     # Output checks read it before the answer is sent: it must be an object.
     response_format: dict[str, Any] | None = None
     metadata: dict[str, StrictStr] | None = None

@@ -45,6 +45,8 @@ class RequestContext:
     semantic: tuple[str, str] | None = None
     reservation: Reservation | None = None  # cost held on the budgets covering it
     upstream_headers: dict[str, str] = field(default_factory=dict)  # its rate-limit state
+    # The app's own API headers a pass-through forwards (`anthropic-beta`, `anthropic-version`)
+    client_api_headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def begin(cls, state: GatewayState, principal: Principal, endpoint: Endpoint) -> RequestContext:

@@ -128,7 +128,11 @@ async def call(ctx: RequestContext, body: dict[str, Any]) -> bytes:
         if native is not None:
             surface, native_body = native
             raw = await upstreams.call(
-                target.model, surface.native_endpoint, native_body, timeout_s=target.timeout_s
+                target.model,
+                surface.native_endpoint,
+                native_body,
+                timeout_s=target.timeout_s,
+                client_headers=ctx.client_api_headers,
             )
             return surface.took_native(raw)
         return await upstreams.call(
@@ -169,7 +173,11 @@ async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:
         if native is not None:
             surface, native_body = native
             upstream = await upstreams.stream(
-                target.model, surface.native_endpoint, native_body, timeout_s=target.timeout_s
+                target.model,
+                surface.native_endpoint,
+                native_body,
+                timeout_s=target.timeout_s,
+                client_headers=ctx.client_api_headers,
             )
             surface.native_events = []
             return as_chat_stream(upstream, surface.native_events, surface.native_reader())

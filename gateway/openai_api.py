@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from uuid_utils import uuid7
 
 from contracts.errors import ApiError
 from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
@@ -69,6 +70,10 @@ async def messages(request: Request) -> Response:
     return await handle(request, Messages(state.store, state.conversations))
 
 
+# The app's API headers an upstream that speaks the same API gets as they were sent.
+_PASSED_THROUGH = ("anthropic-version", "anthropic-beta")
+
+
 def _header_text(text: str) -> str:
     """A reason as one printable ASCII header line (model and rule names may be anything)."""
     line = " ".join(text.split())
@@ -83,9 +88,14 @@ async def handle(request: Request, surface: Surface) -> Response:
         principal = state.keys.authenticate(request.headers)  # 401: no app to log against
         require_role(principal, *state.config.server.model_api_roles)  # 403: dashboard keys
     except ApiError as e:
-        return surface.respond(e.response(), "")
+        # Not logged (no app to log against), but named, so a support ticket can cite it.
+        request_id = str(uuid7())
+        return surface.respond(e.response({"x-request-id": request_id}), request_id)
     ctx = RequestContext.begin(state, principal, surface.endpoint)
     ctx.record.api = surface.api
+    ctx.client_api_headers = {
+        name: request.headers[name] for name in _PASSED_THROUGH if name in request.headers
+    }
     ctx.surface = surface
     response = await _guarded(ctx, request, surface)
     if ctx.decision is not None:

@@ -167,11 +167,16 @@ class Upstreams:
             return base + ENDPOINT_PATHS[endpoint]
         return (model.api_base or _OPENAI_BASE).rstrip("/") + ENDPOINT_PATHS[endpoint]
 
-    def _headers(self, model: ModelConfig, endpoint: str = "") -> dict[str, str]:
+    def _headers(
+        self, model: ModelConfig, endpoint: str = "", client: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """`client`: the app's own API headers on a pass-through (`anthropic-version`,
+        `anthropic-beta`): the body it sent may need the betas it named."""
         headers = {"Content-Type": "application/json"}
         key = model.api_key()
         if endpoint == "messages":
             headers["anthropic-version"] = _ANTHROPIC_VERSION
+            headers.update(client or {})
             if key:
                 headers["x-api-key"] = key
         elif key:
@@ -191,6 +196,7 @@ class Upstreams:
         body: dict[str, Any],
         timeout_s: float | None = None,
         relay: dict[str, str] | None = None,
+        client_headers: dict[str, str] | None = None,
     ) -> bytes:
         """A whole (non-streamed) answer as the upstream's JSON bytes."""
         timeout = timeout_s or model.timeout_s
@@ -200,7 +206,7 @@ class Upstreams:
             async with self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
-                headers=self._headers(model, endpoint),
+                headers=self._headers(model, endpoint, client_headers),
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 data = await resp.read()
@@ -221,6 +227,7 @@ class Upstreams:
         body: dict[str, Any],
         timeout_s: float | None = None,
         relay: dict[str, str] | None = None,
+        client_headers: dict[str, str] | None = None,
     ) -> UpstreamStream:
         """An open event stream; errors before the first byte raise here."""
         timeout = timeout_s or model.timeout_s
@@ -230,7 +237,7 @@ class Upstreams:
             resp = await self.session.post(
                 self._url(model, endpoint),
                 data=orjson.dumps(body),
-                headers=self._headers(model, endpoint),
+                headers=self._headers(model, endpoint, client_headers),
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=timeout),
             )
         except TimeoutError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anthropic
+import orjson
 import pytest
 
 from tests.support.clients import ANTHROPIC_TOOLS, anthropic_client, request_id_of
@@ -46,6 +47,17 @@ def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGat
     ) as s:
         streamed = s.get_final_message()
     assert streamed.content[0].type == "tool_use" and streamed.stop_reason == "tool_use"
+    # System turns inside `messages` (as Claude Code sends them) reach a chat upstream as
+    # system messages in place.
+    turns = [
+        {"role": "user", "content": "parcel 7405"},
+        {"role": "system", "content": [{"type": "text", "text": "Be terse."}]},
+        {"role": "user", "content": "parcel 7406"},
+    ]
+    answered = client.messages.create(model="gpt-4o", max_tokens=64, messages=turns)  # type: ignore[arg-type]
+    assert answered.content[0].text == "echo: parcel 7406"  # type: ignore[union-attr]
+    chat = gateway.row(request_id_of(answered.id))
+    assert orjson.loads(chat["messages"])[1] == {"role": "system", "content": "Be terse."}
     with pytest.raises(anthropic.AuthenticationError) as denied:
         anthropic_client(gateway, "sk-wrong").messages.create(
             model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
@@ -92,6 +104,24 @@ def test_anthropic_sdk_against_an_anthropic_upstream(
         assert msg.id == "msg_fake" and msg.content[0].text == "echo: hello claude"  # type: ignore[union-attr]
         sent = upstream.fake.requests[-1]
         assert sent["system"] == system and sent["model"] == "claude-sonnet-4-5"
+        # Claude Code's shape: its betas in a header, system turns inside `messages`; the
+        # upstream gets both as sent.
+        turns = [
+            {"role": "user", "content": "hello again"},
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "still there"},
+        ]
+        betas = "interleaved-thinking-2025-05-14,context-management-2025-06-27"
+        again = client.messages.create(
+            model="claude",
+            max_tokens=64,
+            messages=turns,  # type: ignore[arg-type]
+            extra_headers={"anthropic-beta": betas},
+        )
+        assert again.content[0].text == "echo: still there"  # type: ignore[union-attr]
+        assert upstream.fake.requests[-1]["messages"] == turns
+        assert upstream.fake.anthropic_headers["anthropic-beta"] == betas
+        assert upstream.fake.anthropic_headers["x-api-key"] == "sk-ant-fake"
         with client.messages.stream(
             model="claude", max_tokens=64, messages=[{"role": "user", "content": "stream claude"}]
         ) as s:

@@ -36,7 +36,9 @@ CHAT = '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
     ("key", "code"), [(None, "missing_api_key"), ("sk-wrong", "invalid_api_key")]
 )
 def test_missing_or_unknown_key_is_401(gateway: RunningGateway, key, code) -> None:
-    _assert_error(_post(gateway, "/chat/completions", CHAT, key=key), 401, code)
+    r = _post(gateway, "/chat/completions", CHAT, key=key)
+    _assert_error(r, 401, code)
+    assert r.headers.get("x-request-id"), "every answer carries a request id, errors too"
 
 
 def test_openai_sdk_raises_authentication_error(gateway: RunningGateway) -> None:
@@ -67,6 +69,20 @@ def test_malformed_json_is_400(gateway: RunningGateway) -> None:
             "stream",
         ),
         ('{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "n": 0}', "n"),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], '
+            '"temperature": "hot"}',
+            "temperature",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], '
+            '"max_tokens": "lots"}',
+            "max_tokens",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "top_p": 3}',
+            "top_p",
+        ),
     ],
 )
 def test_wrong_types_are_400_naming_the_field(gateway: RunningGateway, body, param) -> None:

@@ -125,11 +125,13 @@ class ResponsesApi:
 
 class AnthropicApi:
     requests: list[dict[str, Any]]
+    anthropic_headers: dict[str, str]  # the last Messages request's headers
 
     async def _marks(self, body: dict[str, Any]) -> tuple[dict[str, str], web.Response | None]:
         raise NotImplementedError
 
     async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        self.anthropic_headers = {k.lower(): v for k, v in request.headers.items()}
         body = await request.json(loads=orjson.loads)
         _, failure = await self._marks(body)
         if failure is not None:
