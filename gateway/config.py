@@ -68,13 +68,29 @@ class CorsConfig(Strict):
         default_factory=list, description='e.g. ["https://app.example.com"]'
     )
     allow_headers: list[str] = Field(
+        # What the official openai and anthropic JS SDKs send from a browser page.
         default_factory=lambda: [
             "authorization",
             "content-type",
+            "accept",
             "x-api-key",
             "anthropic-version",
+            "anthropic-beta",
+            "anthropic-dangerous-direct-browser-access",
             "openai-organization",
+            "openai-project",
+            "openai-beta",
+            "idempotency-key",
+            "x-stainless-lang",
+            "x-stainless-package-version",
             "x-stainless-os",
+            "x-stainless-arch",
+            "x-stainless-runtime",
+            "x-stainless-runtime-version",
+            "x-stainless-retry-count",
+            "x-stainless-timeout",
+            "x-stainless-helper-method",
+            "x-flywheel-cache",
         ]
     )
     expose_headers: list[str] = Field(

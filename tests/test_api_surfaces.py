@@ -208,6 +208,24 @@ def test_cors_preflight(gateway: RunningGateway) -> None:
         },
     )
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == CORS_ORIGIN
+    # What the official JS SDKs send from a browser (openai's, then anthropic's).
+    for sent in (
+        "authorization, content-type, x-stainless-lang, x-stainless-package-version, "
+        "x-stainless-os, x-stainless-arch, x-stainless-runtime, x-stainless-runtime-version, "
+        "x-stainless-retry-count, x-stainless-timeout",
+        "x-api-key, content-type, anthropic-version, anthropic-beta, "
+        "anthropic-dangerous-direct-browser-access, x-stainless-helper-method, "
+        "x-stainless-retry-count",
+    ):
+        sdk = httpx.options(
+            url,
+            headers={
+                "Origin": CORS_ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": sent,
+            },
+        )
+        assert sdk.status_code == 200, sdk.text
     other = httpx.options(
         url, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
     )
