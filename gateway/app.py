@@ -32,6 +32,7 @@ from gateway.auth import KeyRing
 from gateway.budgets import BudgetBook
 from gateway.cache import ResponseCache
 from gateway.config import GatewayConfig
+from gateway.count_tokens import count_tokens
 from gateway.dashboard import api as dashboard_api
 from gateway.dashboard.pages import dashboard_routes
 from gateway.dashboard.revocations import RedisRevocations, StoreRevocations
@@ -208,6 +209,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
             Route("/v1/responses", openai_api.responses, methods=["POST"]),
             Route("/v1/messages", openai_api.messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
             Route("/v1/models", models_api.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", models_api.retrieve_model, methods=["GET"]),
             Route("/v1/feedback", post_feedback, methods=["POST"]),

@@ -58,6 +58,36 @@ def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGat
     assert answered.content[0].text == "echo: parcel 7406"  # type: ignore[union-attr]
     chat = gateway.row(request_id_of(answered.id))
     assert orjson.loads(chat["messages"])[1] == {"role": "system", "content": "Be terse."}
+    # Claude Code counts before each turn: an estimate, read like a request, never sent.
+    counted = client.messages.count_tokens(
+        model="gpt-4o",
+        system="You are a courier desk.",
+        messages=[{"role": "user", "content": "where is parcel 7407, sent on Monday?"}],
+        tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+    )
+    assert 10 < counted.input_tokens < 200, counted
+    shorter = client.messages.count_tokens(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert shorter.input_tokens < counted.input_tokens
+    with pytest.raises(anthropic.BadRequestError) as wrong:
+        client.messages.count_tokens(
+            model="gpt-4o",
+            messages=[{"role": "wizard", "content": "x"}],  # type: ignore[list-item]
+        )
+    assert wrong.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic_client(gateway, "sk-wrong").messages.count_tokens(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    # Not logged: a request sent after the counts is, and no count is.
+    after = client.messages.create(
+        model="gpt-4o", max_tokens=16, messages=[{"role": "user", "content": "parcel 7408"}]
+    )
+    assert gateway.row(request_id_of(after.id))["api"] == "messages"
+    assert not gateway.rows(
+        "SELECT request_id FROM requests WHERE position(messages, 'parcel 7407') > 0"
+    )
     with pytest.raises(anthropic.AuthenticationError) as denied:
         anthropic_client(gateway, "sk-wrong").messages.create(
             model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "x"}]
