@@ -1,7 +1,8 @@
 """`GET /v1/models` and `GET /v1/models/{id}`: what this key may call.
 
 Invariant: a key sees exactly the model names of routes that may match its app and team
-(a route limited to other apps is not listed), and `retrieve` answers for those only.
+(a route limited to other apps is not listed; a catch-all route lists its teacher and
+backups), and `retrieve` answers exactly for the names a request would be served for.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     state, principal = _caller(request)
     alias = request.path_params["model"]
-    if alias not in _visible(state, principal):
+    if not state.router.answers(alias, principal.app, principal.team):
         raise ApiError(
             404,
             f"The model '{alias}' does not exist or you do not have access to it.",

@@ -160,18 +160,29 @@ class Router:
     def route_named(self, name: str) -> Route | None:
         return self._by_name.get(name)
 
+    def _open_to(self, app: str | None, team: str | None) -> list[Route]:
+        return [
+            r
+            for r in self.policies.routes
+            if (app is None or not r.match.apps or app in r.match.apps)
+            and (team is None or not r.match.teams or team in r.match.teams)
+        ]
+
     def aliases(self, app: str | None = None, team: str | None = None) -> list[str]:
         """Model names routes answer to; with `app`/`team`, only those of routes that
-        may match that caller (routes limited to other apps or teams are left out)."""
-        return sorted(
-            {
-                m
-                for r in self.policies.routes
-                if (app is None or not r.match.apps or app in r.match.apps)
-                and (team is None or not r.match.teams or team in r.match.teams)
-                for m in r.match.models
-            }
-        )
+        may match that caller (routes limited to other apps or teams are left out). A
+        catch-all route (no `match.models`) answers any name: its teacher and backups are
+        listed, as the names a model picker should offer."""
+        names: set[str] = set()
+        for r in self._open_to(app, team):
+            names.update(r.match.models or [r.teacher, *r.fallbacks])
+        return sorted(names)
+
+    def answers(self, model: str, app: str | None = None, team: str | None = None) -> bool:
+        """Whether a request for `model` may be served for this caller: a listed name, or
+        any name where a catch-all route is open to it."""
+        routes = self._open_to(app, team)
+        return any(not r.match.models or model in r.match.models for r in routes)
 
     # --- matching --------------------------------------------------------------------------
 

@@ -217,6 +217,27 @@ def test_policy_check_cli_fails_with_location(tmp_path: Path) -> None:
     assert f"{bad}:4: routes.0.colour" in out.stderr
 
 
+def test_a_catch_all_route_lists_its_teacher_and_answers_any_name(tmp_path: Path) -> None:
+    router = _router(
+        tmp_path,
+        """
+        routes:
+          - name: named
+            match: {models: [x], apps: [shop]}
+            teacher: teacher
+          - name: rest
+            match: {teams: [retail]}
+            teacher: small
+            fallbacks: [backup]
+        """,
+    )
+    assert router.aliases("shop", "retail") == ["backup", "small", "x"]
+    assert router.aliases("intranet", "finance") == []
+    assert router.answers("nope-model", "shop", "retail"), "the catch-all serves it"
+    assert not router.answers("nope-model", "intranet", "finance")
+    assert router.answers("x", "shop", "ops") and not router.answers("y", "shop", "ops")
+
+
 def test_version_is_a_content_hash(tmp_path: Path) -> None:
     text = "routes:\n  - name: a\n    teacher: teacher\n"
     v1 = load_policies([_write(tmp_path, text)], MODELS).version
