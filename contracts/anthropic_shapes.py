@@ -134,6 +134,9 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     for name in ("temperature", "top_p"):
         if name in body:
             chat[name] = body[name]
+    output = body.get("output_config")
+    if isinstance(output, dict) and output.get("format") is not None:
+        chat["response_format"] = _response_format(output["format"])
     if body.get("stop_sequences"):
         chat["stop"] = body["stop_sequences"]
     user = (
@@ -159,6 +162,23 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     return chat
+
+
+def _response_format(fmt: Any) -> dict[str, Any]:
+    """Structured output (`output_config.format`, a JSON schema) as chat's
+    `response_format`."""
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise _bad(
+            "output_config.format",
+            "Only output_config.format of type 'json_schema' can be expressed here.",
+        )
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise _bad("output_config.format.schema", "Expected a JSON schema object.")
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": True},
+    }
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:

@@ -46,10 +46,24 @@ def _upstream_body(body: dict[str, Any], target: Target) -> dict[str, Any]:
     return out
 
 
+def _clamped(body: dict[str, Any], ctx: RequestContext, target: Target) -> dict[str, Any]:
+    """An answer budget over the target model's longest answer is cut to it (a coding agent
+    asks 64,000 of whichever model serves it; an upstream would refuse the request)."""
+    price = ctx.router.prices.get(target.model_name)
+    longest = price.max_output_tokens if price is not None else None
+    if not longest:
+        return body
+    for name in ("max_tokens", "max_completion_tokens"):
+        asked = body.get(name)
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > longest:
+            body[name] = longest
+    return body
+
+
 async def _body_for(ctx: RequestContext, body: dict[str, Any], target: Target) -> dict[str, Any]:
-    """What `target` is sent: the body under its upstream name, with a few-shot candidate's
-    examples put in."""
-    out = _upstream_body(body, target)
+    """What `target` is sent: the body under its upstream name (its answer budget within
+    the model's limit), with a few-shot candidate's examples put in."""
+    out = _clamped(_upstream_body(body, target), ctx, target)
     route = ctx.chosen.route
     if target.candidate and few_shot_candidate(route, target.candidate) is not None:
         run = ctx.router.states.runs.get((route.name, target.candidate), "")

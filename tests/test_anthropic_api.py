@@ -13,7 +13,9 @@ from tests.support.clients import ANTHROPIC_TOOLS, anthropic_client, request_id_
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway
 
 
-def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGateway) -> None:
+def test_anthropic_sdk_against_an_openai_compatible_upstream(
+    gateway: RunningGateway, upstream
+) -> None:
     client = anthropic_client(gateway)
     msg = client.messages.create(
         model="gpt-4o",
@@ -58,6 +60,28 @@ def test_anthropic_sdk_against_an_openai_compatible_upstream(gateway: RunningGat
     assert answered.content[0].text == "echo: parcel 7406"  # type: ignore[union-attr]
     chat = gateway.row(request_id_of(answered.id))
     assert orjson.loads(chat["messages"])[1] == {"role": "system", "content": "Be terse."}
+    # A coding agent's 64,000-token budget is cut to the serving model's longest answer;
+    # structured output (output_config.format) reaches a chat upstream as response_format.
+    schema = {"type": "object", "properties": {"parcel": {"type": "string"}}}
+    with client.messages.stream(  # the SDK streams a budget this large
+        model="gpt-4o",
+        max_tokens=64000,
+        messages=[{"role": "user", "content": "parcel 7409"}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+    ) as s:
+        s.get_final_message()
+    sent = upstream.fake.requests[-1]
+    longest = gateway.state.router.prices["teacher"].max_output_tokens
+    assert longest and sent["max_tokens"] == longest < 64000
+    assert sent["response_format"]["json_schema"]["schema"] == schema
+    with pytest.raises(anthropic.BadRequestError) as unknown_format:
+        client.messages.create(
+            model="gpt-4o",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "parcel 7410"}],
+            extra_body={"output_config": {"format": {"type": "yaml"}}},
+        )
+    assert "output_config.format" in str(unknown_format.value.body)
     # Claude Code counts before each turn: an estimate, read like a request, never sent.
     counted = client.messages.count_tokens(
         model="gpt-4o",
