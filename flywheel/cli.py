@@ -147,6 +147,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="on a failure, the traceback as well as its line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -229,7 +232,22 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args = build_parser().parse_args(argv)
-    code: int = args.fn(args)
+    try:
+        code: int = args.fn(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing left to say to it.
+        sys.stderr.close()
+        return 0
+    except Exception as e:
+        if args.debug:
+            raise
+        from flywheel.cli_errors import describe
+
+        line, code = describe(e)
+        print(f"flywheel {args.command}: {line}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"flywheel {args.command}: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

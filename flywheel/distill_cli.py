@@ -21,34 +21,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 
 def _key(args: argparse.Namespace) -> str:
     return args.key or os.environ.get("FLYWHEEL_KEY", "")
 
 
 def _remote(args: argparse.Namespace) -> int:
-    key = _key(args)
-    if not key:
-        print("--url needs --key (or FLYWHEEL_KEY): an admin key", file=sys.stderr)
-        return 2
+    from flywheel.cli_errors import CliError, gateway_call
+
     base = args.url.rstrip("/")
-    headers = {"authorization": f"Bearer {key}"}
     if args.status:
-        reply = httpx.get(f"{base}/admin/api/runs", headers=headers, timeout=30)
+        body = gateway_call("GET", f"{base}/admin/api/runs", _key(args), timeout=30)
     else:
         if not args.workload:
-            print("--url needs --workload: the route to train", file=sys.stderr)
-            return 2
-        reply = httpx.post(
+            raise CliError("--url needs --workload: the route to train")
+        body = gateway_call(
+            "POST",
             f"{base}/admin/api/distill",
-            json={"route": args.workload, "force": args.force},
-            headers=headers,
+            _key(args),
+            json_body={"route": args.workload, "force": args.force},
             timeout=30,
         )
-    print(json.dumps(reply.json(), indent=2))
-    return 0 if reply.is_success else 1
+    print(json.dumps(body, indent=2))
+    return 0
 
 
 def leases_for(config: Any, store: Any) -> Any:

@@ -11,9 +11,7 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from decimal import Decimal
 from typing import Any
 
@@ -37,17 +35,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fetch(url: str, key: str, params: dict[str, Any]) -> dict[str, Any]:
+    from flywheel.cli_errors import gateway_call
+
     query = urllib.parse.urlencode(params, doseq=True)
-    req = urllib.request.Request(
-        f"{url.rstrip('/')}/admin/api/finance?{query}",
-        headers={"authorization": f"Bearer {key}"},
+    body: dict[str, Any] = gateway_call(
+        "GET", f"{url.rstrip('/')}/admin/api/finance?{query}", key, timeout=60
     )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            body: dict[str, Any] = json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        message = json.loads(e.read() or b"{}").get("error", {}).get("message", e.reason)
-        raise SystemExit(f"the gateway refused: {e.code} {message}") from e
     return body
 
 
@@ -57,14 +50,9 @@ def compute(dsn: str, params: dict[str, Any], few_shot: tuple[str, ...] = ()) ->
     from gateway.dashboard.api import json_response
     from gateway.dashboard.filters import Filters
     from gateway.dashboard.finance import finance_report
-    from store import StoreUnavailable, open_store
+    from store import open_store
 
-    try:
-        store = open_store(dsn)
-    except StoreUnavailable as e:
-        raise SystemExit(
-            f"{e}\n(the embedded store is held by a running gateway: use --url and a key)"
-        ) from e
+    store = open_store(dsn)  # held by a gateway: one line with the fix (flywheel/cli_errors)
     try:
         f = Filters.from_query(QueryParams(params)).model_copy(update={"few_shot_models": few_shot})
         report = finance_report(store, f)
