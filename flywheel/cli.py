@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -83,20 +84,34 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from flywheel.cli_errors import CliError, gateway_call
     from store import open_store
 
-    if bool(args.config) == bool(args.dsn):
-        print("give --config or --dsn", file=sys.stderr)
-        return 2
-    store = open_store(args.dsn or _load(args.config).clickhouse_dsn)
-    try:
-        result = store.query_dicts(args.sql)
-    finally:
-        store.close()
-    table = Table(*(result[0].keys() if result else ["(no rows)"]))
-    for row in result:
-        table.add_row(*(str(v) for v in row.values()))
+    if sum(map(bool, (args.config, args.dsn, args.url))) != 1:
+        raise CliError("give one of --config, --dsn or --url (a running gateway, with --key)")
+    if args.url:
+        # The live store, read through the gateway that holds it (read-only, bounded).
+        body = gateway_call(
+            "POST",
+            f"{args.url.rstrip('/')}/admin/api/query",
+            args.key or os.environ.get("FLYWHEEL_KEY", ""),
+            json_body={"sql": args.sql, "limit": args.limit},
+        )
+        columns, rows, cut = body["columns"], body["rows"], body["truncated"]
+    else:
+        store = open_store(args.dsn or _load(args.config).clickhouse_dsn)
+        try:
+            found = store.query_table(args.sql)
+        finally:
+            store.close()
+        columns, rows = found[0], [list(r) for r in found[1][: args.limit]]
+        cut = len(found[1]) > args.limit
+    table = Table(*(columns or ["(no rows)"]))
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
     Console().print(table)
+    if cut:
+        print(f"(the first {args.limit} rows; --limit shows more)", file=sys.stderr)
     return 0
 
 
@@ -171,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run SQL against the configured ClickHouse")
     query.add_argument("--config", help="gateway YAML: its ClickHouse")
     query.add_argument("--dsn", help="chdb:///path or http://host:8123")
+    query.add_argument(
+        "--url", help="a running gateway (read-only SQL through it; its embedded store too)"
+    )
+    query.add_argument("--key", help="an admin key of that gateway (or FLYWHEEL_KEY)")
+    query.add_argument("--limit", type=int, default=1000, help="rows shown at most")
     query.add_argument("sql")
     query.set_defaults(fn=cmd_query)
 

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contracts import anthropic_shapes
 from contracts.errors import ApiError
-from gateway import admin, models_api, openai_api, openapi, training_admin
+from gateway import admin, models_api, openai_api, openapi, query_admin, training_admin
 from gateway.auth import KeyRing
 from gateway.budgets import BudgetBook
 from gateway.cache import ResponseCache
@@ -219,6 +219,7 @@ def build_app(state: GatewayState, companions: Sequence[Companion] = ()) -> Star
             Route("/admin/route/explain", admin.explain_route, methods=["POST"]),
             Route("/admin/api/distill", training_admin.post_distill, methods=["POST"]),
             Route("/admin/api/runs", training_admin.get_runs, methods=["GET"]),
+            Route("/admin/api/query", query_admin.post_query, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/api/me", dashboard_api.get_me, methods=["GET"]),
             Route("/admin/api/finance", dashboard_api.get_finance, methods=["GET"]),

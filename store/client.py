@@ -84,6 +84,13 @@ class Store:
         result = self._call("query", sql, parameters=parameters)
         return list(result.result_rows)
 
+    def query_table(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows, in the query's order."""
+        result = self._call("query", sql, parameters=parameters)
+        return list(result.column_names), list(result.result_rows)
+
     def query_dicts(
         self, sql: str, parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:

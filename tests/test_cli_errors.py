@@ -58,3 +58,47 @@ def test_bad_sql_and_a_missing_config_are_one_line(tmp_path: Path) -> None:
     assert "nope.yaml: [Errno 2] No such file" in missing.stderr  # config errors: file: why
     debug = _flywheel("--debug", "query", "--dsn", f"chdb://{tmp_path}/db", "SELEC 1")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_query_reads_a_live_store_through_its_gateway(gateway: RunningGateway) -> None:
+    """`flywheel query --url`: read-only SQL through the admin API of the gateway that holds
+    the embedded store; writes, several statements and bad SQL are 400s naming why."""
+    import httpx
+
+    from tests.support.gateway import ADMIN_KEY, APP_KEY
+
+    root = gateway.base_url.removesuffix("/v1")
+
+    def ask(sql: str, key: str = ADMIN_KEY, **extra: object) -> httpx.Response:
+        return httpx.post(
+            root + "/admin/api/query",
+            json={"sql": sql, **extra},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+
+    ok = ask("SELECT number AS n, toString(number) AS s FROM numbers(5)", limit=3)
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {
+        "columns": ["n", "s"],
+        "rows": [[0, "0"], [1, "1"], [2, "2"]],
+        "truncated": True,
+    }
+    for sql, why in (
+        ("INSERT INTO feedback (comment) VALUES ('x')", "not read-only"),
+        ("SELECT 1; DROP TABLE requests", "one statement"),
+        ("SELECT nope FROM requests", "ClickHouse refused"),
+    ):
+        refused = ask(sql)
+        assert refused.status_code == 400 and why in refused.json()["error"]["message"], sql
+    assert ask("SELECT 1", key=APP_KEY).status_code == 403
+    # The read-only setting was the query's own: the gateway still records what it answers.
+    import openai
+
+    answered = openai.OpenAI(
+        base_url=gateway.base_url, api_key=APP_KEY, max_retries=0
+    ).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "after"}])
+    assert gateway.row(answered.id)["status"] == "ok"
+    shown = _flywheel("query", "--url", root, "--key", ADMIN_KEY, "SELECT 40 + 2 AS answer")
+    assert shown.returncode == 0, shown.stderr
+    assert "answer" in shown.stdout and "42" in shown.stdout
