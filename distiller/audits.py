@@ -28,7 +28,6 @@ from typing import Any
 from contracts.agreement import wilson_bounds
 from contracts.policy import Route
 from distiller.evaluation import AGREE_AT
-from distiller.events import record_event
 from distiller.evidence import entered, judge
 from store import Store
 
@@ -93,28 +92,6 @@ def recalibrated(
         if wilson_bounds(agree, len(kept), confidence)[0] >= target:
             return t, agree, len(kept)
     return None
-
-
-def set_threshold(
-    store: Store,
-    route: str,
-    candidate: str,
-    state: str,
-    version: str,
-    dataset_id: str,
-    threshold: float,
-    why: str,
-    evidence: dict[str, Any],
-) -> None:
-    from distiller.promotion import STATE_COLUMNS
-
-    now = datetime.now(UTC)
-    store.insert_rows(
-        "candidate_states",
-        [[route, candidate, version, state, now, why, dataset_id, threshold]],
-        STATE_COLUMNS,
-    )
-    record_event(store, route, candidate, "recalibrated", why, evidence, state, state, now)
 
 
 @dataclass(frozen=True)

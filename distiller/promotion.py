@@ -26,14 +26,15 @@ router reads) and an `events` row with the reason and its evidence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from contracts.policy import Route
 from contracts.states import CandidateState, as_state, may_move
-from distiller.audits import decide, set_threshold
+from distiller.audits import decide
 from distiller.events import record_event
 from distiller.evidence import entered, shadow_evidence, verdict
+from distiller.latency import latency_hold
 from store import Store
 
 # A `candidate_states` row, in the order `transition` writes it.
@@ -125,6 +126,27 @@ def _canary_share(route: Route, name: str) -> float:
     return route.rollout.canary_share if cand is None else route.canary_share(cand)
 
 
+def set_threshold(
+    store: Store,
+    route: str,
+    candidate: str,
+    state: str,
+    version: str,
+    dataset_id: str,
+    threshold: float,
+    why: str,
+    evidence: dict[str, Any],
+) -> None:
+    """A recalibration: the same state and run under a new escalation threshold."""
+    now = datetime.now(UTC)
+    store.insert_rows(
+        "candidate_states",
+        [[route, candidate, version, state, now, why, dataset_id, threshold]],
+        STATE_COLUMNS,
+    )
+    record_event(store, route, candidate, "recalibrated", why, evidence, state, state, now)
+
+
 def after_evaluation(
     store: Store,
     route: Route,
@@ -164,63 +186,6 @@ def recent_audits(
         {"r": route, "c": candidate, "n": window, "since": after},
     )
     return [float(r[0]) for r in rows]
-
-
-# Serving-speed evidence: enough answers on both sides before latency can hold promotion.
-MIN_LATENCY_SAMPLES = 20
-MAX_TIMEOUT_SHARE = 0.01
-
-LATENCY_SQL = """
-SELECT
-    quantileIf(0.99)(latency_us, served_by IN ('student', 'shadow') AND candidate = {c:String})
-        AS student_p99,
-    countIf(served_by IN ('student', 'shadow') AND candidate = {c:String}) AS student_n,
-    quantileIf(0.99)(latency_us, served_by = 'teacher' AND kind = 'request') AS teacher_p99,
-    countIf(served_by = 'teacher' AND kind = 'request') AS teacher_n,
-    countIf(kind = 'request' AND route_reason = 'fallback: student timeout') AS timeouts
-FROM requests
-WHERE route = {r:String} AND status = 'ok' AND started_at >= {since:DateTime64(3)}
-"""
-
-
-def latency_hold(store: Store, route: Route, candidate: str) -> tuple[str, dict[str, Any]] | None:
-    """Why the candidate may not be promoted for speed, with the evidence, or None."""
-    rollout = route.rollout
-    since = datetime.now(UTC) - timedelta(hours=rollout.latency_window_h)
-    row = store.query_dicts(
-        LATENCY_SQL, {"r": route.name, "c": candidate, "since": since.replace(tzinfo=None)}
-    )[0]
-    student_n, teacher_n, timeouts = (
-        int(row["student_n"]),
-        int(row["teacher_n"]),
-        int(row["timeouts"]),
-    )
-    student_ms = float(row["student_p99"] or 0) / 1000
-    teacher_ms = float(row["teacher_p99"] or 0) / 1000
-    evidence = {
-        "student_p99_ms": student_ms,
-        "teacher_p99_ms": teacher_ms,
-        "student_answers": student_n,
-        "teacher_answers": teacher_n,
-        "student_timeouts": timeouts,
-        "window_h": rollout.latency_window_h,
-        "max_p99_ratio": rollout.max_p99_ratio,
-        "max_p99_ms": rollout.max_p99_ms,
-    }
-    if timeouts > MAX_TIMEOUT_SHARE * max(student_n, 1):
-        return f"{timeouts} student timeouts fell back to the teacher", evidence
-    if rollout.max_p99_ms is not None and student_n >= MIN_LATENCY_SAMPLES:
-        if student_ms > rollout.max_p99_ms:
-            return f"student p99 {student_ms:.0f} ms > max_p99_ms {rollout.max_p99_ms:g}", evidence
-    ratio = rollout.max_p99_ratio
-    if ratio is not None and student_n >= MIN_LATENCY_SAMPLES and teacher_n >= MIN_LATENCY_SAMPLES:
-        if student_ms > teacher_ms * ratio:
-            times = "" if ratio == 1 else f" × {ratio:g}"
-            return (
-                f"student p99 {student_ms:.0f} ms > teacher p99 {teacher_ms:.0f} ms{times}",
-                evidence,
-            )
-    return None
 
 
 def _hold(store: Store, route: str, candidate: str, why: str, evidence: dict[str, Any]) -> None:
