@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,3 +58,13 @@ class ModelConfig(Strict):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+def missing_key_variables(models: Mapping[str, ModelConfig]) -> dict[str, list[str]]:
+    """Each `api_key_env` that is named but not set, with the models that need it: what a
+    gateway says at start and in `/healthz`, before requests fail with 502."""
+    out: dict[str, list[str]] = {}
+    for name, model in models.items():
+        if model.api_key_env and not os.environ.get(model.api_key_env):
+            out.setdefault(model.api_key_env, []).append(name)
+    return out

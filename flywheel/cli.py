@@ -28,6 +28,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port:
         config.server.port = args.port
+    if args.worker_index is None:
+        from contracts.model_config import missing_key_variables
+
+        for variable, models in missing_key_variables(config.models).items():
+            print(
+                f"flywheel serve: {variable} is not set: {', '.join(models)} will answer 502 "
+                f"upstream_auth_failed; export {variable} and restart",
+                file=sys.stderr,
+            )
     shared = config.redis is not None and bool(config.redis.url)
     if args.workers is None:
         # Without Redis, N workers would each enforce a key's limit and budget alone.

@@ -1,8 +1,9 @@
 """`GET /healthz` and `GET /metrics`.
 
 Health says whether the gateway can serve: 200 `ok` when ClickHouse and every probed
-upstream answer, 200 `degraded` when rows wait in the journal, some upstream is down or a
-serving student fails (`students`: each called candidate's health), 503
+upstream answer, 200 `degraded` when rows wait in the journal, some upstream is down, a
+serving student fails (`students`: each called candidate's health) or a model's key
+variable is not set (`missing_api_keys`), 503
 when no upstream answers or the gateway refuses traffic because it cannot record it.
 Probes are cached for a few seconds so a busy balancer costs nothing.
 """
@@ -17,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from contracts.model_config import missing_key_variables
 from gateway.state import GatewayState
 
 _CACHE_S = 3.0
@@ -41,6 +43,7 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
             redis.ok, redis.error = True, ""
         except Exception as e:  # any failure: down, and said so
             redis.ok, redis.error = False, f"{type(e).__name__}: {e}"
+    missing = missing_key_variables(models)
     if writer.refusing or (probed and not any(probed)):
         status = "down"
     elif (
@@ -49,6 +52,7 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
         or not all(probed)
         or (redis is not None and not redis.ok)
         or state.students.unhealthy()
+        or missing
     ):
         status = "degraded"
     else:
@@ -68,6 +72,8 @@ async def _probe(state: GatewayState) -> dict[str, Any]:
         },
         "upstreams": upstreams,
         "students": state.students.report(),
+        # A key variable that is not set: its models answer 502 upstream_auth_failed.
+        "missing_api_keys": missing,
         "redis": None if redis is None else {"ok": redis.ok, "error": redis.error},
         "worker": state.worker,
     }

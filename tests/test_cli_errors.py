@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.gateway import RunningGateway
 from tests.support.net import free_port
 
@@ -102,3 +104,26 @@ def test_query_reads_a_live_store_through_its_gateway(gateway: RunningGateway) -
     shown = _flywheel("query", "--url", root, "--key", ADMIN_KEY, "SELECT 40 + 2 AS answer")
     assert shown.returncode == 0, shown.stderr
     assert "answer" in shown.stdout and "42" in shown.stdout
+
+
+@pytest.mark.slow
+def test_serve_names_a_key_variable_that_is_not_set(tmp_path: Path, upstream) -> None:
+    from tests.support.serve_process import serve_config, start_serve, stop_serve
+
+    os.environ.pop("FLYWHEEL_TEST_UNSET_KEY", None)
+    config, port = serve_config(
+        tmp_path,
+        upstream.base_url,
+        models={
+            "teacher": {
+                "model": "openai/gpt-4o",
+                "api_base": upstream.base_url,
+                "api_key_env": "FLYWHEEL_TEST_UNSET_KEY",
+            }
+        },
+    )
+    said = stop_serve(start_serve(config, port))
+    assert (
+        "flywheel serve: FLYWHEEL_TEST_UNSET_KEY is not set: teacher will answer 502 "
+        "upstream_auth_failed; export FLYWHEEL_TEST_UNSET_KEY and restart"
+    ) in said

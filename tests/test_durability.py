@@ -129,6 +129,8 @@ def test_healthz_and_metrics(gateway: RunningGateway) -> None:
     assert body["clickhouse"]["ok"] is True and body["clickhouse"]["backend"] == "embedded"
     assert body["upstreams"]["teacher"] is True and body["upstreams"]["dead"] is False
     assert body["status"] == "degraded"  # one upstream is down
+    # The teacher names a key variable nobody set: said before a request fails with 502.
+    assert body["missing_api_keys"] == {"FAKE_UPSTREAM_KEY": ["teacher"]}
     text = httpx.get(gateway.base_url.replace("/v1", "/metrics")).text
     for name in (
         "flywheel_requests_total",
