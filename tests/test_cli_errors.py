@@ -127,3 +127,16 @@ def test_serve_names_a_key_variable_that_is_not_set(tmp_path: Path, upstream) ->
         "flywheel serve: FLYWHEEL_TEST_UNSET_KEY is not set: teacher will answer 502 "
         "upstream_auth_failed; export FLYWHEEL_TEST_UNSET_KEY and restart"
     ) in said
+
+
+def test_the_demo_on_a_taken_port_says_so_at_once(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = _flywheel("demo", "--quick", "--port", str(port), "--data-dir", str(tmp_path / "d"))
+    line = _one_line(done, "demo")
+    assert f"port {port} is taken" in line and f"--port {port + 1}" in line
+    assert not (tmp_path / "d").exists(), "nothing was started or written"

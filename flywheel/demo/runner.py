@@ -219,8 +219,24 @@ async def _run(
     return progress, sent, stall
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def run_demo(opts: Options) -> int:
     """The demo, start to summary; returns the exit code (0 done, 3 a phase stalled)."""
+    if not port_free(opts.port):
+        raise DemoError(
+            f"port {opts.port} is taken (another gateway, or a demo with --keep-serving?): "
+            f"stop it, or give another one: flywheel demo --port {opts.port + 1}"
+        )
     prepare_dir(opts.data_dir)
     log_path = opts.data_dir / "demo.log"
     student = choose_student()
