@@ -344,9 +344,15 @@ def _print(
             f"{', '.join(other['served_by'])}: it stays on the teacher."
         )
     keep = "" if opts.keep_serving else " (run with --keep-serving to keep it up)"
+    # While the gateway serves it holds the embedded store: ask it; once stopped, the store.
+    source = (
+        f"--url http://127.0.0.1:{opts.port} --key {ADMIN_KEY}"
+        if opts.keep_serving
+        else f"--dsn {dsn}"
+    )
     console.print(
         f"Next: the dashboard at {result['dashboard']}, signed in with {ADMIN_KEY}{keep}; "
-        f"`flywheel report --dsn {dsn}`; "
-        f'`flywheel query --dsn {dsn} "SELECT route, served_by, count() FROM requests GROUP '
+        f"`flywheel report {source}`; "
+        f'`flywheel query {source} "SELECT route, served_by, count() FROM requests GROUP '
         f'BY ALL"`. Library logs: {log_path}.'
     )
