@@ -107,6 +107,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         table = Table(
             dim,
             "requests",
+            "calls",
             "student %",
             "spend",
             "baseline",
@@ -117,6 +118,9 @@ def render(report: dict[str, Any], console: Console) -> None:
         for row in report[f"by_{dim}"]:
             table.add_row(
                 row[dim] or "(none)",
+                # Users' requests, as the header counts them; calls add the flywheel's own
+                # (shadows, audits, escalated student answers), which spend includes.
+                str(row["user_requests"]),
                 str(row["requests"]),
                 _pct(row["student_share_pct"]),
                 *(usd(row[m]) for m in ("spend_usd", "baseline_usd", "savings_usd")),

@@ -138,6 +138,11 @@ def test_flywheel_report_prints_the_same_figures(
     spend = sum(Decimal(x["cost_usd"]) for x in known)
     assert usd(spend) in text.stdout
     assert "By team" in text.stdout
+    # The tables count requests as the header does (calls: the flywheel's own too).
+    header = next(x for x in text.stdout.splitlines() if "Teacher baseline" in x)
+    users = api["totals"]["user_requests"]
+    assert f"{users} requests" in header
+    assert sum(r["user_requests"] for r in api["by_app"]) == users
     denied = subprocess.run([*cmd, "--key", APP_KEY], capture_output=True, text=True)
     assert denied.returncode != 0 and "403" in denied.stderr
 
