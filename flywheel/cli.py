@@ -93,7 +93,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from flywheel.cli_errors import CliError, gateway_call
+    from flywheel.cli_errors import CliError, existing_store, gateway_call
     from store import open_store
 
     if sum(map(bool, (args.config, args.dsn, args.url))) != 1:
@@ -108,7 +108,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         )
         columns, rows, cut = body["columns"], body["rows"], body["truncated"]
     else:
-        store = open_store(args.dsn or _load(args.config).clickhouse_dsn)
+        store = open_store(existing_store(args.dsn or _load(args.config).clickhouse_dsn))
         try:
             found = store.query_table(args.sql)
         finally:

@@ -8,6 +8,7 @@ Anything unforeseen still exits with one line (status 1) that says `--debug` sho
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -78,6 +79,19 @@ def _store_line(e: StoreUnavailable) -> str:
             "instead with --url http://127.0.0.1:PORT --key <admin key>)"
         )
     return f"ClickHouse: {text[:300]}"
+
+
+def existing_store(dsn: str) -> str:
+    """The DSN of a store a reading command may open: an embedded path that holds nothing
+    is a mistyped one (opening it would create an empty store and report nothing)."""
+    if dsn.startswith("chdb://"):
+        path = Path(dsn.removeprefix("chdb://"))
+        if not path.is_dir() or not any(path.iterdir()):
+            raise CliError(
+                f"no store at {path}: check --dsn (chdb:///path: a gateway's "
+                "<data_dir>/clickhouse) or the config's data_dir"
+            )
+    return dsn
 
 
 def describe(e: BaseException) -> tuple[str, int]:

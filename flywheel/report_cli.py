@@ -47,12 +47,13 @@ def fetch(url: str, key: str, params: dict[str, Any]) -> dict[str, Any]:
 def compute(dsn: str, params: dict[str, Any], few_shot: tuple[str, ...] = ()) -> dict[str, Any]:
     from starlette.datastructures import QueryParams
 
+    from flywheel.cli_errors import existing_store
     from gateway.dashboard.api import json_response
     from gateway.dashboard.filters import Filters
     from gateway.dashboard.finance import finance_report
     from store import open_store
 
-    store = open_store(dsn)  # held by a gateway: one line with the fix (flywheel/cli_errors)
+    store = open_store(existing_store(dsn))  # held by a gateway: one line with the fix
     try:
         f = Filters.from_query(QueryParams(params)).model_copy(update={"few_shot_models": few_shot})
         report = finance_report(store, f)

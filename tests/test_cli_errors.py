@@ -52,7 +52,15 @@ def test_a_store_held_by_a_running_gateway_names_the_way_in(gateway: RunningGate
     assert "holds this embedded store" in line and "--url http://127.0.0.1:PORT --key" in line
 
 
-def test_bad_sql_and_a_missing_config_are_one_line(tmp_path: Path) -> None:
+def test_bad_sql_a_mistyped_store_and_a_missing_config_are_one_line(tmp_path: Path) -> None:
+    mistyped = _one_line(_flywheel("report", "--dsn", f"chdb://{tmp_path}/nope"), "report")
+    assert f"no store at {tmp_path}/nope" in mistyped
+    assert not (tmp_path / "nope").exists(), "a mistyped path is not created"
+    subprocess.run(
+        [sys.executable, "-c", f"from store import open_store; open_store('chdb://{tmp_path}/db')"],
+        check=True,
+        timeout=120,
+    )
     line = _one_line(_flywheel("query", "--dsn", f"chdb://{tmp_path}/db", "SELEC 1"), "query")
     assert "Syntax error" in line
     missing = _flywheel("query", "--config", str(tmp_path / "nope.yaml"), "SELECT 1")
