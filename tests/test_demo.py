@@ -95,6 +95,16 @@ def test_quick_demo_promotes_a_student_and_reports_the_steady_state(tmp_path: Pa
     )
     assert Decimal(sums[0][0]) == Decimal(out["whole_run"]["spend_usd"])
     assert Decimal(sums[0][1]) == Decimal(out["whole_run"]["baseline_usd"])
+    # The Next line's commands (without --keep-serving: the stopped store) work as printed.
+    assert "flywheel report --dsn" in " ".join(run.stdout.split())
+    for command in (["report", "--dsn", dsn, "--json"], ["query", "--dsn", dsn, "SELECT 1"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "flywheel.cli", *command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
     # It exits once the summary is printed: nothing of it is left running.
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
     assert left.stdout == b"", left.stdout
