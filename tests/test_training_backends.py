@@ -303,3 +303,39 @@ def test_a_local_worker_that_dies_leaves_its_signal_and_last_output(tmp_path: Pa
     ), reason
     assert f"loading the base for {job.rel_dir}" in reason
     assert "tried to allocate 2.00 GiB" in reason
+
+
+@pytest.mark.slow
+def test_a_spare_worker_outlives_the_thread_that_made_it(tmp_path: Path) -> None:
+    """Spare workers are made from job threads that end; the spare must still be there for
+    the next run (a parent-death signal killed it with its thread)."""
+    import threading
+    import time
+
+    from distiller.backends.local import LocalBackend
+    from distiller.jobs import write_job
+    from tests.support.training_jobs import writes_nothing
+
+    backend = LocalBackend(poll_s=0.2, target=writes_nothing)
+
+    def make_spare() -> None:
+        backend.start()
+        time.sleep(8)  # the spare has started (and imported torch) while this thread lives
+
+    maker = threading.Thread(target=make_spare)
+    maker.start()
+    maker.join()
+    time.sleep(2)  # long enough for a spare tied to the thread to have died with it
+    spare = backend._spare
+    workers = list(spare._processes.values())
+    assert workers and all(w.is_alive() for w in workers), "the spare died with its thread"
+    store = ModelStore(tmp_path)
+    job = intent_job("run-spare", "spare-route")
+    write_job(job, store)
+    try:
+        with pytest.raises(JobFailed) as failed:
+            backend.run(job, store, lambda: None)
+    finally:
+        backend.close()
+    # The spare ran the job (which wrote no result): it had not died.
+    assert failed.value.reason == "the job ended without writing its result", failed.value

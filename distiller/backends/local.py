@@ -39,11 +39,29 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """In a training worker: exit once the process that spawned it is gone. Not a
+    parent-death signal: Linux sends that when the *thread* that created the child ends, and
+    spare workers are made from job threads that end (a spare died with its thread, and the
+    next run failed with `A child process terminated abruptly`)."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def warm_worker() -> None:
-    """A training worker's start: die with the parent, and import the heavy libraries now,
+    """A training worker's start: exit with the parent, and import the heavy libraries now,
     while the route still collects traffic, rather than when its trigger fires (seen: a
     fresh worker's imports took most of a minute on a busy machine)."""
-    die_with_parent()
+    exit_with_parent()
     import sklearn.linear_model  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -129,6 +147,10 @@ class LocalBackend:
             if self._closed:
                 raise JobFailed("the distiller is stopping")
             pool, self._spare = self._spare, None
+            if pool is not None and getattr(pool, "_broken", False):
+                # The spare died while it waited (killed, out of memory): a fresh one.
+                pool.shutdown(wait=False)
+                pool = None
             pool = pool or self._new_pool()
             self._running.add(pool)
             return pool

@@ -50,3 +50,7 @@ def dies_in_the_worker(root: str, rel_dir: str) -> None:
     sys.stderr.write("CUDA out of memory pretend: tried to allocate 2.00 GiB\n")
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def writes_nothing(root: str, rel_dir: str) -> None:
+    """A job's worker that runs and returns without a result (the backend says so)."""
