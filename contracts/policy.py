@@ -283,6 +283,13 @@ class Route(_Strict):
     guardrails: Guardrails = Field(default_factory=Guardrails)
     training: Training = Field(default_factory=Training, description="read by the distiller")
 
+    def escalation_threshold(self, fitted: float | None) -> float | None:
+        """The confidence below which a student's answer escalates: the route's hand-set
+        `escalation.min_confidence` when set, else the threshold its selective gate
+        `fitted` (the router, the shadows and the distiller read it alike)."""
+        hand_set = self.escalation.min_confidence
+        return fitted if hand_set is None else hand_set
+
     def audit_target(self) -> float:
         """What audits hold served answers to: `audit.min_agreement`, else the gate's."""
         if self.audit.min_agreement is None:

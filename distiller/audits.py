@@ -117,7 +117,7 @@ def decide(
     `gate_threshold`: the confidence its selective gate fitted (movable); a hand-set
     `escalation.min_confidence` is the route's and is never moved."""
     fixed = route.escalation.min_confidence
-    threshold = fixed if fixed is not None else gate_threshold
+    threshold = route.escalation_threshold(gate_threshold)
     since = entered(store, route.name, candidate, version)
     audits = audited(store, route, candidate, since, threshold)
     if not audits:

@@ -175,15 +175,11 @@ def after_evaluation(
     return state
 
 
-def recent_audits(
-    store: Store, route: str, candidate: str, window: int, since: datetime | None = None
-) -> list[float]:
-    """The last `window` audits' agreement (of this run's answers: from `since`)."""
-    after = (since or datetime(1970, 1, 1, tzinfo=UTC)).astimezone(UTC).replace(tzinfo=None)
+def recent_audits(store: Store, route: str, candidate: str, window: int) -> list[float]:
     rows = store.query_rows(
         "SELECT agreement FROM audits WHERE route = {r:String} AND candidate = {c:String} "
-        "AND at >= {since:DateTime64(3)} ORDER BY at DESC LIMIT {n:UInt32}",
-        {"r": route, "c": candidate, "n": window, "since": after},
+        "ORDER BY at DESC LIMIT {n:UInt32}",
+        {"r": route, "c": candidate, "n": window},
     )
     return [float(r[0]) for r in rows]
 
@@ -262,9 +258,7 @@ def _advance_audited(store: Store, route: Route, candidate: str, st: State) -> s
 
 def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> str:
     """Move a shadow candidate on, fail it, or record once what it waits for."""
-    threshold = route.escalation.min_confidence
-    if threshold is None:
-        threshold = st.min_confidence
+    threshold = route.escalation_threshold(st.min_confidence)
     since = entered(store, route.name, candidate, st.version, "shadow")
     ev = shadow_evidence(store, route, candidate, since, threshold)
     target, min_n = route.gate.threshold, route.rollout.shadow_min_examples

@@ -340,9 +340,8 @@ async def shadow(ctx: RequestContext) -> None:
     assert target is not None
     rec = _child(ctx.record, "shadow", target, target.reason)
     route = ctx.chosen.route
-    threshold = route.escalation.min_confidence
-    if threshold is None:
-        threshold = ctx.router.states.thresholds.get((route.name, target.candidate))
+    fitted = ctx.router.states.thresholds.get((route.name, target.candidate))
+    threshold = route.escalation_threshold(fitted)
     if threshold is None or ctx.endpoint != "chat.completions":
         await _background_call(ctx, rec, target, ctx.upstream_body)
         return

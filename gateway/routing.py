@@ -69,9 +69,8 @@ class Decision:
         `escalation.min_confidence` when set, else the threshold its selective gate fitted."""
         if self.primary.served_by != "student":
             return None
-        if self.route.escalation.min_confidence is not None:
-            return self.route.escalation.min_confidence
-        return states.thresholds.get((self.route.name, self.primary.candidate))
+        fitted = states.thresholds.get((self.route.name, self.primary.candidate))
+        return self.route.escalation_threshold(fitted)
 
     def escalate(self, reason: str) -> Decision:
         """The same request sent past the student: the teacher (then backups) answers."""

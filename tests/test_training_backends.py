@@ -20,7 +20,7 @@ import pytest
 from contracts.backends import Backend as BackendConfig
 from contracts.model_config import ModelConfig
 from distiller.backends import JobFailed
-from distiller.backends.local import InlineBackend
+from distiller.backends.local import InlineBackend, LocalBackend
 from distiller.jobs import TrainJob
 from distiller.leases import RedisLeases, StoreLeases
 from distiller.model_store import ModelStore
@@ -279,24 +279,30 @@ def test_a_dataset_whose_training_died_is_trained_again_without_new_traffic(
     assert idle["skipped"].startswith("0 new examples")
 
 
-@pytest.mark.slow
-def test_a_local_worker_that_dies_leaves_its_signal_and_last_output(tmp_path: Path) -> None:
-    """The real local backend (a spawned worker process): the failure names the signal and
-    carries the worker's last lines, for the run's row."""
-    from distiller.backends.local import LocalBackend
+def _failed_local_run(backend: LocalBackend, tmp_path: Path, run_id: str) -> tuple[TrainJob, str]:
+    """A job through the real local backend that must fail: the job and why (the backend
+    is closed after)."""
     from distiller.jobs import write_job
-    from tests.support.training_jobs import dies_in_the_worker
 
-    backend = LocalBackend(poll_s=0.2, target=dies_in_the_worker)
     store = ModelStore(tmp_path)
-    job = intent_job("run-dies", "dies-route")
+    job = intent_job(run_id, f"{run_id}-route")
     write_job(job, store)
     try:
         with pytest.raises(JobFailed) as failed:
             backend.run(job, store, lambda: None)
     finally:
         backend.close()
-    reason = failed.value.reason
+    return job, failed.value.reason
+
+
+@pytest.mark.slow
+def test_a_local_worker_that_dies_leaves_its_signal_and_last_output(tmp_path: Path) -> None:
+    """The real local backend (a spawned worker process): the failure names the signal and
+    carries the worker's last lines, for the run's row."""
+    from tests.support.training_jobs import dies_in_the_worker
+
+    backend = LocalBackend(poll_s=0.2, target=dies_in_the_worker)
+    job, reason = _failed_local_run(backend, tmp_path, "run-dies")
     # The signal when the pool still knew its worker (a fresh CI run once had it forget).
     assert reason.startswith(
         ("the training process died (killed by SIGKILL", "the training process died (exit")
@@ -312,8 +318,6 @@ def test_a_spare_worker_outlives_the_thread_that_made_it(tmp_path: Path) -> None
     import threading
     import time
 
-    from distiller.backends.local import LocalBackend
-    from distiller.jobs import write_job
     from tests.support.training_jobs import writes_nothing
 
     backend = LocalBackend(poll_s=0.2, target=writes_nothing)
@@ -329,13 +333,6 @@ def test_a_spare_worker_outlives_the_thread_that_made_it(tmp_path: Path) -> None
     spare = backend._spare
     workers = list(spare._processes.values())
     assert workers and all(w.is_alive() for w in workers), "the spare died with its thread"
-    store = ModelStore(tmp_path)
-    job = intent_job("run-spare", "spare-route")
-    write_job(job, store)
-    try:
-        with pytest.raises(JobFailed) as failed:
-            backend.run(job, store, lambda: None)
-    finally:
-        backend.close()
     # The spare ran the job (which wrote no result): it had not died.
-    assert failed.value.reason == "the job ended without writing its result", failed.value
+    _, reason = _failed_local_run(backend, tmp_path, "run-spare")
+    assert reason == "the job ended without writing its result", reason
