@@ -69,6 +69,13 @@ class Training(Strict):
         "the held-out in-scope distances gets confidence 0, so the router escalates it "
         "(about 1 - quantile of in-scope traffic; null: off)",
     )
+    out_of_scope_labels: list[str] = Field(
+        default_factory=lambda: ["oos", "out_of_scope"],
+        description="classifier: answers by which the teacher says a request lies outside "
+        "the route's label set (matched ignoring case, '-' and spaces as '_'); learned like "
+        "any label, and a request the student gives one of them gets confidence 0, so the "
+        "router escalates it to the teacher",
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(),
         description="what one training job of this route asks a ray or kubernetes backend for",

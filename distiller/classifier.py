@@ -9,7 +9,9 @@ a time budget. Last, a temperature is fitted on the calibration split (held out 
 training, chosen by a stable hash) so probabilities mean what they say, and the scope gate
 (`students.classifier.Scope`: the cosine distance to the nearest training example's
 features) gets the threshold that `training.scope_quantile` of the calibration split stays
-within.
+within. The teacher's out-of-scope answers (`training.out_of_scope_labels`, e.g. `oos`) are
+labels the head learns, but not part of the scope: the gate's examples are the in-scope
+ones, so a request like those the teacher called out of scope is far from all of them.
 
 Invariant: the run leaves `<out_dir>/merged` loadable by `students.classifier.Classifier`
 and by the student server, and `training_log.json`, or raises `NotAClosedSet`.
@@ -31,7 +33,7 @@ from contracts.training import Training
 from distiller.examples import Example
 from distiller.progress import RunProgress
 from distiller.training import TrainResult
-from students.classifier import Encoder, Scope, input_text, save
+from students.classifier import Encoder, Scope, catch_all_key, input_text, save
 from students.loading import use_threads_by_load
 
 log = logging.getLogger("flywheel.classifier")
@@ -217,11 +219,16 @@ def train_classifier(
     cal_features = encoder.embed(cal_texts) if cal else torch.zeros(0, encoder.dim)
     cal_logits = cal_features @ weight.T + bias
     temperature = fit_temperature(cal_logits, cal_y)
+    keys = {catch_all_key(x) for x in cfg.out_of_scope_labels}
+    catch_all = [label for label in labels if catch_all_key(label) in keys]
+    outside = torch.tensor([index[label] for label in catch_all], dtype=torch.long)
     scope = None
-    if cfg.scope_quantile is not None and len(cal) >= 20:
+    cal_in = ~torch.isin(cal_y, outside)
+    if cfg.scope_quantile is not None and int(cal_in.sum()) >= 20:
         if finetune:  # the tuned backbone's own feature space
             features = encoder.embed(fit_texts)
-        scope = Scope.fit(features, cal_features, cfg.scope_quantile)
+        fit_in = ~torch.isin(fit_y, outside)
+        scope = Scope.fit(features[fit_in], cal_features[cal_in], cfg.scope_quantile)
     seconds = time.perf_counter() - t0
     merged = out_dir / "merged"
     if finetune:
@@ -240,6 +247,7 @@ def train_classifier(
         encoder.max_length,
         {"base": str(base), "finetuned": finetune},
         scope,
+        catch_all,
     )
     epochs_done = (cfg.epochs or 3) if finetune else 1
     tokens = int(
@@ -267,6 +275,7 @@ def train_classifier(
                 "labels": len(labels),
                 "temperature": temperature,
                 "scope_threshold": None if scope is None else scope.threshold,
+                "out_of_scope_labels": catch_all,
                 "fit": len(fit),
                 "calibration": len(cal),
                 "finetuned": finetune,

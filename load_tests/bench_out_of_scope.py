@@ -1,7 +1,13 @@
 """Out-of-scope traffic on Banking77: a classifier student trained on some intents, served
-all of them, behind a 0.97 selective gate. What share of the intents it never learned is
-escalated to the teacher, and what the answers it serves agree, with and without the scope
-gate (the student's second gate: cosine distance to its nearest training example).
+all of them, behind a 0.97 selective gate. What share of the intents outside its label set
+is escalated to the teacher, and what the answers it serves agree, with and without the
+scope gate (the student's second gate: cosine distance to its nearest training example).
+
+Two ways an intent is out of scope: `--labelled K` of the held-out intents reached the
+teacher before training and it answered them `oos` (the route's label set is the other
+intents: a teacher told the labels says so), so the student learns that label and a request
+it gives `oos` is escalated; the rest were never in the traffic at all, and only the
+confidence threshold and the scope gate can catch them.
 
 The distiller's own code end to end, as the gateway would serve it (no HTTP): the train
 split's rows of the kept intents are split by the distiller's stable hash into train and
@@ -12,7 +18,8 @@ and picks the confidence threshold; then every test.csv query (3,080, all 77 int
 answered by the student the way the student server answers (`predict_scoped` through
 `generate`), and escalated below the threshold, as the router does.
 
-    python load_tests/bench_out_of_scope.py --held-out 17 --out load_tests/results/out_of_scope.json
+    python load_tests/bench_out_of_scope.py --held-out 17 --labelled 12,17 \
+        --out load_tests/results/out_of_scope.json
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ def _wilson_lower(agree: int, n: int) -> float:
     return wilson_bounds(agree, n)[0]
 
 
-def run(held_out: int, seed: int, store: Path, scope_quantile: float | None) -> dict[str, Any]:
+def run(
+    held_out: int, labelled: int, seed: int, store: Path, scope_quantile: float | None
+) -> dict[str, Any]:
     from contracts.training import Training
     from distiller.bases import resolve
     from distiller.classifier import train_classifier
@@ -53,18 +62,24 @@ def run(held_out: int, seed: int, store: Path, scope_quantile: float | None) -> 
     from distiller.examples import Example
 
     intents = sorted({c for _, c in _rows("train")})
-    unseen = set(random.Random(seed).sample(intents, held_out))
+    outside_set = random.Random(seed).sample(intents, held_out)
+    unseen = set(outside_set)
+    answered_oos = set(outside_set[:labelled])  # in the teacher's traffic, answered `oos`
 
     def example(i: int, text: str, intent: str) -> Example:
         prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
         return Example(f"b77-{i}", prompt, intent)
 
-    known = [example(i, t, c) for i, (t, c) in enumerate(_rows("train")) if c not in unseen]
+    known = [
+        example(i, t, "oos" if c in answered_oos else c)
+        for i, (t, c) in enumerate(_rows("train"))
+        if c not in unseen or c in answered_oos
+    ]
     train = [e for e in known if split_of(e.prompt[-1]["content"], 0.2) == "train"]
     evals = [e for e in known if split_of(e.prompt[-1]["content"], 0.2) == "eval"]
     base = resolve("minilm-l6", store)
     t0 = time.perf_counter()
-    run_dir = store / f"run-{scope_quantile}"
+    run_dir = store / f"run-{scope_quantile}-{labelled}"
     result = train_classifier(base, train, run_dir, Training(scope_quantile=scope_quantile))
     train_s = time.perf_counter() - t0
     report = evaluate(result.merged, "oos", "eval", evals, "exact_match", 0.97, 50, None, None, 0.5)
@@ -84,10 +99,17 @@ def run(held_out: int, seed: int, store: Path, scope_quantile: float | None) -> 
     agree = sum(a[0] == e.answer for e, a in kept_in)
     kept_out = served(outside)
     out_of_scope = sum(conf == 0.0 for _, (_, conf) in outside)
+    by_oos = [(e, a) for e, a in outside if e.answer in answered_oos]
+    never = [(e, a) for e, a in outside if e.answer not in answered_oos]
+
+    def escalated(pairs: list[Any]) -> float | None:
+        return round(1 - len(served(pairs)) / len(pairs), 4) if pairs else None
+
     return {
         "scope_quantile": scope_quantile,
         "intents_trained": len(intents) - held_out,
         "intents_held_out": sorted(unseen),
+        "intents_answered_oos_in_training": sorted(answered_oos),
         "train_examples": len(train),
         "eval_examples": len(evals),
         "train_seconds": round(train_s, 1),
@@ -101,7 +123,9 @@ def run(held_out: int, seed: int, store: Path, scope_quantile: float | None) -> 
         "in_scope_served_agreement": round(agree / max(1, len(kept_in)), 4),
         "in_scope_served_agreement_wilson_lower": round(_wilson_lower(agree, len(kept_in)), 4),
         "out_of_scope_escalated_share": round(1 - len(kept_out) / len(outside), 4),
-        "out_of_scope_by_scope_gate_share": round(out_of_scope / len(outside), 4),
+        "out_of_scope_confidence_0_share": round(out_of_scope / len(outside), 4),
+        "answered_oos_intents_escalated_share": escalated(by_oos),
+        "never_seen_intents_escalated_share": escalated(never),
         # A held-out intent's query that is served is always wrong: its label was never
         # learned. This is what users of the route received from the student.
         "all_served_agreement": round(agree / max(1, len(kept_in) + len(kept_out)), 4),
@@ -160,13 +184,25 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=17)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--store", type=Path, default=Path("/tmp/flywheel-bench-oos"))
-    parser.add_argument("--quantiles", default="none,0.95,0.99")
+    parser.add_argument(
+        "--quantiles", default="none,0.95,0.99", help="scope gates compared (no `oos` traffic)"
+    )
+    parser.add_argument(
+        "--labelled",
+        default="12,17",
+        help="runs (scope gate 0.95) where this many held-out intents were answered `oos`",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.store.mkdir(parents=True, exist_ok=True)
     runs = [
-        run(args.held_out, args.seed, args.store, None if q == "none" else float(q))
+        run(args.held_out, 0, args.seed, args.store, None if q == "none" else float(q))
         for q in args.quantiles.split(",")
+        if q
+    ] + [
+        run(args.held_out, int(k), args.seed, args.store, 0.95)
+        for k in args.labelled.split(",")
+        if k
     ]
     out = {
         "benchmark": "out_of_scope",

@@ -11,8 +11,10 @@ scored exactly the way it serves.
 Invariant: probabilities are softmax(logits / temperature) with the temperature fitted on
 held-out data, so a confidence threshold chosen on the eval set means the same on traffic.
 A request whose features lie farther from every label than the scope threshold (fitted on
-held-out in-scope data) is out of scope: its confidence is 0, whatever the head says, so it
-is escalated at any threshold, in evaluation exactly as in serving.
+held-out in-scope data), or whose label is one by which the teacher says "out of scope"
+(`training.out_of_scope_labels`, learned like any other), is out of scope: its confidence
+is 0, whatever the head says, so it is escalated at any threshold, in evaluation exactly as
+in serving.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from contracts.openai_shapes import prompt_text
 
 MANIFEST = "flywheel_classifier.json"
 SCOPE = "scope.safetensors"
+
+
+def catch_all_key(label: str) -> str:
+    """How an out-of-scope label is matched: `OOS`, `out-of-scope` and `out of scope` are
+    the same answer."""
+    return label.strip().casefold().replace("-", "_").replace(" ", "_")
 
 
 def is_classifier(path: str | Path) -> bool:
@@ -125,6 +133,7 @@ class Classifier:
     weight: Any  # torch tensor [labels, dim]
     bias: Any  # torch tensor [labels]
     scope: Scope | None = None
+    out_of_scope_labels: frozenset[str] = frozenset()  # labels meaning "not this route's"
 
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
@@ -147,7 +156,14 @@ class Classifier:
             weight=head["weight"],
             bias=head["bias"],
             scope=scope,
+            out_of_scope_labels=frozenset(manifest.get("out_of_scope_labels") or ()),
         )
+
+    def outside(self, label: str, distance: float | None) -> bool:
+        """Out of scope: a catch-all label, or farther than the scope gate's threshold."""
+        if label in self.out_of_scope_labels:
+            return True
+        return self.scope is not None and distance is not None and distance > self.scope.threshold
 
     def logits(self, features: Any) -> Any:
         return features @ self.weight.T + self.bias
@@ -169,8 +185,8 @@ class Classifier:
             far = [float(d) for d in self.scope.distances(features)]
         out = []
         for p, i, d in zip(best.values, best.indices, far, strict=True):
-            inside = d is None or self.scope is None or d <= self.scope.threshold
-            out.append((self.labels[int(i)], float(p) if inside else 0.0, d))
+            label = self.labels[int(i)]
+            out.append((label, 0.0 if self.outside(label, d) else float(p), d))
         return out
 
 
@@ -184,6 +200,7 @@ def save(
     max_length: int,
     extra: dict[str, Any] | None = None,
     scope: Scope | None = None,
+    out_of_scope_labels: list[str] | None = None,
 ) -> Path:
     from safetensors.torch import save_file
 
@@ -201,6 +218,7 @@ def save(
         "max_length": max_length,
         "text": "users' turns",
         "scope_threshold": None if scope is None else scope.threshold,
+        "out_of_scope_labels": out_of_scope_labels or [],
         **(extra or {}),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -159,7 +159,6 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
     for job, (label, prob, distance) in zip(
         jobs, student.model.predict_scoped([input_text(j.messages) for j in jobs]), strict=True
     ):
-        scope = student.model.scope
         out.append(
             {
                 "text": label,
@@ -167,10 +166,9 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 "tokens": [label],
                 "logprobs": [math.log(max(prob, 1e-12))],
                 "confidence": prob,
-                # Beyond the scope gate: confidence 0, and the answer says why.
-                "out_of_scope": bool(
-                    scope is not None and distance is not None and distance > scope.threshold
-                ),
+                # Beyond the scope gate, or a catch-all label: confidence 0, and the answer
+                # says why.
+                "out_of_scope": student.model.outside(label, distance),
                 "prompt_tokens": sum(
                     approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
                 ),

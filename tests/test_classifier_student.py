@@ -196,3 +196,47 @@ def test_smollm2_lora_candidate(tmp_path: Path) -> None:
     student = load_student("lora", result.merged)
     answer = generate_batch(student, [Request(evals[0].prompt, 8)])[0]
     assert 0.0 < answer["confidence"] <= 1.0 and answer["completion_tokens"] > 0
+
+
+def test_the_teachers_out_of_scope_answers_are_learned_and_escalated(
+    trained, tmp_path: Path
+) -> None:
+    """Traffic from intents outside the route's label set, which the teacher answered `oos`:
+    the student learns that label, and a fresh query it gives `oos` gets confidence 0 (the
+    router escalates it, the gateway says why), while the scope gate is fitted on the
+    in-scope examples alone."""
+    from distiller.bases import resolve
+    from distiller.classifier import train_classifier
+    from students.classifier import MANIFEST, Classifier, input_text
+    from students.generation import Request, generate_batch, load_student
+
+    _, store, (train, _evals, fresh) = trained
+    learned = {ex.answer for ex in train}
+    rows = list(csv.DictReader((DATA / "train.csv").open()))
+    others = sorted({r["category"] for r in rows} - learned)[::10][:6]
+    oos = [
+        Example(f"oos-{i}", [{"role": "user", "content": r["text"]}], "OOS")
+        for i, r in enumerate(r for r in rows if r["category"] in others)
+    ]
+    result = train_classifier(resolve("minilm-l6", store), train + oos, tmp_path / "run")
+    manifest = (result.merged / MANIFEST).read_text()
+    assert '"OOS"' in manifest  # `OOS` matches the default `oos` ignoring case
+    student = Classifier.load(result.merged)
+    assert student.out_of_scope_labels == {"OOS"}
+    assert student.scope is not None
+    # The scope gate's examples are the in-scope ones only.
+    assert len(student.scope.features) < len(train)
+    test = [
+        r["text"] for r in csv.DictReader((DATA / "test.csv").open()) if r["category"] in others
+    ]
+    outside = student.predict_scoped(test)
+    inside = student.predict_scoped([input_text(ex.prompt) for ex in fresh])
+    escalated_out = sum(conf == 0.0 for _, conf, _ in outside) / len(outside)
+    escalated_in = sum(conf == 0.0 for _, conf, _ in inside) / len(inside)
+    assert escalated_out >= 0.85, escalated_out  # 0.96 measured
+    assert escalated_in <= 0.15, escalated_in  # 0.12 measured (0.05 of it the scope gate)
+    # Served as the student server serves it: the answer says it was out of scope.
+    loaded = load_student("intents", result.merged)
+    answers = generate_batch(loaded, [Request([{"role": "user", "content": t}]) for t in test[:20]])
+    said_oos = [a for a in answers if a["text"] == "OOS"]
+    assert said_oos and all(a["out_of_scope"] and a["confidence"] == 0 for a in said_oos)
