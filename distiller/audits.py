@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.agreement import wilson_bounds
 from contracts.policy import Route
 from distiller.evaluation import AGREE_AT
-from distiller.evidence import entered, judge
+from distiller.evidence import Judged, entered, judge, recalibrated
 from store import Store
 
 _AUDITS = """
@@ -52,21 +51,15 @@ WHERE route = {r:String} AND candidate = {c:String} AND started_at >= {since:Dat
 """
 
 
-@dataclass(frozen=True)
-class Audited:
-    agree: bool
-    confidence: float  # the served answer's (-1: not measured)
-
-
 def audited(
     store: Store, route: Route, candidate: str, since: datetime, threshold: float | None
-) -> list[Audited]:
+) -> list[Judged]:
     """This run's last `audit.window` audits of answers it would still serve."""
     naive = since.astimezone(UTC).replace(tzinfo=None)
     rows = store.query_dicts(
         _AUDITS, {"r": route.name, "c": candidate, "since": naive, "n": route.audit.window}
     )
-    out = [Audited(float(r["agreement"]) >= AGREE_AT, float(r["confidence"])) for r in rows]
+    out = [Judged(float(r["agreement"]) >= AGREE_AT, float(r["confidence"])) for r in rows]
     if threshold is None:
         return out
     return [a for a in out if a.confidence >= threshold]
@@ -79,19 +72,6 @@ def served_share(store: Store, route: str, candidate: str, since: datetime) -> f
     )[0]
     served, escalated = int(row["served"]), int(row["escalated"])
     return served / (served + escalated) if served + escalated else 1.0
-
-
-def recalibrated(
-    audits: list[Audited], target: float, confidence: float
-) -> tuple[float, int, int] | None:
-    """The lowest confidence threshold at which the audited answers above it have a lower
-    bound ≥ target, with (agreeing, kept) there; None when no threshold reaches it."""
-    for t in sorted({a.confidence for a in audits}):
-        kept = [a for a in audits if a.confidence >= t]
-        agree = sum(a.agree for a in kept)
-        if wilson_bounds(agree, len(kept), confidence)[0] >= target:
-            return t, agree, len(kept)
-    return None
 
 
 @dataclass(frozen=True)
@@ -150,7 +130,7 @@ def _short_of_target(
     route: Route,
     candidate: str,
     since: datetime,
-    audits: list[Audited],
+    audits: list[Judged],
     record: str,
     evidence: dict[str, Any],
     fixed: float | None,

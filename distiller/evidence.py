@@ -93,12 +93,19 @@ def verdict(ev: StageEvidence, min_examples: int, target: float) -> Verdict:
 
 
 def entered(
-    store: Store, route: str, candidate: str, version: str, state: str | None = None
+    store: Store,
+    route: str,
+    candidate: str,
+    version: str,
+    state: str | None = None,
+    latest: bool = False,
 ) -> datetime:
-    """When the run `version` entered the rollout (or, given `state`, that stage)."""
+    """When the run `version` entered the rollout (or, given `state`, that stage); with
+    `latest`, its last row in that stage (a recalibration writes one: evidence at the new
+    threshold starts there)."""
     rows = store.query_rows(
-        "SELECT min(updated_at) FROM candidate_states WHERE route = {r:String} "
-        "AND candidate = {c:String} AND version = {v:String}"
+        f"SELECT {'max' if latest else 'min'}(updated_at) FROM candidate_states "
+        "WHERE route = {r:String} AND candidate = {c:String} AND version = {v:String}"
         + (" AND state = {s:String}" if state else ""),
         {"r": route, "c": candidate, "v": version, "s": state or ""},
     )
@@ -108,12 +115,17 @@ def entered(
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def shadow_evidence(
-    store: Store, route: Route, candidate: str, since: datetime, min_confidence: float | None
-) -> StageEvidence:
-    """Shadow answers since `since` against the teacher's answers they shadowed. With a
-    `min_confidence`, an answer below it is one the router would have escalated: it counts
-    toward coverage, not agreement."""
+@dataclass(frozen=True)
+class Judged:
+    """One answer the teacher's answer judged: whether they agree, and the candidate's
+    confidence in it (-1: not measured)."""
+
+    agree: bool
+    confidence: float
+
+
+def shadow_answers(store: Store, route: Route, candidate: str, since: datetime) -> list[Judged]:
+    """Shadow answers since `since`, each against the teacher's answer it shadowed."""
     rows = store.query_rows(
         "SELECT s.response, p.response, s.confidence FROM requests AS s "
         "INNER JOIN requests AS p ON p.request_id = toUUIDOrZero(s.parent_id) "
@@ -122,19 +134,45 @@ def shadow_evidence(
         "AND s.started_at >= {since:DateTime64(3)}",
         {"r": route.name, "c": candidate, "since": since.astimezone(UTC).replace(tzinfo=None)},
     )
-    agree = kept = 0
+    out = []
     for shadow, teacher, confidence in rows:
-        if min_confidence is not None and float(confidence) < min_confidence:
-            continue  # escalated: the teacher would have answered it
-        kept += 1
         s = answer_text(orjson.loads(shadow or "{}") or {})
         t = answer_text(orjson.loads(teacher or "{}") or {})
         if route.gate.metric == "llm_judge":
             score = agreement("chrf", s, t)  # shadows are judged offline by similarity
         else:
             score = agreement(route.gate.metric, s, t, route.gate.fields)
-        agree += score >= AGREE_AT
-    return judge(agree, kept, len(rows), route.gate.threshold, route.gate.confidence)
+        out.append(Judged(score >= AGREE_AT, float(confidence)))
+    return out
+
+
+def judge_kept(answers: list[Judged], route: Route, min_confidence: float | None) -> StageEvidence:
+    """The stage's evidence: with a `min_confidence`, an answer below it is one the router
+    would have escalated: it counts toward coverage, not agreement."""
+    kept = [a for a in answers if min_confidence is None or a.confidence >= min_confidence]
+    agree = sum(a.agree for a in kept)
+    return judge(agree, len(kept), len(answers), route.gate.threshold, route.gate.confidence)
+
+
+def shadow_evidence(
+    store: Store, route: Route, candidate: str, since: datetime, min_confidence: float | None
+) -> StageEvidence:
+    """Shadow answers since `since` against the teacher's answers they shadowed, judged on
+    those the candidate would keep at `min_confidence`."""
+    return judge_kept(shadow_answers(store, route, candidate, since), route, min_confidence)
+
+
+def recalibrated(
+    answers: list[Judged], target: float, confidence: float
+) -> tuple[float, int, int] | None:
+    """The lowest confidence threshold at which the judged answers above it have a lower
+    bound ≥ target, with (agreeing, kept) there; None when no threshold reaches it."""
+    for t in sorted({a.confidence for a in answers}):
+        kept = [a for a in answers if a.confidence >= t]
+        agree = sum(a.agree for a in kept)
+        if wilson_bounds(agree, len(kept), confidence)[0] >= target:
+            return t, agree, len(kept)
+    return None
 
 
 def rollout_notes(route: Route) -> list[str]:

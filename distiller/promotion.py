@@ -5,9 +5,12 @@
 - shadow → canary once at least `shadow_min_examples` shadow answers agree with the
   teacher's answers to the same requests at the gate's threshold (Wilson lower bound); a
   selective candidate is judged on the answers it would keep (those below its confidence
-  threshold count as coverage). shadow → failed only once the upper bound is below the
-  threshold, or when the stage outlives `rollout.stage_timeout_h` without the evidence it
-  needs (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
+  threshold count as coverage). When the upper bound falls below the threshold, a
+  selective candidate's confidence threshold is first raised to the lowest one whose kept
+  shadow answers reach it (while `gate.min_coverage` of them stay kept), and the stage's
+  evidence starts again at the new threshold; shadow → failed when no threshold does, or
+  when the stage outlives `rollout.stage_timeout_h` without the evidence it needs
+  (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
 - canary → promoted, recalibrated or rolled_back as its audits decide
   (`distiller/audits.py`: the lower bound of this run's audited agreement must reach the
   audit target to promote; an upper bound below it raises a selective candidate's threshold,
@@ -33,7 +36,15 @@ from contracts.policy import Route
 from contracts.states import CandidateState, as_state, may_move
 from distiller.audits import decide
 from distiller.events import record_event
-from distiller.evidence import entered, shadow_evidence, verdict
+from distiller.evidence import (
+    Judged,
+    StageEvidence,
+    entered,
+    judge_kept,
+    recalibrated,
+    shadow_answers,
+    verdict,
+)
 from distiller.latency import latency_hold
 from store import Store
 
@@ -259,8 +270,12 @@ def _advance_audited(store: Store, route: Route, candidate: str, st: State) -> s
 def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> str:
     """Move a shadow candidate on, fail it, or record once what it waits for."""
     threshold = route.escalation_threshold(st.min_confidence)
-    since = entered(store, route.name, candidate, st.version, "shadow")
-    ev = shadow_evidence(store, route, candidate, since, threshold)
+    began = entered(store, route.name, candidate, st.version, "shadow")
+    # After a recalibration, evidence at the new threshold starts afresh: the threshold
+    # was chosen on the answers before it.
+    since = entered(store, route.name, candidate, st.version, "shadow", latest=True)
+    answers = shadow_answers(store, route, candidate, since)
+    ev = judge_kept(answers, route, threshold)
     target, min_n = route.gate.threshold, route.rollout.shadow_min_examples
     evidence: dict[str, Any] = {**ev.as_dict(), "target": target, "min_confidence": threshold}
     found = verdict(ev, min_n, target)
@@ -275,9 +290,24 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
             to = "canary" if _canary_share(route, candidate) > 0 else "promoted"
             why = f"{record} ≥ {target}"
     elif found == "fail":
-        to, why = "failed", f"{record}: upper bound {ev.upper:.3f} < {target}"
+        short = f"{record}: upper bound {ev.upper:.3f} < {target}"
+        raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
+        if isinstance(raised, tuple):
+            set_threshold(
+                store,
+                route.name,
+                candidate,
+                "shadow",
+                st.version,
+                st.dataset_id,
+                raised[0],
+                raised[1],
+                evidence,
+            )
+            return f"{candidate}: shadow, recalibrated: {raised[1]}"
+        to, why = "failed", raised or short
     else:
-        hours = (datetime.now(UTC) - since).total_seconds() / 3600
+        hours = (datetime.now(UTC) - began).total_seconds() / 3600
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} at this agreement" if needs else "cannot reach it at this rate"
         if hours <= route.rollout.stage_timeout_h:
@@ -298,6 +328,42 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         )
     transition(store, route.name, candidate, to, why, evidence)
     return f"{candidate}: shadow → {to}: {why}"
+
+
+def _shadow_threshold(
+    route: Route,
+    answers: list[Judged],
+    threshold: float | None,
+    ev: StageEvidence,
+    short: str,
+    evidence: dict[str, Any],
+) -> tuple[float, str] | str | None:
+    """A selective candidate whose kept shadow answers fall short of the target: the lowest
+    higher confidence threshold whose kept answers' lower bound reaches it, with why, while
+    that keeps `gate.min_coverage` of them; else why the stage fails (None: as it stands).
+    A hand-set `escalation.min_confidence` is the route's and is never moved."""
+    min_coverage = route.gate.min_coverage
+    if min_coverage is None or threshold is None or route.escalation.min_confidence is not None:
+        return None
+    if any(a.confidence < 0 for a in answers):
+        return None
+    kept = [a for a in answers if a.confidence >= threshold]
+    found = recalibrated(kept, route.gate.threshold, route.gate.confidence)
+    if found is None:
+        return f"{short}; no confidence threshold reaches it"
+    raised, agree, n = found
+    coverage = n / ev.seen if ev.seen else 0.0
+    evidence.update(new_min_confidence=raised, kept=n, kept_agree=agree)
+    evidence["coverage_after"] = round(coverage, 4)
+    if coverage < min_coverage:
+        return (
+            f"{short}; at threshold {raised:.3f} it would keep {coverage:.0%} "
+            f"< min_coverage {min_coverage:.0%}"
+        )
+    return raised, (
+        f"{short}; threshold raised to {raised:.3f} ({agree}/{n} kept shadow answers agree, "
+        f"{coverage:.0%} of them kept); the stage's evidence starts again at it"
+    )
 
 
 def _note_once(

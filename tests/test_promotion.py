@@ -236,6 +236,47 @@ def test_a_shadow_fails_when_its_bound_cannot_reach_the_target_and_runs_start_af
     ]
 
 
+def test_a_selective_shadow_short_of_its_target_raises_its_threshold_then_proves_it_afresh(
+    gateway: RunningGateway,
+) -> None:
+    """Out-of-scope traffic the student is fairly sure of and wrong about: at its fitted
+    threshold the kept answers agree 230/260, so the stage would fail; the threshold rises
+    to the lowest confidence whose kept answers reach 0.97 (200/200 at 0.95, 77% of them
+    kept) and the stage waits for fresh evidence at it before it moves on. Where the raise
+    would keep less than `min_coverage`, the stage fails and says so."""
+    store = gateway.state.store
+    route = _selective_route("distill-shadow-recal")
+    transition(store, route.name, "c", "shadow", "gate passed", {}, "run-1", "d", 0.6)
+    _shadowed(store, route.name, "c", [(True, 0.95)] * 200 + [(False, 0.7), (True, 0.7)] * 30)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow, recalibrated: shadow agreement 230/260"), changes
+    assert (
+        "threshold raised to 0.950 (200/200 kept shadow answers agree, 77% of them" in (changes[0])
+    )
+    st = current(store, route.name, "c")
+    assert st.state == "shadow" and st.min_confidence == 0.95 and st.version == "run-1"
+    events = store.query_dicts(
+        "SELECT evidence FROM events WHERE route = {r:String} AND kind = 'recalibrated'",
+        {"r": route.name},
+    )
+    assert json.loads(events[0]["evidence"])["new_min_confidence"] == 0.95
+    # The answers that chose the threshold do not prove it.
+    time.sleep(0.01)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow, waiting: shadow agreement 0/0 of 0 kept"), changes
+    _shadowed(store, route.name, "c", [(True, 0.97)] * 130 + [(False, 0.8)] * 20)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: shadow → canary: shadow agreement 130/130 of 150 kept")
+
+    low = _selective_route("distill-shadow-recal-low")
+    transition(store, low.name, "c", "shadow", "gate passed", {}, "run-1", "d", 0.6)
+    _shadowed(store, low.name, "c", [(True, 0.95)] * 130 + [(False, 0.7), (True, 0.7)] * 90)
+    changes = advance(store, low)
+    assert changes[0].startswith("c: shadow → failed: shadow agreement 220/310"), changes
+    assert "at threshold 0.950 it would keep 42% < min_coverage 50%" in changes[0]
+    assert current(store, low.name, "c").state == "failed"
+
+
 def test_a_shadow_that_outlives_its_stage_bound_fails_saying_what_it_needed(
     gateway: RunningGateway,
 ) -> None:
