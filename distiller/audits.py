@@ -1,14 +1,18 @@
 """What a canary or promoted candidate's audits decide: promote, wait, recalibrate, or roll
 back.
 
-The audits are of this run's served answers only (`evidence.entered`), the last
-`audit.window` of them whose answer the candidate would still serve at its current
-confidence threshold. Their agreement is held to the route's audit target
-(`audit.min_agreement`, by default the gate's `threshold`: the figure the gate certified):
+The audits are of this run's served answers only (`evidence.entered`) whose answer the
+candidate would still serve at its current confidence threshold: in canary every audit
+since it entered the stage (or since its last recalibration: the audits that chose a
+threshold do not prove it), since promotion needs the evidence its target needs, however
+much that is; once promoted, the last `audit.window` of them (a recent record). Their
+agreement is held to the route's audit target (`audit.min_agreement`, by default the gate's
+`threshold`: the figure the gate certified):
 
 - canary → promoted once at least `canary_min_examples` audits put the Wilson lower bound
   at or above the target (and latency does not hold it; `promotion.latency_hold`); until
-  then the stage waits, noting once how many audits it needs;
+  then the stage waits, noting once how many audits it needs, and is rolled back when it
+  outlives `rollout.stage_timeout_h` without them, saying what it needed;
 - when the upper bound falls below the target (the audits show the served answers agree
   less than promised), a selective candidate is first recalibrated: its threshold rises to
   the lowest audited confidence at which the lower bound over the answers above it reaches
@@ -51,14 +55,22 @@ WHERE route = {r:String} AND candidate = {c:String} AND started_at >= {since:Dat
 """
 
 
+# A canary's record is all of its audits since it entered the stage; this only bounds a
+# query (at a 0.97 target a 98% record needs ~1,150 audits).
+CANARY_AUDITS = 1_000_000
+
+
 def audited(
-    store: Store, route: Route, candidate: str, since: datetime, threshold: float | None
+    store: Store,
+    route: Route,
+    candidate: str,
+    since: datetime,
+    threshold: float | None,
+    limit: int,
 ) -> list[Judged]:
-    """This run's last `audit.window` audits of answers it would still serve."""
+    """This run's last `limit` audits since `since` of answers it would still serve."""
     naive = since.astimezone(UTC).replace(tzinfo=None)
-    rows = store.query_dicts(
-        _AUDITS, {"r": route.name, "c": candidate, "since": naive, "n": route.audit.window}
-    )
+    rows = store.query_dicts(_AUDITS, {"r": route.name, "c": candidate, "since": naive, "n": limit})
     out = [Judged(float(r["agreement"]) >= AGREE_AT, float(r["confidence"])) for r in rows]
     if threshold is None:
         return out
@@ -98,8 +110,12 @@ def decide(
     `escalation.min_confidence` is the route's and is never moved."""
     fixed = route.escalation.min_confidence
     threshold = route.escalation_threshold(gate_threshold)
-    since = entered(store, route.name, candidate, version)
-    audits = audited(store, route, candidate, since, threshold)
+    if state == "canary":
+        since = entered(store, route.name, candidate, version, "canary", latest=True)
+        audits = audited(store, route, candidate, since, threshold, CANARY_AUDITS)
+    else:
+        since = entered(store, route.name, candidate, version)
+        audits = audited(store, route, candidate, since, threshold, route.audit.window)
     if not audits:
         return None
     target, z = route.audit_target(), route.gate.confidence
@@ -121,6 +137,15 @@ def decide(
             return AuditCall("promote", f"{record} ≥ {target}", evidence)
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} audits at this agreement" if needs else "cannot reach it"
+        began = entered(store, route.name, candidate, version, "canary")
+        hours = (datetime.now(UTC) - began).total_seconds() / 3600
+        if hours > route.rollout.stage_timeout_h:
+            return AuditCall(
+                "roll_back",
+                f"{record} < {target} after {hours:.0f} h "
+                f"(rollout.stage_timeout_h {route.rollout.stage_timeout_h:g}); {wants}",
+                evidence,
+            )
         return AuditCall("wait", f"{record}, target {target}: {wants}", evidence)
     return AuditCall("keep", record, evidence)
 

@@ -208,14 +208,17 @@ def rollout_notes(route: Route) -> list[str]:
             )
         else:
             need = max(perfect_audits, rollout.canary_min_examples)
-            if need > audit.window:
-                out.append(
-                    f"cannot pass: canary needs {need} audits but reads only the last "
-                    f"audit.window {audit.window}"
-                )
-            else:
-                out.append(
-                    f"canary needs ≥ {need} audits for a lower bound ≥ the audit target "
-                    f"{route.audit_target()} (a perfect record)"
-                )
+            shares = [route.canary_share(c) for c in route.candidates]
+            per = max(shares) * audit.canary_share * (gate.min_coverage or 1.0)
+            about = (
+                f": about {math.ceil(need / per)} requests at canary_share {max(shares):g} "
+                f"and audit.canary_share {audit.canary_share:g}"
+                if per > 0
+                else ""
+            )
+            out.append(
+                f"canary needs ≥ {need} audits for a lower bound ≥ the audit target "
+                f"{route.audit_target()} (a perfect record){about}, within stage_timeout_h "
+                f"{rollout.stage_timeout_h:g}"
+            )
     return out

@@ -449,3 +449,45 @@ def test_audits_below_the_target_raise_a_selective_threshold_before_any_rollback
         else:
             assert "would serve 67% < min_coverage 80%" in changes[0]
             assert st.state == "rolled_back"
+
+
+def test_a_canary_is_judged_on_all_its_audits_and_bounded_in_time(
+    gateway: RunningGateway,
+) -> None:
+    """At a 0.97 target a 99% record needs ~300 audits; the canary reads every audit since it
+    entered the stage (not the last `audit.window` 50, whose 50/50 bound is 0.929), so it is
+    promoted on 297/300. A canary that outlives `rollout.stage_timeout_h` without the
+    evidence is rolled back, saying what it needed."""
+    store = gateway.state.store
+    route = Route.model_validate(
+        {
+            "name": "distill-canary-record",
+            "teacher": "teacher",
+            "candidates": [{"name": "c", "model": "student-ok"}],
+            "gate": {"threshold": 0.97},
+            "audit": {"window": 50},
+            "rollout": {"canary_min_examples": 30},
+        }
+    )
+    transition(store, route.name, "c", "canary", "gate passed", {}, "run-1", "d")
+    insert_audits(store, route.name, "c", [1.0] * 150 + [0.0] * 3)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: canary, waiting: audited agreement 150/153"), changes
+    assert "needs" in changes[0]
+    insert_audits(store, route.name, "c", [1.0] * 147)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: canary → promoted: audited agreement 297/300"), changes
+
+    slow = route.model_copy(
+        update={
+            "name": "distill-canary-timeout",
+            "rollout": route.rollout.model_copy(update={"stage_timeout_h": 0.000001}),
+        }
+    )
+    transition(store, slow.name, "c", "canary", "gate passed", {}, "run-1", "d")
+    insert_audits(store, slow.name, "c", [1.0] * 60)
+    time.sleep(0.01)
+    changes = advance(store, slow)
+    assert changes[0].startswith("c: canary → rolled_back: audited agreement 60/60"), changes
+    assert "rollout.stage_timeout_h" in changes[0] and "needs 125 audits" in changes[0]
+    assert current(store, slow.name, "c").state == "rolled_back"
