@@ -12,7 +12,9 @@ agreement is held to the route's audit target (`audit.min_agreement`, by default
 - canary → promoted once at least `canary_min_examples` audits put the Wilson lower bound
   at or above the target (and latency does not hold it; `promotion.latency_hold`); until
   then the stage waits, noting once how many audits it needs, and is rolled back when it
-  outlives `rollout.stage_timeout_h` without them, saying what it needed;
+  outlives `rollout.stage_timeout_h` without them, saying what it needed; once it has the
+  audits at which the kept agreement its gate certified would have passed and has not, it
+  is treated as short of the target (below);
 - when the upper bound falls below the target (the audits show the served answers agree
   less than promised), a selective candidate is first recalibrated: its threshold rises to
   the lowest audited confidence at which the lower bound over the answers above it reaches
@@ -31,7 +33,14 @@ from typing import Any
 
 from contracts.policy import Route
 from distiller.evaluation import AGREE_AT
-from distiller.evidence import Judged, entered, judge, recalibrated
+from distiller.evidence import (
+    Judged,
+    certified_kept,
+    entered,
+    judge,
+    needed_examples,
+    recalibrated,
+)
 from store import Store
 
 _AUDITS = """
@@ -131,10 +140,23 @@ def decide(
     record = f"audited agreement {agree}/{len(audits)} (bounds {ev.lower:.3f}–{ev.upper:.3f})"
     min_n = route.rollout.canary_min_examples
     if ev.upper < target and len(audits) >= min(route.audit.window, min_n):
-        return _short_of_target(store, route, candidate, since, audits, record, evidence, fixed)
+        short = f"{record}: upper bound < {target}"
+        return _short_of_target(store, route, candidate, since, audits, short, evidence, fixed)
     if state == "canary":
         if len(audits) >= min_n and ev.lower >= target:
             return AuditCall("promote", f"{record} ≥ {target}", evidence)
+        certified = certified_kept(store, version, threshold)
+        expected = (
+            needed_examples(certified, target, z) if certified and certified > target else None
+        )
+        if expected is not None and len(audits) >= max(expected, min_n):
+            # The answers at which the certified agreement would have passed are in, and
+            # it has not: the traffic agrees less than the eval set did.
+            behind = (
+                f"{record} < {target}: certified {certified:.1%} kept agreement would have "
+                f"reached it after {expected} audits"
+            )
+            return _short_of_target(store, route, candidate, since, audits, behind, evidence, fixed)
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} audits at this agreement" if needs else "cannot reach it"
         began = entered(store, route.name, candidate, version, "canary")
@@ -156,12 +178,12 @@ def _short_of_target(
     candidate: str,
     since: datetime,
     audits: list[Judged],
-    record: str,
+    short: str,
     evidence: dict[str, Any],
     fixed: float | None,
 ) -> AuditCall:
+    """Raise a selective candidate's threshold, or roll it back; `short`: why."""
     target = route.audit_target()
-    short = f"{record}: upper bound < {target}"
     selective = route.gate.min_coverage is not None and fixed is None
     if not selective or any(a.confidence < 0 for a in audits):
         return AuditCall("roll_back", short, evidence)

@@ -223,8 +223,16 @@ def score_answers(
 
 
 def store_report(
-    store: Store, report: EvalReport, route: str, candidate: str, confidence: float = 0.95
+    store: Store,
+    report: EvalReport,
+    route: str,
+    candidate: str,
+    confidence: float = 0.95,
+    certified_on: dict[str, str] | None = None,
 ) -> None:
+    """The report's rows and summary; `certified_on`: what it was measured against
+    (`distiller.certification.Certification.as_dict()`: teacher, judge, digests)."""
+    on = certified_on or {}
     chosen = report.selection(confidence) if report.min_coverage is not None else None
     store.insert_rows(
         "eval_results",
@@ -273,6 +281,10 @@ def store_report(
                 report.serving_threshold(confidence),
                 chosen.coverage if chosen is not None else 1.0,
                 report.min_coverage,
+                on.get("teacher", ""),
+                on.get("judge", ""),
+                on.get("data_digest", ""),
+                on.get("artifact_digest", ""),
             ]
         ],
         [
@@ -291,5 +303,9 @@ def store_report(
             "min_confidence",
             "coverage",
             "min_coverage",
+            "teacher",
+            "judge",
+            "data_digest",
+            "artifact_digest",
         ],
     )

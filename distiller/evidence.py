@@ -14,7 +14,7 @@ never promoted, or rolled back, on its predecessor's record.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -60,6 +60,7 @@ class StageEvidence:
     lower: float
     upper: float
     needed: int | None  # examples the observed agreement needs to pass; None: it cannot
+    min_confidence: float | None = None  # the threshold it was judged at
 
     @property
     def coverage(self) -> float:
@@ -151,7 +152,8 @@ def judge_kept(answers: list[Judged], route: Route, min_confidence: float | None
     would have escalated: it counts toward coverage, not agreement."""
     kept = [a for a in answers if min_confidence is None or a.confidence >= min_confidence]
     agree = sum(a.agree for a in kept)
-    return judge(agree, len(kept), len(answers), route.gate.threshold, route.gate.confidence)
+    ev = judge(agree, len(kept), len(answers), route.gate.threshold, route.gate.confidence)
+    return replace(ev, min_confidence=min_confidence)
 
 
 def shadow_evidence(
@@ -160,6 +162,18 @@ def shadow_evidence(
     """Shadow answers since `since` against the teacher's answers they shadowed, judged on
     those the candidate would keep at `min_confidence`."""
     return judge_kept(shadow_answers(store, route, candidate, since), route, min_confidence)
+
+
+def certified_kept(store: Store, run_id: str, min_confidence: float | None) -> float | None:
+    """The agreement the run's gate measured over the eval answers it keeps at
+    `min_confidence` (all of them without one); None with no eval results."""
+    rows = store.query_rows(
+        "SELECT countIf(confidence >= {t:Float64}), sumIf(toUInt32(agree), confidence >= "
+        "{t:Float64}) FROM eval_results WHERE run_id = {r:String}",
+        {"r": run_id, "t": -2.0 if min_confidence is None else min_confidence},
+    )
+    kept, agree = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+    return agree / kept if kept else None
 
 
 def recalibrated(

@@ -5,9 +5,12 @@
 - shadow → canary once at least `shadow_min_examples` shadow answers agree with the
   teacher's answers to the same requests at the gate's threshold (Wilson lower bound); a
   selective candidate is judged on the answers it would keep (those below its confidence
-  threshold count as coverage). When the upper bound falls below the threshold, a
-  selective candidate's confidence threshold is first raised to the lowest one whose kept
-  shadow answers reach it (while `gate.min_coverage` of them stay kept), and the stage's
+  threshold count as coverage). When the upper bound falls below the threshold, or the
+  stage has the answers at which the kept agreement its gate certified would have passed
+  and it has not (the traffic agrees less than the eval set did), a selective candidate's
+  confidence
+  threshold is first raised to the lowest one whose kept shadow answers reach it (while
+  `gate.min_coverage` of them stay kept), and the stage's
   evidence starts again at the new threshold; shadow → failed when no threshold does, or
   when the stage outlives `rollout.stage_timeout_h` without the evidence it needs
   (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
@@ -39,8 +42,10 @@ from distiller.events import record_event
 from distiller.evidence import (
     Judged,
     StageEvidence,
+    certified_kept,
     entered,
     judge_kept,
+    needed_examples,
     recalibrated,
     shadow_answers,
     verdict,
@@ -232,7 +237,7 @@ def _advance_audited(store: Store, route: Route, candidate: str, st: State) -> s
     if call is None or call.action == "keep":
         return ""
     if call.action == "wait":
-        _note_once(
+        note_once(
             store,
             route.name,
             candidate,
@@ -293,25 +298,23 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         short = f"{record}: upper bound {ev.upper:.3f} < {target}"
         raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
         if isinstance(raised, tuple):
-            set_threshold(
-                store,
-                route.name,
-                candidate,
-                "shadow",
-                st.version,
-                st.dataset_id,
-                raised[0],
-                raised[1],
-                evidence,
-            )
+            set_threshold(store, route.name, candidate, "shadow", st.version, st.dataset_id,
+                          raised[0], raised[1], evidence)  # fmt: skip
             return f"{candidate}: shadow, recalibrated: {raised[1]}"
         to, why = "failed", raised or short
     else:
         hours = (datetime.now(UTC) - began).total_seconds() / 3600
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} at this agreement" if needs else "cannot reach it at this rate"
+        if behind := _behind_certified(store, route, st.version, ev):
+            short = f"{record} < {target}: {behind}"
+            raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
+            if isinstance(raised, tuple):
+                set_threshold(store, route.name, candidate, "shadow", st.version,
+                              st.dataset_id, raised[0], raised[1], evidence)  # fmt: skip
+                return f"{candidate}: shadow, recalibrated: {raised[1]}"
         if hours <= route.rollout.stage_timeout_h:
-            _note_once(
+            note_once(
                 store,
                 route.name,
                 candidate,
@@ -328,6 +331,23 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         )
     transition(store, route.name, candidate, to, why, evidence)
     return f"{candidate}: shadow → {to}: {why}"
+
+
+def _behind_certified(store: Store, route: Route, version: str, ev: StageEvidence) -> str:
+    """Why the live evidence contradicts the certification (else ''): at the agreement the
+    gate certified for the kept answers, the lower bound would have reached the target by
+    now; it has not, so the traffic agrees less than the eval set did (new intents, a
+    shifted mix) and waiting would take far longer than certified."""
+    certified = certified_kept(store, version, ev.min_confidence)
+    if certified is None:
+        return ""
+    expected = needed_examples(certified, route.gate.threshold, route.gate.confidence)
+    if expected is None or ev.n < max(expected, route.rollout.shadow_min_examples):
+        return ""
+    return (
+        f"certified {certified:.1%} kept agreement would have reached it after {expected} "
+        f"answers; the traffic agrees less"
+    )
 
 
 def _shadow_threshold(
@@ -366,7 +386,7 @@ def _shadow_threshold(
     )
 
 
-def _note_once(
+def note_once(
     store: Store,
     route: str,
     candidate: str,

@@ -29,13 +29,21 @@ from contracts.pricing import price_table
 from distiller.backends import JobFailed
 from distiller.bases import BaseUnavailable
 from distiller.cache_audits import advance_semantic
+from distiller.certification import (
+    Certification,
+    artifact_digest,
+    certified,
+    changed_since,
+    data_digest,
+    judge_of,
+)
 from distiller.classifier import NotAClosedSet
 from distiller.curation import curate
 from distiller.datasets import DatasetVersion, build_dataset, reload_dataset
 from distiller.evaluation import store_report
 from distiller.jobs import TrainJob
 from distiller.leases import Lease
-from distiller.promotion import advance, after_evaluation, current
+from distiller.promotion import advance, after_evaluation, current, note_once
 from distiller.publishing import PublishError, publish
 from distiller.runs import TrainingContext, abandon_stale, run_with_retries
 from store import Store
@@ -127,6 +135,8 @@ def distill_route(
     if not route.candidates:
         summary["skipped"] = "route has no candidates"
         return summary
+    if stale := flag_stale_certifications(store, route, policies):
+        summary["certification_stale"] = stale
     force = force or _requested(store, route.name)
     retry = (
         None
@@ -168,6 +178,42 @@ def distill_route(
             ctx.leases.release(lease)
     summary["changes"] = advance(store, route, prices)
     return summary
+
+
+def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -> list[str]:
+    """A serving candidate certified against another teacher or judge than the route's now:
+    its certified figure no longer says what users get. An event once per run (the audits,
+    which ask the new teacher, go on holding what it serves to the target)."""
+    teacher = policies.models[route.teacher].model
+    judge = judge_of(route, teacher)
+    out = []
+    for cand in route.candidates:
+        st = current(store, route.name, cand.name)
+        if st is None or st.state not in ("shadow", "canary", "promoted"):
+            continue
+        cert = certified(store, st.version)
+        changed = changed_since(cert, teacher, judge) if cert is not None else []
+        if changed:
+            why = (
+                f"certified on another {' and '.join(changed)}: its certified figure is the "
+                "old one's; audits, asked of the new teacher, hold what it serves until a new "
+                "run is certified"
+            )
+            note_once(
+                store,
+                route.name,
+                cand.name,
+                "certification_stale",
+                st.version,
+                why,
+                {
+                    "certified_on": cert.as_dict() if cert else {},
+                    "teacher": teacher,
+                    "judge": judge,
+                },
+            )
+            out.append(f"{cand.name}: {why}")
+    return out
 
 
 def _train_candidates(
@@ -229,7 +275,15 @@ def _train_candidates(
             continue
         location = ctx.models.location(job.rel_dir)
         run_id = job.run_id
-        store_report(store, report, route.name, cand.name, route.gate.confidence)
+        teacher = policies.models[route.teacher].model
+        cert = Certification(
+            teacher,
+            judge_of(route, teacher),
+            ds.eval_set_id,
+            data_digest(ds.eval),
+            artifact_digest(result.merged),
+        )
+        store_report(store, report, route.name, cand.name, route.gate.confidence, cert.as_dict())
         evidence = {
             "run_id": run_id,
             "eval_set": ds.eval_set_id,
@@ -238,6 +292,7 @@ def _train_candidates(
             "wilson_lower": report.lower_bound(route.gate.confidence),
             "threshold": route.gate.threshold,
             "min_examples": route.gate.min_examples,
+            "certified_on": cert.as_dict(),
         }
         serving_threshold = report.serving_threshold(route.gate.confidence)
         if route.gate.min_coverage is not None:

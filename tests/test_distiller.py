@@ -6,6 +6,7 @@ session's ClickHouse, as a teacher-served workload would have left them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -176,6 +177,29 @@ def test_training_run_beats_untrained_base_and_gates(
     )
     assert events[-1]["to_state"] == "shadow" and "gate passed" in events[-1]["reason"]
     assert json.loads(events[-1]["evidence"])["eval_set"] == summary["eval_set"]
+    # What it was certified on: the teacher, the judge, digests of the rows and the artifact.
+    from distiller.certification import artifact_digest, certified, data_digest
+    from distiller.worker import flag_stale_certifications
+
+    cert = certified(store, run["run_id"])
+    assert cert is not None
+    assert cert.teacher == policies.models["teacher"].model
+    assert cert.judge == "json_field_match(intent)" and cert.eval_set_id == summary["eval_set"]
+    assert cert.data_digest == data_digest(ds.eval)
+    assert cert.artifact_digest == artifact_digest(runs[0]["artifact_path"]) != ""
+    assert flag_stale_certifications(store, route, policies) == []
+    # The route's teacher changes: the certification is flagged once per run.
+    changed = policies.models["teacher"].model_copy(update={"model": "openai/o9"})
+    other = dataclasses.replace(policies, models={**policies.models, "teacher": changed})
+    for _ in range(2):
+        stale = flag_stale_certifications(store, route, other)
+        assert len(stale) == 1 and f"teacher {cert.teacher} → openai/o9" in stale[0]
+    flags = store.query_dicts(
+        "SELECT evidence FROM events WHERE kind = 'certification_stale' AND route = {r:String}",
+        {"r": ROUTE},
+    )
+    assert len(flags) == 1
+    assert json.loads(flags[0]["evidence"])["certified_on"]["teacher"] == cert.teacher
 
     # Lineage, both ways, and erasure.
     learned = requests_of_candidate(store, ROUTE, "tiny")

@@ -78,7 +78,8 @@ FROM training_runs ORDER BY updated_at DESC LIMIT 1 BY route, candidate
 
 _REPORTS = """
 SELECT route, candidate, run_id, eval_set_id, metric, examples, agreement, wilson_lower,
-       threshold, passed, created_at, coverage, min_coverage, coverage_curve
+       threshold, passed, created_at, coverage, min_coverage, coverage_curve,
+       teacher, judge, data_digest, artifact_digest
 FROM eval_reports ORDER BY created_at DESC LIMIT 1 BY route, candidate
 """
 
@@ -113,6 +114,11 @@ def candidates(store: Store) -> dict[str, Any]:
             gate_min_coverage=rep.get("min_coverage"),
             eval_coverage=round(float(rep.get("coverage", 1.0)), 4) if rep else None,
             eval_passed=rep.get("passed"),
+            # What the gate certified it on (empty for reports before this was kept).
+            certified_teacher=rep.get("teacher", ""),
+            certified_judge=rep.get("judge", ""),
+            eval_data_digest=rep.get("data_digest", ""),
+            artifact_digest=rep.get("artifact_digest", ""),
         )
     # The coverage-vs-agreement curve of each candidate's latest evaluation: which share of
     # traffic it keeps at each confidence threshold, and how often it agrees there.
