@@ -52,7 +52,12 @@ def _wilson_lower(agree: int, n: int) -> float:
 
 
 def run(
-    held_out: int, labelled: int, seed: int, store: Path, scope_quantile: float | None
+    held_out: int,
+    labelled: int,
+    seed: int,
+    store: Path,
+    scope_quantile: float | None,
+    finetune: bool = False,
 ) -> dict[str, Any]:
     from contracts.training import Training
     from distiller.bases import resolve
@@ -79,8 +84,9 @@ def run(
     evals = [e for e in known if split_of(e.prompt[-1]["content"], 0.2) == "eval"]
     base = resolve("minilm-l6", store)
     t0 = time.perf_counter()
-    run_dir = store / f"run-{scope_quantile}-{labelled}"
-    result = train_classifier(base, train, run_dir, Training(scope_quantile=scope_quantile))
+    run_dir = store / f"run-{scope_quantile}-{labelled}-{finetune}"
+    settings = Training(scope_quantile=scope_quantile, finetune_encoder=finetune)
+    result = train_classifier(base, train, run_dir, settings)
     train_s = time.perf_counter() - t0
     report = evaluate(result.merged, "oos", "eval", evals, "exact_match", 0.97, 50, None, None, 0.5)
     threshold = report.serving_threshold()
@@ -107,6 +113,7 @@ def run(
 
     return {
         "scope_quantile": scope_quantile,
+        "finetune_encoder": finetune,
         "intents_trained": len(intents) - held_out,
         "intents_held_out": sorted(unseen),
         "intents_answered_oos_in_training": sorted(answered_oos),
@@ -192,6 +199,10 @@ def main() -> None:
         default="12,17",
         help="runs (scope gate 0.95) where this many held-out intents were answered `oos`",
     )
+    parser.add_argument(
+        "--finetune", action="store_true", help="the `--labelled` runs fine-tune the encoder"
+    )
+    parser.add_argument("--no-compare", action="store_true", help="skip the distance comparison")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.store.mkdir(parents=True, exist_ok=True)
@@ -200,7 +211,7 @@ def main() -> None:
         for q in args.quantiles.split(",")
         if q
     ] + [
-        run(args.held_out, int(k), args.seed, args.store, 0.95)
+        run(args.held_out, int(k), args.seed, args.store, 0.95, args.finetune)
         for k in args.labelled.split(",")
         if k
     ]
@@ -208,7 +219,9 @@ def main() -> None:
         "benchmark": "out_of_scope",
         "gate": {"threshold": 0.97, "min_coverage": 0.5},
         "runs": runs,
-        "unseen_flagged_by_distance": compare_distances(args.held_out, args.seed, args.store),
+        "unseen_flagged_by_distance": None
+        if args.no_compare
+        else compare_distances(args.held_out, args.seed, args.store),
     }
     text = json.dumps(out, indent=2)
     print(text)

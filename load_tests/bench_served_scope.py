@@ -67,7 +67,7 @@ def bucket(text: str) -> float:
     return int(hashlib.sha256(f"phase:{text}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
-def config(tmp: Path, teacher_url: str, port: int, trigger: int) -> Path:
+def config(tmp: Path, teacher_url: str, port: int, trigger: int, finetune: bool) -> Path:
     student_port = free_port()
     body: dict[str, Any] = {
         "data_dir": str(tmp / "data"),
@@ -107,7 +107,8 @@ def config(tmp: Path, teacher_url: str, port: int, trigger: int) -> Path:
                     }
                 ],
                 "gate": {"metric": "exact_match", "threshold": 0.97, "min_coverage": 0.5},
-                "training": {"min_new_examples": trigger},
+                "training": {"min_new_examples": trigger}
+                | ({"finetune_encoder": True} if finetune else {}),
             }
         ],
     }
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log = tmp / "serve.log"
     port = free_port()
     # Curation drops a few duplicates: train once the first phase is (nearly) all in.
-    path = config(tmp, teacher_url, port, int(len(before) * 0.95))
+    path = config(tmp, teacher_url, port, int(len(before) * 0.95), args.finetune)
     out: dict[str, Any] = {
         "benchmark": "served_scope",
         "intents_in_label_set": len(intents) - len(outside),
@@ -329,6 +330,9 @@ def main() -> None:
     parser.add_argument("--max-rollout", type=int, default=40_000)
     parser.add_argument("--train-timeout", type=float, default=1200)
     parser.add_argument("--after-restart", type=int, default=300)
+    parser.add_argument(
+        "--finetune", action="store_true", help="training.finetune_encoder: true (CPU too)"
+    )
     parser.add_argument("--limit", type=int, default=0, help="fewer queries, for a smoke run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
