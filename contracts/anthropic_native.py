@@ -5,7 +5,10 @@ upstream's message and events untouched; the gateway still needs the chat form f
 row, pricing and distillation. The reverse of `contracts/anthropic_shapes.py`.
 
 Invariant: pure functions of JSON values; what has no chat equivalent (thinking blocks,
-citations, cache accounting) is left out of the chat form, never invented.
+citations) is left out of the chat form, never invented. Prompt-cache accounting is kept the
+way litellm reads an Anthropic answer: `prompt_tokens` counts cache reads and writes too,
+`prompt_tokens_details.cached_tokens` the reads, with `cache_read_input_tokens` and
+`cache_creation_input_tokens` beside them (what `contracts.pricing.billed_tokens` prices).
 """
 
 from __future__ import annotations
@@ -22,11 +25,37 @@ _FINISH = {
 }
 
 
-def _usage(usage: Any) -> dict[str, int] | None:
+def _tokens(usage: dict[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return int(value) if isinstance(value, int | float) and value > 0 else 0
+
+
+def chat_usage(fresh: int, output: int, read: int = 0, write: int = 0) -> dict[str, Any]:
+    """Anthropic's counts (input_tokens apart from cache reads and writes) in chat form."""
+    prompt = fresh + read + write
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
+    }
+    if read or write:
+        usage.update(
+            prompt_tokens_details={"cached_tokens": read},
+            cache_read_input_tokens=read,
+            cache_creation_input_tokens=write,
+        )
+    return usage
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
-    i, o = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-    return {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
+    return chat_usage(
+        _tokens(usage, "input_tokens"),
+        _tokens(usage, "output_tokens"),
+        _tokens(usage, "cache_read_input_tokens"),
+        _tokens(usage, "cache_creation_input_tokens"),
+    )
 
 
 def chat_answer(message: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +94,8 @@ class ChatChunks:
         self.calls: dict[int, int] = {}  # content block index -> chat tool-call index
         self.input_tokens = 0
         self.output_tokens = 0
+        self.cache_read = 0
+        self.cache_write = 0
         self.finish = "stop"
 
     @staticmethod
@@ -76,7 +107,9 @@ class ChatChunks:
         kind = event.get("type")
         if kind == "message_start":
             usage = (event.get("message") or {}).get("usage") or {}
-            self.input_tokens = int(usage.get("input_tokens") or 0)
+            self.input_tokens = _tokens(usage, "input_tokens")
+            self.cache_read = _tokens(usage, "cache_read_input_tokens")
+            self.cache_write = _tokens(usage, "cache_creation_input_tokens")
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block = event.get("content_block") or {}
@@ -103,16 +136,15 @@ class ChatChunks:
         if kind == "message_delta":
             self.finish = _FINISH.get(str((event.get("delta") or {}).get("stop_reason")), "stop")
             usage = event.get("usage") or {}
-            self.output_tokens = int(usage.get("output_tokens") or self.output_tokens)
-            self.input_tokens = int(usage.get("input_tokens") or self.input_tokens)
+            self.output_tokens = _tokens(usage, "output_tokens") or self.output_tokens
+            self.input_tokens = _tokens(usage, "input_tokens") or self.input_tokens
+            self.cache_read = _tokens(usage, "cache_read_input_tokens") or self.cache_read
+            self.cache_write = _tokens(usage, "cache_creation_input_tokens") or self.cache_write
             return []
         if kind == "message_stop":
-            total = self.input_tokens + self.output_tokens
-            usage = {
-                "prompt_tokens": self.input_tokens,
-                "completion_tokens": self.output_tokens,
-                "total_tokens": total,
-            }
+            usage = chat_usage(
+                self.input_tokens, self.output_tokens, self.cache_read, self.cache_write
+            )
             tail = {"object": "chat.completion.chunk", "choices": [], "usage": usage}
             return [self._chunk({}, self.finish), b"data: " + orjson.dumps(tail), b"data: [DONE]"]
         if kind == "error":

@@ -20,6 +20,12 @@ class PriceOverride(Strict):
 
     input_per_million: Decimal
     output_per_million: Decimal = Decimal(0)
+    cache_read_per_million: Decimal | None = Field(
+        default=None, description="prompt tokens read from the provider's cache (default: input)"
+    )
+    cache_write_per_million: Decimal | None = Field(
+        default=None, description="prompt tokens written to the provider's cache (default: input)"
+    )
     max_output_tokens: int | None = Field(
         default=None,
         ge=1,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 
 from contracts.openai_shapes import assemble_chat
-from contracts.pricing import Price
+from contracts.pricing import Price, Tokens, billed_tokens
 from contracts.states import RowKind, RowStatus, ServedBy
 
 Endpoint = Literal["chat.completions", "completions", "embeddings"]
@@ -106,15 +106,14 @@ class RequestRecord:
             generated = response is not None and bool(response.get("choices"))
             usage = _estimate_usage(request, response) if self.status == "ok" or generated else {}
             estimated = bool(usage)
-        tokens_in = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
-        tokens_out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-        cost = _cost(prices, self.served_model, tokens_in, tokens_out)
+        tokens = billed_tokens(usage)
+        tokens_in, tokens_out = tokens.prompt, tokens.completion
+        cost = _cost(prices, self.served_model, tokens)
         self.cost_nano = int(cost * 1_000_000_000)
-        # Shadow and audit calls are extra spend; only a user's request has a baseline.
+        # Shadow and audit calls are extra spend; only a user's request has a baseline: the
+        # teacher billed for the same tokens (a student's answer reads no provider cache).
         baseline = (
-            _cost(prices, self.teacher_model, tokens_in, tokens_out)
-            if self.kind == "request"
-            else Decimal(0)
+            _cost(prices, self.teacher_model, tokens) if self.kind == "request" else Decimal(0)
         )
         finish = ""
         choices = response.get("choices") if response else None
@@ -202,9 +201,9 @@ def _response_body(endpoint: str, response: dict[str, Any] | None) -> Any:
     return {"choices": response.get("choices", [])}
 
 
-def _cost(prices: dict[str, Price], model: str, tokens_in: int, tokens_out: int) -> Decimal:
+def _cost(prices: dict[str, Price], model: str, tokens: Tokens) -> Decimal:
     price = prices.get(model)
-    return price.cost(tokens_in, tokens_out) if price else Decimal(0)
+    return price.billed(tokens) if price else Decimal(0)
 
 
 def _estimate_usage(request: dict[str, Any], response: dict[str, Any] | None) -> dict[str, int]:

@@ -3,12 +3,14 @@ OpenAI-compatible upstream, passed through to an Anthropic one."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
 import orjson
 import pytest
 
+from contracts.pricing import litellm_price_table
 from tests.support.clients import ANTHROPIC_TOOLS, anthropic_client, request_id_of
 from tests.support.gateway import RunningGateway, gateway_config, start_gateway
 
@@ -193,6 +195,34 @@ def test_anthropic_sdk_against_an_anthropic_upstream(
         assert row["api"] == "messages" and row["served_model"] == "claude"
         assert "echo: hello claude" in row["response"] and row["input_tokens"] > 0
         assert row["cost_usd"] > 0
+        # A prompt the provider read from its cache: Anthropic counts it apart from
+        # input_tokens; the row counts every prompt token and bills the read at its rate.
+        hit = client.messages.with_raw_response.create(
+            model="claude",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "hello again my old friend [[cached:3]]"}],
+        )
+        usage = hit.parse().usage
+        assert usage.cache_read_input_tokens == 3
+        cached_row = gw.row(hit.headers["x-request-id"])
+        assert cached_row["input_tokens"] == usage.input_tokens + 3
+        entry = litellm_price_table()["claude-sonnet-4-5"]
+        assert cached_row["cost_usd"] == (
+            Decimal(str(entry["input_cost_per_token"])) * usage.input_tokens
+            + Decimal(str(entry["cache_read_input_token_cost"])) * 3
+            + Decimal(str(entry["output_cost_per_token"])) * usage.output_tokens
+        )
+        with client.messages.stream(
+            model="claude",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "stream again my old friend [[cached:4]]"}],
+        ) as s:
+            final = s.get_final_message()
+        assert final.usage.cache_read_input_tokens == 4
+        streamed_cached = gw.rows_eventually(
+            "SELECT input_tokens FROM requests WHERE position(response, 'stream again') > 0", 1
+        )
+        assert streamed_cached[0]["input_tokens"] == final.usage.input_tokens + 4
         streamed = gw.rows_eventually(
             "SELECT output_tokens FROM requests WHERE position(response, 'stream claude') > 0", 1
         )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from contracts.openai_shapes import last_user_text
 from tests.support.fake_marks import MARK as _MARK
+from tests.support.fake_marks import cached_tokens
 from tests.support.fake_marks import words as _words
 
 
@@ -139,6 +140,10 @@ class AnthropicApi:
         text = _MARK.sub("", last_user_text(body)).strip()
         answer = f"echo: {text}"
         usage = {"input_tokens": _words(body.get("messages")), "output_tokens": len(answer.split())}
+        if cached := min(cached_tokens(body), usage["input_tokens"]):
+            # Anthropic counts cache reads apart from input_tokens.
+            usage["input_tokens"] -= cached
+            usage["cache_read_input_tokens"] = cached
         if "[[tool]]" in last_user_text(body) and body.get("tools"):
             # Anthropic's tool use: one tool_use block, stop_reason tool_use.
             use = {
@@ -166,7 +171,7 @@ class AnthropicApi:
             **message,
             "content": [],
             "stop_reason": None,
-            "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1},
+            "usage": {**usage, "output_tokens": 1},
         }
         await resp.write(_anthropic_event("message_start", {"message": start}))
         await resp.write(

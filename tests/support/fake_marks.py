@@ -13,3 +13,10 @@ MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
 
 def words(value: Any) -> int:
     return len(orjson.dumps(value).decode().split())
+
+
+def cached_tokens(body: dict[str, Any]) -> int:
+    """`[[cached:N]]` anywhere in the messages: the provider says N prompt tokens were read
+    from its prompt cache."""
+    found = re.search(r"\[\[cached:(\d+)\]\]", orjson.dumps(body.get("messages")).decode())
+    return int(found.group(1)) if found else 0

@@ -7,9 +7,11 @@ It answers deterministically so tests can check what the gateway logged:
 - markers in the last user message steer it: `[[status:503]]` fails with that status,
   `[[sleep:0.5]]` waits before answering, `[[tool]]` answers with a tool call,
   `[[drip:0.05]]` streams one word per interval (for disconnect tests), `[[nousage]]` omits
-  usage, `[[cut]]` drops the connection mid-stream, `[[differ]]` makes student-* models answer
-  differently from the teacher, `fewshot-*` models answer from the examples in their prompt
-  (the nearest one's answer), `[[conf:0.3]]` sets the probability of
+  usage, `[[cached:N]]` reports N prompt tokens read from the provider's prompt cache
+  (Anthropic's shape on its API), `[[cut]]` drops the connection mid-stream, `[[differ]]`
+  makes student-* models answer differently from the teacher, `fewshot-*` models answer
+  from the examples in their prompt (the nearest one's answer), `[[conf:0.3]]` sets the
+  probability of
   every token in the logprobs returned when the request asks for `logprobs` (default 0.9);
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
@@ -34,6 +36,7 @@ from aiohttp import web
 from contracts.openai_shapes import last_user_text
 from tests.support.fake_apis import AnthropicApi, ResponsesApi
 from tests.support.fake_marks import MARK as _MARK
+from tests.support.fake_marks import cached_tokens
 from tests.support.fake_marks import words as _words
 
 _JUDGE = re.compile(
@@ -42,14 +45,17 @@ _JUDGE = re.compile(
 )
 
 
-def _usage(body: dict[str, Any], answer: str) -> dict[str, int]:
+def _usage(body: dict[str, Any], answer: str) -> dict[str, Any]:
     prompt = _words(body.get("messages", body.get("prompt", "")))
     completion = len(answer.split())
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if cached := min(cached_tokens(body), prompt):  # OpenAI: counted in prompt_tokens too
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def _in_context(body: dict[str, Any], text: str) -> tuple[str, float]:
