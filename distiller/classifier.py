@@ -158,7 +158,7 @@ def _finetune(
             opt.zero_grad(set_to_none=True)
             steps += 1
             if steps % 10 == 0:
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             progress.report("train", steps, total, losses[-1] if losses else None)
         if cal[0]:
             with torch.no_grad():
