@@ -12,9 +12,9 @@ agreement is held to the route's audit target (`audit.min_agreement`, by default
 - canary → promoted once at least `canary_min_examples` audits put the Wilson lower bound
   at or above the target (and latency does not hold it; `promotion.latency_hold`); until
   then the stage waits, noting once how many audits it needs, and is rolled back when it
-  outlives `rollout.stage_timeout_h` without them, saying what it needed; once it has the
-  audits at which the kept agreement its gate certified would have passed and has not, it
-  is treated as short of the target (below);
+  outlives `rollout.stage_timeout_h` without them, saying what it needed; when its audited
+  upper bound falls below the lower bound of the kept agreement its gate certified (the
+  traffic agrees less than the eval set did), it is treated as short of the target (below);
 - when the upper bound falls below the target (the audits show the served answers agree
   less than promised), a selective candidate is first recalibrated: its threshold rises to
   the lowest audited confidence at which the lower bound over the answers above it reaches
@@ -35,10 +35,10 @@ from contracts.policy import Route
 from distiller.evaluation import AGREE_AT
 from distiller.evidence import (
     Judged,
+    behind_certified,
     certified_kept,
     entered,
     judge,
-    needed_examples,
     recalibrated,
 )
 from store import Store
@@ -146,17 +146,9 @@ def decide(
         if len(audits) >= min_n and ev.lower >= target:
             return AuditCall("promote", f"{record} ≥ {target}", evidence)
         certified = certified_kept(store, version, threshold)
-        expected = (
-            needed_examples(certified, target, z) if certified and certified > target else None
-        )
-        if expected is not None and len(audits) >= max(expected, min_n):
-            # The answers at which the certified agreement would have passed are in, and
-            # it has not: the traffic agrees less than the eval set did.
-            behind = (
-                f"{record} < {target}: certified {certified:.1%} kept agreement would have "
-                f"reached it after {expected} audits"
-            )
-            return _short_of_target(store, route, candidate, since, audits, behind, evidence, fixed)
+        if len(audits) >= min_n and (behind := behind_certified(agree, len(audits), certified, z)):
+            short = f"{record} < {target}: {behind}"
+            return _short_of_target(store, route, candidate, since, audits, short, evidence, fixed)
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} audits at this agreement" if needs else "cannot reach it"
         began = entered(store, route.name, candidate, version, "canary")

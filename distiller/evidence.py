@@ -164,16 +164,33 @@ def shadow_evidence(
     return judge_kept(shadow_answers(store, route, candidate, since), route, min_confidence)
 
 
-def certified_kept(store: Store, run_id: str, min_confidence: float | None) -> float | None:
-    """The agreement the run's gate measured over the eval answers it keeps at
-    `min_confidence` (all of them without one); None with no eval results."""
+def certified_kept(store: Store, run_id: str, min_confidence: float | None) -> tuple[int, int]:
+    """(agreeing, kept): the eval answers the run's gate measured that it keeps at
+    `min_confidence` (all of them without one); (0, 0) with no eval results."""
     rows = store.query_rows(
-        "SELECT countIf(confidence >= {t:Float64}), sumIf(toUInt32(agree), confidence >= "
-        "{t:Float64}) FROM eval_results WHERE run_id = {r:String}",
+        "SELECT sumIf(toUInt32(agree), confidence >= {t:Float64}), "
+        "countIf(confidence >= {t:Float64}) FROM eval_results WHERE run_id = {r:String}",
         {"r": run_id, "t": -2.0 if min_confidence is None else min_confidence},
     )
-    kept, agree = (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
-    return agree / kept if kept else None
+    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+
+def behind_certified(agree: int, n: int, certified: tuple[int, int], confidence: float) -> str:
+    """Why live agreement contradicts the certified one (else ''): the two intervals do not
+    meet, the live upper bound below the certified lower bound. Only then does the traffic
+    agree less than the eval set did; a live record merely short of the target's bound
+    after the answers the certified figure would need is what chance gives half the time."""
+    c_agree, c_kept = certified
+    if not n or not c_kept:
+        return ""
+    live_upper = wilson_bounds(agree, n, confidence)[1]
+    c_lower = wilson_bounds(c_agree, c_kept, confidence)[0]
+    if live_upper >= c_lower:
+        return ""
+    return (
+        f"below what was certified ({c_agree}/{c_kept}, lower bound {c_lower:.3f} > live "
+        f"upper bound {live_upper:.3f}): the traffic agrees less than the eval set did"
+    )
 
 
 def recalibrated(

@@ -5,15 +5,14 @@
 - shadow → canary once at least `shadow_min_examples` shadow answers agree with the
   teacher's answers to the same requests at the gate's threshold (Wilson lower bound); a
   selective candidate is judged on the answers it would keep (those below its confidence
-  threshold count as coverage). When the upper bound falls below the threshold, or the
-  stage has the answers at which the kept agreement its gate certified would have passed
-  and it has not (the traffic agrees less than the eval set did), a selective candidate's
-  confidence
-  threshold is first raised to the lowest one whose kept shadow answers reach it (while
-  `gate.min_coverage` of them stay kept), and the stage's
-  evidence starts again at the new threshold; shadow → failed when no threshold does, or
-  when the stage outlives `rollout.stage_timeout_h` without the evidence it needs
-  (`distiller/evidence.py`); until then it waits, and says how many answers it needs.
+  threshold count as coverage). When the upper bound falls below the threshold, or below
+  the lower bound of the kept agreement its gate certified (the traffic agrees less than
+  the eval set did), a selective candidate's confidence threshold is first raised to the
+  lowest one whose kept shadow answers reach it (while `gate.min_coverage` of them stay
+  kept), and the stage's evidence starts again at the new threshold; shadow → failed when
+  no threshold does, or when the stage outlives `rollout.stage_timeout_h` without the
+  evidence it needs (`distiller/evidence.py`); until then it waits, and says how many
+  answers it needs.
 - canary → promoted, recalibrated or rolled_back as its audits decide
   (`distiller/audits.py`: the lower bound of this run's audited agreement must reach the
   audit target to promote; an upper bound below it raises a selective candidate's threshold,
@@ -42,10 +41,10 @@ from distiller.events import record_event
 from distiller.evidence import (
     Judged,
     StageEvidence,
+    behind_certified,
     certified_kept,
     entered,
     judge_kept,
-    needed_examples,
     recalibrated,
     shadow_answers,
     verdict,
@@ -306,7 +305,8 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         hours = (datetime.now(UTC) - began).total_seconds() / 3600
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} at this agreement" if needs else "cannot reach it at this rate"
-        if behind := _behind_certified(store, route, st.version, ev):
+        certified = certified_kept(store, st.version, threshold)
+        if behind := behind_certified(ev.agree, ev.n, certified, route.gate.confidence):
             short = f"{record} < {target}: {behind}"
             raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
             if isinstance(raised, tuple):
@@ -331,23 +331,6 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
         )
     transition(store, route.name, candidate, to, why, evidence)
     return f"{candidate}: shadow → {to}: {why}"
-
-
-def _behind_certified(store: Store, route: Route, version: str, ev: StageEvidence) -> str:
-    """Why the live evidence contradicts the certification (else ''): at the agreement the
-    gate certified for the kept answers, the lower bound would have reached the target by
-    now; it has not, so the traffic agrees less than the eval set did (new intents, a
-    shifted mix) and waiting would take far longer than certified."""
-    certified = certified_kept(store, version, ev.min_confidence)
-    if certified is None:
-        return ""
-    expected = needed_examples(certified, route.gate.threshold, route.gate.confidence)
-    if expected is None or ev.n < max(expected, route.rollout.shadow_min_examples):
-        return ""
-    return (
-        f"certified {certified:.1%} kept agreement would have reached it after {expected} "
-        f"answers; the traffic agrees less"
-    )
 
 
 def _shadow_threshold(
