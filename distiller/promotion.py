@@ -285,6 +285,21 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
     found = verdict(ev, min_n, target)
     kept = f" of {ev.seen} kept" if threshold is not None else ""
     record = f"shadow agreement {ev.agree}/{ev.n}{kept} (lower bound {ev.lower:.3f})"
+    # Short of the target (or of what was certified): a selective candidate's threshold
+    # rises first; a failed verdict fails only when no threshold will do.
+    short = None
+    if found == "fail":
+        short = f"{record}: upper bound {ev.upper:.3f} < {target}"
+    elif found == "wait":
+        certified = certified_kept(store, st.version, threshold)
+        if behind := behind_certified(ev.agree, ev.n, certified, route.gate.confidence):
+            short = f"{record} < {target}: {behind}"
+    raised = _shadow_threshold(route, answers, threshold, ev, short, evidence) if short else None
+    if isinstance(raised, tuple):
+        set_threshold(
+            store, route.name, candidate, "shadow", st.version, st.dataset_id, *raised, evidence
+        )
+        return f"{candidate}: shadow, recalibrated: {raised[1]}"
     to: CandidateState
     if found == "pass":
         min_coverage = route.gate.min_coverage
@@ -294,25 +309,11 @@ def _advance_shadow(store: Store, route: Route, candidate: str, st: State) -> st
             to = "canary" if _canary_share(route, candidate) > 0 else "promoted"
             why = f"{record} ≥ {target}"
     elif found == "fail":
-        short = f"{record}: upper bound {ev.upper:.3f} < {target}"
-        raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
-        if isinstance(raised, tuple):
-            set_threshold(store, route.name, candidate, "shadow", st.version, st.dataset_id,
-                          raised[0], raised[1], evidence)  # fmt: skip
-            return f"{candidate}: shadow, recalibrated: {raised[1]}"
-        to, why = "failed", raised or short
+        to, why = "failed", raised or short or record
     else:
         hours = (datetime.now(UTC) - began).total_seconds() / 3600
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} at this agreement" if needs else "cannot reach it at this rate"
-        certified = certified_kept(store, st.version, threshold)
-        if behind := behind_certified(ev.agree, ev.n, certified, route.gate.confidence):
-            short = f"{record} < {target}: {behind}"
-            raised = _shadow_threshold(route, answers, threshold, ev, short, evidence)
-            if isinstance(raised, tuple):
-                set_threshold(store, route.name, candidate, "shadow", st.version,
-                              st.dataset_id, raised[0], raised[1], evidence)  # fmt: skip
-                return f"{candidate}: shadow, recalibrated: {raised[1]}"
         if hours <= route.rollout.stage_timeout_h:
             note_once(
                 store,
