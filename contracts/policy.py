@@ -157,7 +157,8 @@ class Gate(_Strict):
     `threshold`. Selective gate (`min_coverage` set): at the confidence threshold the eval
     set picks for `threshold`, the lower bound over the answers the candidate keeps reaches
     `threshold` and it keeps at least `min_coverage` of them; the router then escalates
-    below that confidence (no hand-set `escalation.min_confidence` needed)."""
+    below that confidence (no hand-set `escalation.min_confidence` needed). The threshold is
+    chosen on part of the eval set and certified on the rest (`certify_share`)."""
 
     metric: Literal["exact_match", "json_field_match", "chrf", "llm_judge"] = "exact_match"
     fields: list[str] = Field(default_factory=list)
@@ -166,6 +167,15 @@ class Gate(_Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     min_coverage: float | None = Field(
         default=None, gt=0, le=1, description="selective gate: least share of traffic kept"
+    )
+    certify_share: float | None = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="selective gate: share of the eval set (by a stable hash of the request) "
+        "that certifies the threshold the rest chose: the certified figure is measured on rows "
+        "the choice never saw, and the gate fails when they agree or keep significantly less "
+        "than the target (null: one set chooses and certifies)",
     )
 
 

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from contracts.policy import Route
+from contracts.policy import PolicySet, Route
 from distiller.examples import Example
+from distiller.promotion import current, note_once
 from store import Store
 
 
@@ -82,4 +83,40 @@ def changed_since(cert: Certification, teacher: str, judge: str) -> list[str]:
         out.append(f"teacher {cert.teacher} → {teacher}")
     if cert.judge and cert.judge != judge:
         out.append(f"judge {cert.judge} → {judge}")
+    return out
+
+
+def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -> list[str]:
+    """A serving candidate certified against another teacher or judge than the route's now:
+    its certified figure no longer says what users get. An event once per run (the audits,
+    which ask the new teacher, go on holding what it serves to the target)."""
+    teacher = policies.models[route.teacher].model
+    judge = judge_of(route, teacher)
+    out = []
+    for cand in route.candidates:
+        st = current(store, route.name, cand.name)
+        if st is None or st.state not in ("shadow", "canary", "promoted"):
+            continue
+        cert = certified(store, st.version)
+        changed = changed_since(cert, teacher, judge) if cert is not None else []
+        if changed:
+            why = (
+                f"certified on another {' and '.join(changed)}: its certified figure is the "
+                "old one's; audits, asked of the new teacher, hold what it serves until a new "
+                "run is certified"
+            )
+            note_once(
+                store,
+                route.name,
+                cand.name,
+                "certification_stale",
+                st.version,
+                why,
+                {
+                    "certified_on": cert.as_dict() if cert else {},
+                    "teacher": teacher,
+                    "judge": judge,
+                },
+            )
+            out.append(f"{cand.name}: {why}")
     return out

@@ -7,17 +7,24 @@ The student's confidence (geometric mean of its token probabilities) is kept per
 and the coverage-vs-agreement curve says which escalation threshold gives a target
 agreement.
 
+A selective gate with `certify_share` splits the eval set by a stable hash of each request:
+`calibrate` rows choose the confidence threshold, `certify` rows (never used to fit or to
+choose) measure what that threshold keeps. The certified figure, the curve and the rollout's
+"below what was certified" rule read the certify rows only, so they say what fresh traffic
+gets rather than what the choice was tuned to.
+
 Invariant: every report names the frozen eval set it used, and its per-example rows are in
-`eval_results`.
+`eval_results`, each with the role it played.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -33,9 +40,18 @@ if TYPE_CHECKING:  # scoring needs no database: it runs where none is installed 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
 
 
+Role = Literal["", "calibrate", "certify"]
+
+
 def wilson_lower(successes: int, n: int, confidence: float = 0.95) -> float:
     """Lower bound of the Wilson score interval for a binomial proportion."""
     return wilson_bounds(successes, n, confidence)[0]
+
+
+def role_of(request_id: str, certify_share: float) -> Role:
+    """A stable role per request: the same request certifies in every run."""
+    bucket = int(hashlib.sha256(f"certify:{request_id}".encode()).hexdigest()[:8], 16)
+    return "certify" if bucket / 0xFFFFFFFF < certify_share else "calibrate"
 
 
 @dataclass
@@ -59,6 +75,25 @@ class Selection:
     kept: int
 
 
+@dataclass(frozen=True)
+class Certified:
+    """What the chosen threshold keeps of the certify rows, with the agreement's bounds."""
+
+    examples: int
+    kept: int
+    agree: int
+    lower: float
+    upper: float
+
+    @property
+    def coverage(self) -> float:
+        return self.kept / self.examples if self.examples else 0.0
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.kept if self.kept else 0.0
+
+
 @dataclass
 class EvalReport:
     run_id: str
@@ -68,6 +103,18 @@ class EvalReport:
     min_examples: int
     results: list[ExampleResult] = field(default_factory=list)
     min_coverage: float | None = None  # set: the selective gate
+    certify_share: float | None = None  # set (selective only): rows held out of the choice
+
+    @property
+    def split(self) -> bool:
+        return self.min_coverage is not None and self.certify_share is not None
+
+    def role(self, r: ExampleResult) -> Role:
+        return role_of(r.request_id, self.certify_share or 0.0) if self.split else ""
+
+    def rows(self, role: Role) -> list[ExampleResult]:
+        """The rows that play `role` (every row when the set is not split)."""
+        return [r for r in self.results if self.role(r) in (role, "")]
 
     @property
     def n(self) -> int:
@@ -82,9 +129,9 @@ class EvalReport:
 
     def selection(self, confidence: float = 0.95) -> Selection | None:
         """The lowest confidence threshold (largest coverage) at which the Wilson lower
-        bound of agreement over the kept answers reaches `threshold`, or None. Answers with
-        equal confidence are kept or escalated together, as the router would."""
-        ranked = sorted(self.results, key=lambda r: -r.confidence)
+        bound of agreement over the kept calibrate answers reaches `threshold`, or None.
+        Answers with equal confidence are kept or escalated together, as the router would."""
+        ranked = sorted(self.rows("calibrate"), key=lambda r: -r.confidence)
         best: Selection | None = None
         agree = 0
         for k, r in enumerate(ranked, start=1):
@@ -96,13 +143,49 @@ class EvalReport:
                 best = Selection(r.confidence, k / len(ranked), agree / k, lower, k)
         return best
 
+    def certified(self, confidence: float = 0.95) -> Certified | None:
+        """The certify rows at the chosen threshold (None: no threshold was chosen)."""
+        chosen = self.selection(confidence)
+        if chosen is None:
+            return None
+        rows = self.rows("certify")
+        kept = [r for r in rows if r.confidence >= chosen.min_confidence]
+        agree = sum(r.agree for r in kept)
+        lower, upper = wilson_bounds(agree, len(kept), confidence)
+        return Certified(len(rows), len(kept), agree, lower, upper)
+
+    def contradicted(self, confidence: float = 0.95) -> str:
+        """Why the certify rows contradict the choice (else ''): what it keeps agrees, or
+        keeps, significantly less than the target. Short of the bound by chance is not a
+        contradiction: that is what half of all fresh samples of a threshold tuned to the
+        bound would show; the rollout then proves it on traffic."""
+        cert = self.certified(confidence) if self.split else None
+        if cert is None or not cert.examples:
+            return ""
+        if cert.kept and cert.upper < self.threshold:
+            return (
+                f"certify rows: {cert.agree}/{cert.kept} kept agree (upper bound "
+                f"{cert.upper:.3f}) < {self.threshold}"
+            )
+        cov_upper = wilson_bounds(cert.kept, cert.examples, confidence)[1]
+        if self.min_coverage is not None and cov_upper < self.min_coverage:
+            return (
+                f"certify rows: {cert.kept}/{cert.examples} kept (upper bound {cov_upper:.2f}) "
+                f"< min_coverage {self.min_coverage}"
+            )
+        return ""
+
     def passed(self, confidence: float = 0.95) -> bool:
         if self.n < self.min_examples:
             return False
         if self.min_coverage is None:
             return self.lower_bound(confidence) >= self.threshold
         chosen = self.selection(confidence)
-        return chosen is not None and chosen.coverage >= self.min_coverage
+        return (
+            chosen is not None
+            and chosen.coverage >= self.min_coverage
+            and not self.contradicted(confidence)
+        )
 
     def serving_threshold(self, confidence: float = 0.95) -> float | None:
         """The confidence below which the router escalates, when the gate is selective."""
@@ -113,8 +196,8 @@ class EvalReport:
 
     def coverage_curve(self, points: int = 20) -> list[dict[str, float]]:
         """For confidence thresholds from high to low: the share of traffic the student
-        would keep (coverage) and its agreement on that share."""
-        ranked = sorted(self.results, key=lambda r: -r.confidence)
+        would keep (coverage) and its agreement on that share, on the certify rows."""
+        ranked = sorted(self.rows("certify"), key=lambda r: -r.confidence)
         out = []
         for k in range(1, points + 1):
             take = max(1, round(len(ranked) * k / points)) if ranked else 0
@@ -193,10 +276,13 @@ def evaluate(
     fields: list[str] | None = None,
     judge: Judge | None = None,
     min_coverage: float | None = None,
+    certify_share: float | None = None,
 ) -> EvalReport:
     if metric == "llm_judge" and judge is None:
         raise ValueError("metric llm_judge needs a judge: teacher_judge(<route's teacher>)")
-    report = EvalReport(run_id, eval_set_id, metric, threshold, min_examples, [], min_coverage)
+    report = EvalReport(
+        run_id, eval_set_id, metric, threshold, min_examples, [], min_coverage, certify_share
+    )
     answers = generate(model_path, [e.prompt for e in examples])
     return score_answers(report, examples, answers, fields, judge)
 
@@ -234,6 +320,7 @@ def store_report(
     (`distiller.certification.Certification.as_dict()`: teacher, judge, digests)."""
     on = certified_on or {}
     chosen = report.selection(confidence) if report.min_coverage is not None else None
+    cert = report.certified(confidence) if report.min_coverage is not None else None
     store.insert_rows(
         "eval_results",
         [
@@ -247,6 +334,7 @@ def store_report(
                 r.confidence,
                 r.student,
                 r.teacher,
+                report.role(r),
             ]
             for r in report.results
         ],
@@ -260,6 +348,7 @@ def store_report(
             "confidence",
             "student_answer",
             "teacher_answer",
+            "role",
         ],
     )
     store.insert_rows(
@@ -285,6 +374,12 @@ def store_report(
                 on.get("judge", ""),
                 on.get("data_digest", ""),
                 on.get("artifact_digest", ""),
+                cert.examples if cert else 0,
+                cert.kept if cert else 0,
+                cert.agreement if cert else 0.0,
+                cert.lower if cert else 0.0,
+                cert.upper if cert else 0.0,
+                cert.coverage if cert else 0.0,
             ]
         ],
         [
@@ -307,5 +402,11 @@ def store_report(
             "judge",
             "data_digest",
             "artifact_digest",
+            "certified_examples",
+            "certified_kept",
+            "certified_agreement",
+            "certified_lower",
+            "certified_upper",
+            "certified_coverage",
         ],
     )

@@ -120,6 +120,7 @@ def build_and_evaluate(
         gate.min_examples,
         [],
         gate.min_coverage,
+        gate.certify_share,
     )
     score_answers(report, eval_set, [(a, c) for a, c, _ in answers], gate.fields, judge)
     seconds = time.perf_counter() - t0

@@ -143,6 +143,7 @@ def train_and_evaluate(
         gate.fields,
         judge,
         gate.min_coverage,
+        gate.certify_share,
     )
     return result, report
 

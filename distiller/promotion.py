@@ -177,7 +177,8 @@ def after_evaluation(
     if "publish_error" in evidence:
         state, reason = "trained", f"gate passed but not published: {evidence['publish_error']}"
     elif not passed:
-        state, reason = "failed", "gate failed"
+        why = evidence.get("gate_failed")
+        state, reason = "failed", f"gate failed: {why}" if why else "gate failed"
     elif route.rollout.shadow_share > 0:
         state, reason = "shadow", "gate passed"
     elif _canary_share(route, candidate) > 0:

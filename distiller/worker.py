@@ -32,9 +32,8 @@ from distiller.cache_audits import advance_semantic
 from distiller.certification import (
     Certification,
     artifact_digest,
-    certified,
-    changed_since,
     data_digest,
+    flag_stale_certifications,
     judge_of,
 )
 from distiller.classifier import NotAClosedSet
@@ -43,7 +42,7 @@ from distiller.datasets import DatasetVersion, build_dataset, reload_dataset
 from distiller.evaluation import store_report
 from distiller.jobs import TrainJob
 from distiller.leases import Lease
-from distiller.promotion import advance, after_evaluation, current, note_once
+from distiller.promotion import advance, after_evaluation, current
 from distiller.publishing import PublishError, publish
 from distiller.runs import TrainingContext, abandon_stale, run_with_retries
 from store import Store
@@ -180,42 +179,6 @@ def distill_route(
     return summary
 
 
-def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -> list[str]:
-    """A serving candidate certified against another teacher or judge than the route's now:
-    its certified figure no longer says what users get. An event once per run (the audits,
-    which ask the new teacher, go on holding what it serves to the target)."""
-    teacher = policies.models[route.teacher].model
-    judge = judge_of(route, teacher)
-    out = []
-    for cand in route.candidates:
-        st = current(store, route.name, cand.name)
-        if st is None or st.state not in ("shadow", "canary", "promoted"):
-            continue
-        cert = certified(store, st.version)
-        changed = changed_since(cert, teacher, judge) if cert is not None else []
-        if changed:
-            why = (
-                f"certified on another {' and '.join(changed)}: its certified figure is the "
-                "old one's; audits, asked of the new teacher, hold what it serves until a new "
-                "run is certified"
-            )
-            note_once(
-                store,
-                route.name,
-                cand.name,
-                "certification_stale",
-                st.version,
-                why,
-                {
-                    "certified_on": cert.as_dict() if cert else {},
-                    "teacher": teacher,
-                    "judge": judge,
-                },
-            )
-            out.append(f"{cand.name}: {why}")
-    return out
-
-
 def _train_candidates(
     ctx: TrainingContext,
     route: Route,
@@ -303,6 +266,18 @@ def _train_candidates(
                 kept_agreement=chosen.agreement if chosen else 0.0,
                 min_confidence=serving_threshold,
             )
+            fresh = report.certified(route.gate.confidence) if report.split else None
+            if fresh is not None:  # the certify rows: what the threshold keeps of fresh rows
+                evidence["certified"] = {
+                    "examples": fresh.examples,
+                    "kept": fresh.kept,
+                    "agree": fresh.agree,
+                    "coverage": round(fresh.coverage, 4),
+                    "lower": round(fresh.lower, 4),
+                    "upper": round(fresh.upper, 4),
+                }
+            if why := report.contradicted(route.gate.confidence):
+                evidence["gate_failed"] = why
         passed = report.passed(route.gate.confidence)
         if cand.kind == "few_shot":
             evidence.update(

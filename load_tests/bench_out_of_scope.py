@@ -13,8 +13,10 @@ The distiller's own code end to end, as the gateway would serve it (no HTTP): th
 split's rows of the kept intents are split by the distiller's stable hash into train and
 eval (20%); `distiller.classifier.train_classifier` trains on the first (frozen MiniLM-L6
 features and a logistic head on CPU; calibration split and scope threshold inside);
-`distiller.evaluation.evaluate` gates it on the second (threshold 0.97, min_coverage 0.5)
-and picks the confidence threshold; then every test.csv query (3,080, all 77 intents) is
+`distiller.evaluation.evaluate` gates it on the second (threshold 0.97, min_coverage 0.5):
+half of it (the gate's default `certify_share`) picks the confidence threshold and the other
+half certifies it (`certified_*`; `one_eval_set`: the threshold the whole set would pick, as
+before certify rows); then every test.csv query (3,080, all 77 intents) is
 answered by the student the way the student server answers (`predict_scoped` through
 `generate`), and escalated below the threshold, as the router does.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import random
 import sys
@@ -88,29 +91,19 @@ def run(
     settings = Training(scope_quantile=scope_quantile, finetune_encoder=finetune)
     result = train_classifier(base, train, run_dir, settings)
     train_s = time.perf_counter() - t0
-    report = evaluate(result.merged, "oos", "eval", evals, "exact_match", 0.97, 50, None, None, 0.5)
-    threshold = report.serving_threshold()
-    chosen = report.selection()
+    report = evaluate(
+        result.merged, "oos", "eval", evals, "exact_match", 0.97, 50, None, None, 0.5, 0.5
+    )
+    # The gate as it was before certify rows: one set chooses and certifies.
+    one_set = dataclasses.replace(report, certify_share=None)
     test = [example(i, t, c) for i, (t, c) in enumerate(_rows("test"))]
     t0 = time.perf_counter()
     answers = generate(result.merged, [e.prompt for e in test])
     answer_ms = (time.perf_counter() - t0) * 1000 / len(test)
     inside = [(e, a) for e, a in zip(test, answers, strict=True) if e.answer not in unseen]
     outside = [(e, a) for e, a in zip(test, answers, strict=True) if e.answer in unseen]
-
-    def served(pairs: list[Any]) -> list[Any]:
-        return [(e, a) for e, a in pairs if threshold is not None and a[1] >= threshold]
-
-    kept_in = served(inside)
-    agree = sum(a[0] == e.answer for e, a in kept_in)
-    kept_out = served(outside)
     out_of_scope = sum(conf == 0.0 for _, (_, conf) in outside)
-    by_oos = [(e, a) for e, a in outside if e.answer in answered_oos]
-    never = [(e, a) for e, a in outside if e.answer not in answered_oos]
-
-    def escalated(pairs: list[Any]) -> float | None:
-        return round(1 - len(served(pairs)) / len(pairs), 4) if pairs else None
-
+    cert = report.certified()
     return {
         "scope_quantile": scope_quantile,
         "finetune_encoder": finetune,
@@ -121,6 +114,38 @@ def run(
         "eval_examples": len(evals),
         "train_seconds": round(train_s, 1),
         "gate_passed": report.passed(),
+        **served_at(report, inside, outside, answered_oos),
+        "certify_rows": cert.examples if cert else 0,
+        "certified_coverage": round(cert.coverage, 4) if cert else None,
+        "certified_agreement": round(cert.agreement, 4) if cert else None,
+        "certified_bounds": [round(cert.lower, 4), round(cert.upper, 4)] if cert else None,
+        "out_of_scope_confidence_0_share": round(out_of_scope / len(outside), 4),
+        "answer_ms_per_query": round(answer_ms, 2),
+        "one_eval_set": {"gate_passed": one_set.passed()}
+        | served_at(one_set, inside, outside, answered_oos),
+    }
+
+
+def served_at(
+    report: Any, inside: list[Any], outside: list[Any], answered_oos: set[str]
+) -> dict[str, Any]:
+    """What the test split gets at the threshold `report` chose."""
+    threshold = report.serving_threshold()
+    chosen = report.selection()
+
+    def served(pairs: list[Any]) -> list[Any]:
+        return [(e, a) for e, a in pairs if threshold is not None and a[1] >= threshold]
+
+    kept_in = served(inside)
+    agree = sum(a[0] == e.answer for e, a in kept_in)
+    kept_out = served(outside)
+    by_oos = [(e, a) for e, a in outside if e.answer in answered_oos]
+    never = [(e, a) for e, a in outside if e.answer not in answered_oos]
+
+    def escalated(pairs: list[Any]) -> float | None:
+        return round(1 - len(served(pairs)) / len(pairs), 4) if pairs else None
+
+    return {
         "threshold": threshold,
         "eval_coverage": chosen.coverage if chosen else 0.0,
         "eval_kept_agreement": chosen.agreement if chosen else 0.0,
@@ -130,13 +155,11 @@ def run(
         "in_scope_served_agreement": round(agree / max(1, len(kept_in)), 4),
         "in_scope_served_agreement_wilson_lower": round(_wilson_lower(agree, len(kept_in)), 4),
         "out_of_scope_escalated_share": round(1 - len(kept_out) / len(outside), 4),
-        "out_of_scope_confidence_0_share": round(out_of_scope / len(outside), 4),
         "answered_oos_intents_escalated_share": escalated(by_oos),
         "never_seen_intents_escalated_share": escalated(never),
         # A held-out intent's query that is served is always wrong: its label was never
         # learned. This is what users of the route received from the student.
         "all_served_agreement": round(agree / max(1, len(kept_in) + len(kept_out)), 4),
-        "answer_ms_per_query": round(answer_ms, 2),
     }
 
 

@@ -92,6 +92,16 @@ def test_classifier_passes_a_selective_gate_and_its_threshold_holds(trained) -> 
     agreement = sum(r.agree for r in kept) / len(kept)
     assert agreement >= 0.95 - 0.04, agreement
     assert len(kept) / check.n >= 0.5 - 0.1
+    # As the distiller gates it (certify_share 0.5): half the eval slice chooses, the other
+    # half certifies, and what it certified is what the fresh slice gets (within its interval
+    # and a 3-point tolerance for the fresh slice's own noise).
+    split = evaluate(merged, "clf", "eval", evals, "exact_match", 0.95, 50, None, None, 0.5, 0.5)
+    cert, at = split.certified(), split.serving_threshold()
+    assert cert is not None and at is not None and 0 < cert.kept < cert.examples < report.n
+    fresh_kept = [r for r in check.results if r.confidence >= at]
+    fresh = sum(r.agree for r in fresh_kept) / len(fresh_kept)
+    assert cert.lower - 0.03 <= fresh <= cert.upper + 0.03, (cert, fresh)
+    assert abs(cert.coverage - len(fresh_kept) / check.n) <= 0.1, (cert, len(fresh_kept))
 
 
 def test_the_scope_gate_escalates_intents_it_never_learned(trained) -> None:

@@ -178,8 +178,12 @@ def test_training_run_beats_untrained_base_and_gates(
     assert events[-1]["to_state"] == "shadow" and "gate passed" in events[-1]["reason"]
     assert json.loads(events[-1]["evidence"])["eval_set"] == summary["eval_set"]
     # What it was certified on: the teacher, the judge, digests of the rows and the artifact.
-    from distiller.certification import artifact_digest, certified, data_digest
-    from distiller.worker import flag_stale_certifications
+    from distiller.certification import (
+        artifact_digest,
+        certified,
+        data_digest,
+        flag_stale_certifications,
+    )
 
     cert = certified(store, run["run_id"])
     assert cert is not None

@@ -277,14 +277,14 @@ def test_a_selective_shadow_short_of_its_target_raises_its_threshold_then_proves
     assert current(store, low.name, "c").state == "failed"
 
 
-def _certified(store, run_id: str, agree: int, n: int) -> None:
+def _certified(store, run_id: str, agree: int, n: int, role: str = "certify") -> None:
     """A run's eval results as the distiller stores them: `agree` of `n` kept at 0.9."""
     store.insert_rows(
         "eval_results",
-        [[run_id, "e", str(uuid.uuid4()), "exact_match", 1.0, i < agree, 0.9, "a", "a"]
+        [[run_id, "e", str(uuid.uuid4()), "exact_match", 1.0, i < agree, 0.9, "a", "a", role]
          for i in range(n)],
         ["run_id", "eval_set_id", "request_id", "metric", "score", "agree", "confidence",
-         "student_answer", "teacher_answer"],
+         "student_answer", "teacher_answer", "role"],
     )  # fmt: skip
 
 
@@ -294,7 +294,9 @@ def test_a_shadow_behind_its_certified_agreement_is_recalibrated(
     """The gate certified 995/1000 kept (lower bound 0.988). 196/200 live (upper bound 0.992)
     is consistent with it: the stage waits. 1950/2003 (97.35%, upper bound 0.980; seen on
     Banking77 with unseen intents in the traffic) is not: the traffic agrees less than the
-    eval set did, so the threshold rises to where the kept answers reach 0.97 now."""
+    eval set did, so the threshold rises to where the kept answers reach 0.97 now. The rows
+    that chose the threshold (500/1000 agreeing here) are not part of what was certified:
+    counted, they would put the certified lower bound (0.73) under the live record's."""
     store = gateway.state.store
     near = _selective_route("distill-shadow-near")
     _certified(store, "run-near", 995, 1000)
@@ -304,6 +306,7 @@ def test_a_shadow_behind_its_certified_agreement_is_recalibrated(
     assert changes[0].startswith("c: shadow, waiting: shadow agreement 196/200"), changes
     far = _selective_route("distill-shadow-far")
     _certified(store, "run-far", 995, 1000)
+    _certified(store, "run-far", 500, 1000, role="calibrate")
     transition(store, far.name, "c", "shadow", "gate passed", {}, "run-far", "d", 0.6)
     answers = [(True, 0.95)] * 1500 + [(True, 0.9)] * 450 + [(False, 0.9)] * 53
     _shadowed(store, far.name, "c", answers)

@@ -127,3 +127,52 @@ def test_router_escalates_below_the_fitted_threshold(gateway: RunningGateway) ->
     row = gateway.row(unsure.id)
     assert row["served_by"] == "teacher"
     assert row["route_reason"] == "escalated: confidence 0.30 < 0.60"
+
+
+def _split_report(results: list[tuple[float, bool]], threshold: float, min_coverage: float):
+    report = _report(results, threshold, min_coverage)
+    report.certify_share = 0.5
+    return report
+
+
+def test_the_threshold_is_chosen_on_calibrate_rows_and_certified_on_the_others() -> None:
+    """Half the eval set (by a stable hash) chooses the threshold, the other half measures
+    what it keeps: the certified figure comes from rows the choice never saw, the curve too."""
+    rng = random.Random(11)
+    sure = [(0.9 + rng.random() * 0.1, rng.random() < 0.99) for _ in range(1200)]
+    unsure = [(rng.random() * 0.5, rng.random() < 0.5) for _ in range(800)]
+    report = _split_report(sure + unsure, 0.95, 0.5)
+    roles = [report.role(r) for r in report.results]
+    assert 900 < roles.count("certify") < 1100 and roles.count("") == 0
+    # The same request has the same role in every report (a stable hash of its id).
+    assert [report.role(r) for r in _split_report(sure + unsure, 0.95, 0.5).results] == roles
+    chosen = report.selection()
+    assert chosen is not None and chosen.kept < 1100  # chosen on the calibrate half
+    cert = report.certified()
+    assert cert is not None and cert.examples == roles.count("certify")
+    certify = [r for r in report.results if report.role(r) == "certify"]
+    kept = [r for r in certify if r.confidence >= chosen.min_confidence]
+    assert (cert.kept, cert.agree) == (len(kept), sum(r.agree for r in kept))
+    assert cert.lower < cert.agreement < cert.upper and 0.55 < cert.coverage < 0.65
+    assert report.passed() and report.contradicted() == ""
+    assert sum(p["coverage"] == 1.0 for p in report.coverage_curve()) == 1
+    assert report.coverage_curve()[-1]["agreement"] == sum(r.agree for r in certify) / len(certify)
+    # Unsplit (the plain gate, or certify_share null), every row does both.
+    assert {_report(sure + unsure, 0.95, 0.5).role(r) for r in report.results} == {""}
+
+
+def test_a_threshold_the_certify_rows_contradict_fails_the_gate() -> None:
+    """A threshold tuned to rows that happen to agree: on the certify rows the kept answers
+    agree significantly less than the target, so the gate fails and says why."""
+    results = [(0.9, True)] * 1000 + [(0.2, False)] * 200
+    good = _split_report(results, 0.95, 0.5)
+    assert good.passed()
+    # Make every certify row at high confidence wrong half the time.
+    bad = _split_report(results, 0.95, 0.5)
+    flip = True
+    for r in bad.results:
+        if bad.role(r) == "certify" and r.confidence == 0.9:
+            r.agree, flip = flip, not flip
+    assert bad.selection() is not None  # the calibrate rows still choose 0.9 ...
+    assert not bad.passed()  # ... but the rows that never saw the choice contradict it
+    assert "certify rows:" in bad.contradicted() and "< 0.95" in bad.contradicted()

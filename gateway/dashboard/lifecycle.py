@@ -26,6 +26,11 @@ def _iso(rows: list[dict[str, Any]], *columns: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _round(x: Any) -> float | None:
+    """A report's figure to 4 places; None where the report has none."""
+    return None if x is None else round(float(x), 4)
+
+
 def routes(state: GatewayState) -> dict[str, Any]:
     router = state.router
     return {
@@ -79,7 +84,8 @@ FROM training_runs ORDER BY updated_at DESC LIMIT 1 BY route, candidate
 _REPORTS = """
 SELECT route, candidate, run_id, eval_set_id, metric, examples, agreement, wilson_lower,
        threshold, passed, created_at, coverage, min_coverage, coverage_curve,
-       teacher, judge, data_digest, artifact_digest
+       teacher, judge, data_digest, artifact_digest, certified_examples, certified_kept,
+       certified_agreement, certified_lower, certified_upper, certified_coverage
 FROM eval_reports ORDER BY created_at DESC LIMIT 1 BY route, candidate
 """
 
@@ -119,6 +125,13 @@ def candidates(store: Store) -> dict[str, Any]:
             certified_judge=rep.get("judge", ""),
             eval_data_digest=rep.get("data_digest", ""),
             artifact_digest=rep.get("artifact_digest", ""),
+            # The certify rows (a selective gate's, held out of the threshold's choice): what
+            # the threshold keeps of rows it never saw. 0 examples: not split.
+            certified_examples=rep.get("certified_examples", 0),
+            certified_coverage=_round(rep.get("certified_coverage")),
+            certified_agreement=_round(rep.get("certified_agreement")),
+            certified_lower=_round(rep.get("certified_lower")),
+            certified_upper=_round(rep.get("certified_upper")),
         )
     # The coverage-vs-agreement curve of each candidate's latest evaluation: which share of
     # traffic it keeps at each confidence threshold, and how often it agrees there.
@@ -126,6 +139,7 @@ def candidates(store: Store) -> dict[str, Any]:
         {
             "route": route,
             "candidate": candidate,
+            "run_id": rep.get("run_id", ""),
             "min_confidence": round(float(point["min_confidence"]), 4),
             "coverage": round(float(point["coverage"]), 4),
             "agreement": round(float(point["agreement"]), 4),

@@ -34,7 +34,8 @@ FROM eval_reports GROUP BY route, candidate
 """
 
 # What the latest evaluation certified of the answers users get: a selective candidate's
-# agreement on the eval answers it keeps at its chosen threshold, else the whole set's.
+# agreement on the eval answers it keeps at its chosen threshold, else the whole set's; only
+# rows that certified (not those that chose the threshold).
 _CERTIFIED = """
 SELECT e.route AS route, e.candidate AS candidate,
        avgIf(toFloat64(r.agree), r.confidence >= ifNull(e.min_confidence, -2.0)) AS certified
@@ -45,6 +46,7 @@ FROM (
     FROM eval_reports GROUP BY route, candidate
 ) AS e
 INNER JOIN eval_results AS r ON r.run_id = e.run_id AND r.eval_set_id = e.eval_set_id
+WHERE r.role != 'calibrate'
 GROUP BY e.route, e.candidate
 """
 

@@ -198,7 +198,7 @@ async function loadCandidates() {
   const r = await api("/admin/api/candidates");
   document.getElementById("view-candidates").replaceChildren(
     table("Candidates: state, training and latest evaluation", r.candidates, "/admin/api/candidates?format=csv&table=candidates"),
-    table("Coverage against agreement: the share each candidate keeps at a confidence threshold", r.coverage_curves, "/admin/api/candidates?format=csv&table=coverage_curves"),
+    table("Coverage against agreement: the share each candidate's latest run keeps at a confidence threshold, on eval rows that certified it (never used to choose its threshold)", r.coverage_curves, "/admin/api/candidates?format=csv&table=coverage_curves"),
     table("Training runs, live (step, loss and tokens/s while they run; failed attempts with their reason)", r.runs, "/admin/api/candidates?format=csv&table=runs",
       ["route", "candidate", "run_id", "backend", "attempt", "status", "stage", "step", "total_steps", "progress_pct", "loss", "tokens_per_s", "error", "updated_at"]),
   );
