@@ -177,6 +177,11 @@ class Gate(_Strict):
         "the choice never saw, and the gate fails when they agree or keep significantly less "
         "than the target (null: one set chooses and certifies)",
     )
+    recertify: bool = Field(
+        default=True,
+        description="when the route's teacher or judge changes, ask the new teacher the "
+        "eval prompts of each run in the rollout and gate it again (false: only flag it)",
+    )
 
 
 class Rollout(_Strict):

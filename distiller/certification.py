@@ -16,7 +16,7 @@ from typing import Any
 
 from contracts.policy import PolicySet, Route
 from distiller.examples import Example
-from distiller.promotion import current, note_once
+from distiller.promotion import State, current, note_once
 from store import Store
 
 
@@ -86,10 +86,11 @@ def changed_since(cert: Certification, teacher: str, judge: str) -> list[str]:
     return out
 
 
-def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -> list[str]:
-    """A serving candidate certified against another teacher or judge than the route's now:
-    its certified figure no longer says what users get. An event once per run (the audits,
-    which ask the new teacher, go on holding what it serves to the target)."""
+def stale_certifications(
+    store: Store, route: Route, policies: PolicySet
+) -> list[tuple[str, State, Certification, list[str]]]:
+    """(candidate, its state, its certification, what changed) for each run in the rollout
+    certified against another teacher or judge than the route's now."""
     teacher = policies.models[route.teacher].model
     judge = judge_of(route, teacher)
     out = []
@@ -98,25 +99,22 @@ def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -
         if st is None or st.state not in ("shadow", "canary", "promoted"):
             continue
         cert = certified(store, st.version)
-        changed = changed_since(cert, teacher, judge) if cert is not None else []
-        if changed:
-            why = (
-                f"certified on another {' and '.join(changed)}: its certified figure is the "
-                "old one's; audits, asked of the new teacher, hold what it serves until a new "
-                "run is certified"
-            )
-            note_once(
-                store,
-                route.name,
-                cand.name,
-                "certification_stale",
-                st.version,
-                why,
-                {
-                    "certified_on": cert.as_dict() if cert else {},
-                    "teacher": teacher,
-                    "judge": judge,
-                },
-            )
-            out.append(f"{cand.name}: {why}")
+        if cert is not None and (changed := changed_since(cert, teacher, judge)):
+            out.append((cand.name, st, cert, changed))
+    return out
+
+
+def flag_stale_certifications(store: Store, route: Route, policies: PolicySet) -> list[str]:
+    """A serving candidate certified against another teacher or judge than the route's now:
+    its certified figure no longer says what users get. An event once per run (the audits,
+    which ask the new teacher, go on holding what it serves; `distiller/recertify.py` then
+    gates it again, unless the route's `gate.recertify` is off)."""
+    teacher = policies.models[route.teacher].model
+    judge = judge_of(route, teacher)
+    out = []
+    for candidate, st, cert, changed in stale_certifications(store, route, policies):
+        why = f"certified on another {' and '.join(changed)}: its certified figure is the old one's"
+        evidence = {"certified_on": cert.as_dict(), "teacher": teacher, "judge": judge}
+        note_once(store, route.name, candidate, "certification_stale", st.version, why, evidence)
+        out.append(f"{candidate}: {why}")
     return out

@@ -167,11 +167,14 @@ def shadow_evidence(
 def certified_kept(store: Store, run_id: str, min_confidence: float | None) -> tuple[int, int]:
     """(agreeing, kept): the eval answers the run's gate measured that it keeps at
     `min_confidence` (all of them without one), of the rows that certified it (not those that
-    chose its threshold); (0, 0) with no eval results."""
+    chose its threshold) in its latest report (a re-certification's, after the teacher
+    changed); (0, 0) with no eval results."""
     rows = store.query_rows(
+        "WITH (SELECT argMax(eval_set_id, created_at) FROM eval_reports "
+        "WHERE run_id = {r:String}) AS latest "
         "SELECT sumIf(toUInt32(agree), confidence >= {t:Float64}), "
         "countIf(confidence >= {t:Float64}) FROM eval_results WHERE run_id = {r:String} "
-        "AND role != 'calibrate'",
+        "AND role != 'calibrate' AND (latest = '' OR eval_set_id = latest)",
         {"r": run_id, "t": -2.0 if min_confidence is None else min_confidence},
     )
     return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)

@@ -39,8 +39,10 @@ class CandidateUnreachable(RuntimeError):
     """Most eval calls to the candidate's model failed: the run fails and is retried."""
 
 
-def ask(model: ModelConfig, max_tokens: int = 128) -> Any:
-    """One chat call to `model` (greedy, with logprobs): (answer, confidence, tokens)."""
+def ask(model: ModelConfig, max_tokens: int = 128, logprobs: bool = True) -> Any:
+    """One chat call to `model` (greedy, with logprobs unless told not to: a teacher re-asked
+    for its answer needs none, and not every provider gives them): (answer, confidence,
+    tokens)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
@@ -53,7 +55,7 @@ def ask(model: ModelConfig, max_tokens: int = 128) -> Any:
             messages=messages,
             temperature=0,
             max_tokens=max_tokens,
-            logprobs=True,
+            **({"logprobs": True} if logprobs else {}),
             timeout=model.timeout_s,
         )
         body = resp.model_dump()

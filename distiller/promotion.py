@@ -148,18 +148,20 @@ def set_threshold(
     state: str,
     version: str,
     dataset_id: str,
-    threshold: float,
+    threshold: float | None,
     why: str,
     evidence: dict[str, Any],
+    kind: str = "recalibrated",
 ) -> None:
-    """A recalibration: the same state and run under a new escalation threshold."""
+    """A recalibration (or a re-certification): the same state and run under a new
+    escalation threshold."""
     now = datetime.now(UTC)
     store.insert_rows(
         "candidate_states",
         [[route, candidate, version, state, now, why, dataset_id, threshold]],
         STATE_COLUMNS,
     )
-    record_event(store, route, candidate, "recalibrated", why, evidence, state, state, now)
+    record_event(store, route, candidate, kind, why, evidence, state, state, now)
 
 
 def after_evaluation(

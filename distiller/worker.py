@@ -44,6 +44,7 @@ from distiller.jobs import TrainJob
 from distiller.leases import Lease
 from distiller.promotion import advance, after_evaluation, current
 from distiller.publishing import PublishError, publish
+from distiller.recertify import recertify_stale
 from distiller.runs import TrainingContext, abandon_stale, run_with_retries
 from store import Store
 
@@ -136,6 +137,8 @@ def distill_route(
         return summary
     if stale := flag_stale_certifications(store, route, policies):
         summary["certification_stale"] = stale
+        if route.gate.recertify:
+            summary["recertified"] = recertify_stale(store, route, policies)
     force = force or _requested(store, route.name)
     retry = (
         None
