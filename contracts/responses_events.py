@@ -15,7 +15,14 @@ from typing import Any
 
 import orjson
 
-from contracts.responses_shapes import call_item, envelope, message_item, response_id, usage_of
+from contracts.responses_shapes import (
+    call_item,
+    envelope,
+    message_item,
+    namespaces_of,
+    response_id,
+    usage_of,
+)
 
 
 class StreamTranslator:
@@ -102,6 +109,7 @@ class StreamTranslator:
             item = call_item(
                 {"id": call.get("id", f"call_{i}"), "function": {"name": fn.get("name", "")}},
                 "in_progress",
+                namespaces_of(self.body),
             )
             item["arguments"] = ""
             self.calls[i] = item

@@ -19,6 +19,11 @@ import orjson
 
 from contracts.errors import ApiError
 
+# A namespace's function in the chat form (chat has no namespaces): `<namespace>__<name>`,
+# the flattening agents' own converters use; answers are mapped back by the request's
+# declared namespaces, so a plain function whose name holds `__` is left alone.
+NS_SEP = "__"
+
 # Accepted and not needed in the chat form: they do not change the answer.
 _IGNORED = {"store", "include", "truncation", "reasoning", "service_tier", "background"}
 _SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user", "seed", "top_logprobs")
@@ -67,11 +72,12 @@ def input_messages(items: Any) -> list[dict[str, Any]]:
                 {"role": role, "content": _content(item.get("content"), f"input.{i}.content")}
             )
         elif kind == "function_call":
+            name, namespace = str(item.get("name", "")), item.get("namespace")
             call = {
                 "id": str(item.get("call_id") or item.get("id") or f"call_{i}"),
                 "type": "function",
                 "function": {
-                    "name": str(item.get("name", "")),
+                    "name": f"{namespace}{NS_SEP}{name}" if namespace else name,
                     "arguments": str(item.get("arguments", "")),
                 },
             }
@@ -96,17 +102,60 @@ def input_messages(items: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def _function(tool: Any, param: str, namespace: str = "") -> dict[str, Any]:
+    """A Responses function tool (a namespace's, flattened) as a chat function tool."""
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        kind = tool.get("type") if isinstance(tool, dict) else tool
+        raise _bad(
+            f"{param}.type",
+            f"Only function tools and namespaces of them can be sent to a chat-completions "
+            f"upstream, not {kind!r} ({param}).",
+        )
+    fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
+    if namespace:
+        fn["name"] = f"{namespace}{NS_SEP}{fn.get('name', '')}"
+    return {"type": "function", "function": fn}
+
+
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("tools", "Invalid value for 'tools': expected a list.")
     out = []
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else tool
-            raise _bad(f"tools.{i}.type", f"Only function tools are supported here, not {kind!r}.")
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
-        out.append({"type": "function", "function": fn})
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            name, group = tool.get("name"), tool.get("tools")
+            if not isinstance(name, str) or not name:
+                raise _bad(
+                    f"tools.{i}.name",
+                    f"Invalid value for 'tools.{i}.name': a namespace needs a name.",
+                )
+            if not isinstance(group, list):
+                raise _bad(
+                    f"tools.{i}.tools", f"Invalid value for 'tools.{i}.tools': expected a list."
+                )
+            out += [_function(t, f"tools.{i}.tools.{j}", name) for j, t in enumerate(group)]
+        else:
+            out.append(_function(tool, f"tools.{i}"))
     return out
+
+
+def namespaces_of(body: dict[str, Any]) -> frozenset[str]:
+    """The tool namespaces a Responses request declared."""
+    tools = body.get("tools")
+    return frozenset(
+        str(t["name"])
+        for t in (tools if isinstance(tools, list) else [])
+        if isinstance(t, dict) and t.get("type") == "namespace" and t.get("name")
+    )
+
+
+def split_name(name: str, namespaces: frozenset[str]) -> tuple[str, str]:
+    """(namespace, name) of a chat tool call's name: the declared namespace it was flattened
+    from (longest first), or ("", name)."""
+    for ns in sorted(namespaces, key=len, reverse=True):
+        if name.startswith(ns + NS_SEP):
+            return ns, name[len(ns) + len(NS_SEP) :]
+    return "", name
 
 
 def _tool_choice(choice: Any) -> Any:
@@ -176,9 +225,11 @@ def usage_of(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
     i, o = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details")
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     return {
         "input_tokens": i,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": o,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": i + o,
@@ -195,16 +246,22 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict[str
     }
 
 
-def call_item(call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+def call_item(
+    call: dict[str, Any], status: str = "completed", namespaces: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     fn = call.get("function") or {}
-    return {
+    namespace, name = split_name(str(fn.get("name", "")), namespaces)
+    item = {
         "type": "function_call",
         "id": "fc_" + str(call.get("id", "")),
         "call_id": str(call.get("id", "")),
-        "name": str(fn.get("name", "")),
+        "name": name,
         "arguments": str(fn.get("arguments", "")),
         "status": status,
     }
+    if namespace:
+        item["namespace"] = namespace
+    return item
 
 
 def envelope(
@@ -243,7 +300,8 @@ def from_chat(answer: dict[str, Any], body: dict[str, Any], request_id: str) -> 
     output: list[dict[str, Any]] = []
     if message.get("content"):
         output.append(message_item("msg_" + rid[5:], str(message["content"])))
-    output += [call_item(c) for c in message.get("tool_calls") or []]
+    spaces = namespaces_of(body)
+    output += [call_item(c, namespaces=spaces) for c in message.get("tool_calls") or []]
     status = "incomplete" if choice.get("finish_reason") == "length" else "completed"
     out = envelope(rid, body, status, output, usage_of(answer.get("usage")))
     if status == "incomplete":

@@ -89,6 +89,80 @@ def test_responses_tools_previous_response_and_structured_output(
     assert bad.value.body["param"] == "tools.0.type"  # type: ignore[index]
 
 
+# What Codex sends for its MCP and collaboration tools: functions grouped in a namespace.
+NAMESPACED = [
+    {
+        "type": "namespace",
+        "name": "collaboration",
+        "description": "Work with other agents.",
+        "tools": [
+            {
+                "type": "function",
+                "name": "spawn_agent",
+                "description": "Spawns an agent.",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+            {"type": "function", "name": "send_message", "parameters": {"type": "object"}},
+        ],
+    },
+    TOOLS[0],
+]
+
+
+def test_responses_namespace_tools_are_flattened_and_mapped_back(
+    gateway: RunningGateway, upstream
+) -> None:
+    """A chat upstream has no namespaces: their functions go up as `<namespace>__<name>`,
+    and a call of one comes back as Responses writes it (`name` and `namespace`), in a
+    plain answer, a stream, and the next turn's input."""
+    client = openai_client(gateway)
+    first = client.responses.create(model="gpt-4o", input="task 5 [[tool]]", tools=NAMESPACED)  # type: ignore[arg-type]
+    sent = upstream.fake.requests[-1]["tools"]
+    assert [t["function"]["name"] for t in sent] == [
+        "collaboration__spawn_agent",
+        "collaboration__send_message",
+        "lookup",
+    ]
+    assert sent[0]["function"]["description"] == "Spawns an agent."
+    call = first.output[0].model_dump()
+    assert (call["type"], call["name"], call["namespace"]) == (
+        "function_call",
+        "spawn_agent",
+        "collaboration",
+    )
+    assert json.loads(call["arguments"]) == {"q": "task 5"}
+    # The agent sends the call back as it got it, with its output: chat sees its flat name.
+    client.responses.create(
+        model="gpt-4o",
+        input=[
+            {"role": "user", "content": "task 5 [[tool]]"},
+            {k: call[k] for k in ("type", "call_id", "name", "namespace", "arguments")},
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "spawned"},
+        ],
+        tools=NAMESPACED,  # type: ignore[arg-type]
+    )
+    turns = upstream.fake.requests[-1]["messages"]
+    assert turns[1]["tool_calls"][0]["function"]["name"] == "collaboration__spawn_agent"
+    with client.responses.stream(model="gpt-4o", input="task 6 [[tool]]", tools=NAMESPACED) as s:  # type: ignore[arg-type]
+        events = list(s)
+        streamed = s.get_final_response()
+    added = [e.item.model_dump() for e in events if e.type == "response.output_item.added"]
+    assert added[0]["name"] == "spawn_agent" and added[0]["namespace"] == "collaboration"
+    done = streamed.output[0].model_dump()
+    assert (done["name"], done["namespace"]) == ("spawn_agent", "collaboration")
+    # A plain function named like a flattened one is left alone (no such namespace declared).
+    plain = [{**TOOLS[0], "name": "collaboration__spawn_agent"}]
+    out = client.responses.create(model="gpt-4o", input="task 7 [[tool]]", tools=plain)  # type: ignore[arg-type]
+    assert out.output[0].model_dump().get("namespace") is None
+    assert out.output[0].name == "collaboration__spawn_agent"  # type: ignore[union-attr]
+    # What chat cannot express inside a namespace is a 400 naming it, not a silent drop.
+    custom = [{**NAMESPACED[0], "tools": [{"type": "custom", "name": "apply_patch"}]}]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="gpt-4o", input="x", tools=custom)  # type: ignore[arg-type]
+    assert bad.value.body["param"] == "tools.0.tools.0.type"  # type: ignore[index]
+    assert "'custom'" in bad.value.body["message"]  # type: ignore[index]
+
+
 def test_langchain_responses_api(gateway: RunningGateway) -> None:
     from langchain_openai import ChatOpenAI
 
