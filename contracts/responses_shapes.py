@@ -24,9 +24,46 @@ from contracts.errors import ApiError
 # declared namespaces, so a plain function whose name holds `__` is left alone.
 NS_SEP = "__"
 
-# Accepted and not needed in the chat form: they do not change the answer.
-_IGNORED = {"store", "include", "truncation", "reasoning", "service_tier", "background"}
-_SAMPLING = ("temperature", "top_p", "parallel_tool_calls", "user", "seed", "top_logprobs")
+# Accepted and not needed in the chat form: they do not change the answer (`stream_options`:
+# the gateway asks its own; `client_metadata`: Codex's bookkeeping of itself).
+_IGNORED = {
+    "store",
+    "include",
+    "truncation",
+    "reasoning",
+    "service_tier",
+    "background",
+    "stream_options",
+    "client_metadata",
+}
+# Carried to the chat request under the same name (chat completions has each of them).
+_SAMPLING = (
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "seed",
+    "top_logprobs",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+)
+# Read by `to_chat` itself (or by the gateway: `previous_response_id`, its own fields).
+_READ = {
+    "model",
+    "input",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "text",
+    "stream",
+    "previous_response_id",
+    "max_output_tokens",
+    "metadata",
+    "tags",
+    "flywheel_metadata",
+    "flywheel_tags",
+}
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -117,11 +154,42 @@ def _function(tool: Any, param: str, namespace: str = "") -> dict[str, Any]:
     return {"type": "function", "function": fn}
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def untranslatable(body: dict[str, Any]) -> ApiError | None:
+    """The 400 for the first thing of a Responses request the chat form cannot carry: a
+    parameter chat has no word for (`conversation`, `prompt`, `max_tool_calls`, or one this
+    gateway does not know), or a tool only the provider itself runs (`web_search`, `custom`).
+    An upstream that serves the Responses API gets the request as sent; a translated one
+    answers this rather than drop it."""
+    for name in body:
+        if name not in _READ and name not in _IGNORED and name not in _SAMPLING:
+            return _bad(
+                name,
+                f"Unsupported parameter: '{name}' cannot be sent to a chat-completions "
+                "upstream (only to one that serves the Responses API).",
+            )
+    return hosted_tool(body)
+
+
+def hosted_tool(body: dict[str, Any]) -> ApiError | None:
+    """The 400 for the first tool only the provider itself can run (`web_search`, `custom`,
+    ...), which the chat form cannot carry."""
+    tools = body.get("tools")
+    try:
+        _tools(tools if isinstance(tools, list) else [])
+    except ApiError as e:
+        return e
+    return None
+
+
+def _tools(tools: Any, lenient: bool = False) -> list[dict[str, Any]]:
+    """The chat form of `tools`; `lenient`: a tool chat cannot carry is left out (the
+    request's chat copy, for its row and rails, when it passes through natively)."""
     if not isinstance(tools, list):
         raise _bad("tools", "Invalid value for 'tools': expected a list.")
     out = []
     for i, tool in enumerate(tools):
+        if lenient and hosted_tool({"tools": [tool]}) is not None:
+            continue
         if isinstance(tool, dict) and tool.get("type") == "namespace":
             name, group = tool.get("name"), tool.get("tools")
             if not isinstance(name, str) or not name:
@@ -176,9 +244,13 @@ def _response_format(text: Any) -> dict[str, Any] | None:
     raise _bad("text.format.type", f"Unsupported text format {fmt['type']!r}.")
 
 
-def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def to_chat(
+    body: dict[str, Any], history: list[dict[str, Any]] | None = None, lenient: bool = False
+) -> dict[str, Any]:
     """The chat request a Responses request asks; `history` is the conversation of
-    `previous_response_id` (its messages and answer), resolved by the caller."""
+    `previous_response_id` (its messages and answer), resolved by the caller. `lenient`:
+    tools only the provider can run are left out (see `hosted_tool`), for a caller that
+    checks them where the upstream is known."""
     messages: list[dict[str, Any]] = []
     if isinstance(body.get("instructions"), str) and body["instructions"]:
         messages.append({"role": "system", "content": body["instructions"]})
@@ -191,7 +263,7 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     if "max_output_tokens" in body:
         chat["max_tokens"] = body["max_output_tokens"]
     if "tools" in body:
-        chat["tools"] = _tools(body["tools"])
+        chat["tools"] = _tools(body["tools"], lenient)
     if "tool_choice" in body:
         chat["tool_choice"] = _tool_choice(body["tool_choice"])
     fmt = _response_format(body.get("text"))

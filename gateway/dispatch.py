@@ -212,6 +212,10 @@ async def _student_first(ctx: RequestContext, body: dict[str, Any]) -> dict[str,
     threshold = _min_confidence(ctx)
     if threshold is None:
         return None
+    surface = ctx.surface
+    if isinstance(surface, Translated) and (why := surface.provider_only()):
+        ctx.decide(ctx.chosen.escalate(f"only the provider can serve it: {why}"))
+        return None
     try:
         answer = await _confident_student(ctx, without_stream(body), threshold)
     except Escalated as e:

@@ -135,6 +135,11 @@ class Translated:
         """The body for `model`'s own endpoint, or None to translate."""
         return None
 
+    def provider_only(self) -> str:
+        """Why only an upstream speaking the client's API can serve this request (a tool
+        the provider runs itself), or ''. A student, which speaks chat, never serves it."""
+        return ""
+
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -224,6 +229,7 @@ class Responses(Translated):
         super().__init__(store, conversations)
         self.remote_previous = ""  # a previous_response_id this gateway did not issue
         self.local_previous = False
+        self.hosted: ApiError | None = None  # a tool the chat form cannot carry
 
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(ResponsesRequest, body)
@@ -236,10 +242,16 @@ class Responses(Translated):
             # Not one of ours: only an upstream that serves the Responses API may know it.
             self.remote_previous = "" if history is not None else str(previous)
             self.local_previous = history is not None
-        self.chat = responses_shapes.to_chat(body, history)
+        # A hosted tool (web_search, ...) or a parameter chat has no word for blocks only a
+        # translated request: an upstream that serves the Responses API takes it as sent.
+        self.hosted = responses_shapes.untranslatable(body)
+        self.chat = responses_shapes.to_chat(body, history, lenient=True)
         return self.chat
 
     native_endpoint = "responses"
+
+    def provider_only(self) -> str:
+        return "" if self.hosted is None else f"{self.hosted.param}: {self.hosted.message}"
 
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
         """The body to send to `model`'s own /responses, or None to translate."""
@@ -253,6 +265,8 @@ class Responses(Translated):
                 code="previous_response_not_found",
                 param="previous_response_id",
             )
+        if self.hosted is not None:
+            raise self.hosted
         return None
 
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:

@@ -360,6 +360,16 @@ def test_responses_pass_through_to_an_upstream_that_serves_them(
         1,
     )
     assert streamed[0]["output_tokens"] > 0
+    # A tool only the provider runs (Codex sends `web_search` by default) goes to it as sent,
+    # namespaces too; translated for a chat upstream, the same request is a 400 naming it.
+    tools = [*NAMESPACED, {"type": "web_search", "external_web_access": False}]
+    hosted = client.responses.create(model="native-responses", input="parcel 7903", tools=tools)  # type: ignore[arg-type]
+    assert hosted.output_text == "native: parcel 7903"
+    assert upstream.fake.requests[-1]["tools"] == tools
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.responses.create(model="gpt-4o", input="parcel 7903", tools=tools)  # type: ignore[arg-type]
+    assert bad.value.body["param"] == "tools.2.type"  # type: ignore[index]
+    assert "'web_search'" in bad.value.body["message"]  # type: ignore[index]
 
 
 def test_the_upstreams_rate_limit_headers_are_relayed_where_the_gateway_has_none(

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from contracts.openai_shapes import last_user_text
+from tests.support import fake_agent
 from tests.support.fake_marks import MARK as _MARK
 from tests.support.fake_marks import cached_tokens
 from tests.support.fake_marks import words as _words
@@ -50,6 +51,11 @@ class ResponsesApi:
         answer = f"native: {_MARK.sub('', text).strip()}"
         if previous is not None:
             answer += f" (after {previous})"
+        if fake_agent.asks(fake_agent.input_texts(body)):
+            step, said, args = fake_agent.responses_step(body)
+            if step == "call":
+                return await self._agent_call(request, body, rid, said, args)
+            answer = said
         self.responses_by_id[rid] = answer
         words = answer.split(" ")
         usage = {
@@ -120,6 +126,72 @@ class ResponsesApi:
         await emit("response.content_part.done", part={**part, "text": answer}, **ids)
         await emit("response.output_item.done", output_index=0, item=message)
         await emit("response.completed", response=final)
+        await resp.write_eof()
+        return resp
+
+    async def _agent_call(
+        self, request: web.Request, body: dict[str, Any], rid: str, name: str, args: Any
+    ) -> web.StreamResponse:
+        """A function call, as the Responses API answers one (streamed when asked)."""
+        self.responses_by_id[rid] = ""
+        arguments = orjson.dumps(args).decode()
+        call = {
+            "type": "function_call",
+            "id": "fc_agent_1",
+            "call_id": "call_agent_1",
+            "name": name,
+            "arguments": arguments,
+            "status": "completed",
+        }
+        usage = {
+            "input_tokens": _words(body.get("input")),
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 8,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": _words(body.get("input")) + 8,
+        }
+        final = {
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": body.get("model"),
+            "output": [call],
+            "usage": usage,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "metadata": {},
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "previous_response_id": body.get("previous_response_id"),
+            "text": {"format": {"type": "text"}},
+        }
+        if not body.get("stream"):
+            return web.json_response(final, dumps=lambda o: orjson.dumps(o).decode())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": {**final, "status": "in_progress", "output": []}}),
+            (
+                "response.output_item.added",
+                {"output_index": 0, "item": {**call, "arguments": "", "status": "in_progress"}},
+            ),
+            (
+                "response.function_call_arguments.delta",
+                {"item_id": call["id"], "output_index": 0, "delta": arguments},
+            ),
+            (
+                "response.function_call_arguments.done",
+                {"item_id": call["id"], "output_index": 0, "arguments": arguments},
+            ),
+            ("response.output_item.done", {"output_index": 0, "item": call}),
+            ("response.completed", {"response": final}),
+        ]
+        for seq, (kind, data) in enumerate(events):
+            payload = orjson.dumps({"type": kind, "sequence_number": seq, **data})
+            await resp.write(f"event: {kind}\n".encode() + b"data: " + payload + b"\n\n")
         await resp.write_eof()
         return resp
 

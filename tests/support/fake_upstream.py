@@ -16,7 +16,9 @@ It answers deterministically so tests can check what the gateway logged:
 - a guardrail self-check prompt ("... be blocked (Yes or No)?") is answered Yes when the
   checked text carries `[[unsafe]]`, else No; an agreement-judge prompt ("... Same? YES or
   NO.") is answered YES when candidate and reference are equal, case and spacing aside
-  (`[[judgefail:503]]` in the judged prompt fails that judge call alone).
+  (`[[judgefail:503]]` in the judged prompt fails that judge call alone);
+- `[[agent]]` makes it a coding model (`tests/support/fake_agent.py`): it calls the agent's
+  shell tool, then reports the command's output, in chat and in Responses (native) form.
 Run alone: `python -m tests.support.fake_upstream --port 9001`.
 """
 
@@ -34,6 +36,7 @@ import orjson
 from aiohttp import web
 
 from contracts.openai_shapes import last_user_text
+from tests.support import fake_agent
 from tests.support.fake_apis import AnthropicApi, ResponsesApi
 from tests.support.fake_marks import MARK as _MARK
 from tests.support.fake_marks import cached_tokens
@@ -152,7 +155,20 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
         n = int(body.get("n") or 1)
         message: dict[str, Any] = {"role": "assistant", "content": answer}
         finish = "stop"
-        if "tool" in marks and body.get("tools"):
+        if "agent" in marks:  # a coding model: call the agent's shell, then report
+            step, said, args = fake_agent.chat_step(body)
+            if step == "say":
+                answer = said
+                message = {"role": "assistant", "content": answer}
+            else:
+                call = {"name": said, "arguments": orjson.dumps(args).decode()}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_agent_1", "type": "function", "function": call}],
+                }
+                finish = "tool_calls"
+        elif "tool" in marks and body.get("tools"):
             fn = body["tools"][0]["function"]["name"]
             message = {
                 "role": "assistant",
