@@ -12,7 +12,12 @@ import pytest
 
 from contracts.pricing import litellm_price_table
 from tests.support.clients import ANTHROPIC_TOOLS, anthropic_client, request_id_of
-from tests.support.gateway import RunningGateway, gateway_config, start_gateway
+from tests.support.gateway import (
+    RunningGateway,
+    gateway_config,
+    start_gateway,
+    with_anthropic_route,
+)
 
 
 def test_anthropic_sdk_against_an_openai_compatible_upstream(
@@ -129,23 +134,9 @@ def test_anthropic_sdk_against_an_anthropic_upstream(
     tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
-    config = gateway_config(tmp_path, upstream.base_url)
-    config.models["claude"] = config.models["teacher"].model_copy(
-        update={
-            "model": "anthropic/claude-sonnet-4-5",
-            "api_base": upstream.base_url.removesuffix("/v1"),
-            "api_key_env": "FAKE_ANTHROPIC_KEY",
-        }
+    gw = start_gateway(
+        with_anthropic_route(gateway_config(tmp_path, upstream.base_url), upstream.base_url)
     )
-    route = config.routes[0].model_copy(
-        update={
-            "name": "claude",
-            "teacher": "claude",
-            "match": config.routes[0].match.model_copy(update={"models": ["claude"]}),
-        }
-    )
-    config.routes.append(route)
-    gw = start_gateway(config)
     try:
         client = anthropic_client(gw)
         system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]

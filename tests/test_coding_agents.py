@@ -1,8 +1,9 @@
-"""Coding agents through the gateway: Codex, the real CLI from npm (`codex exec`, its
-default config but for the provider), completes a task that needs a shell command and its
-result, on the native path (an upstream serving the Responses API) and the translated one
-(a chat-completions upstream). The upstream is the coding-model stand-in
-(`tests/support/fake_agent.py`): it calls the agent's shell, then reports what it printed.
+"""Coding agents through the gateway: Codex and Claude Code, the real CLIs from npm (`codex
+exec`, `claude -p`, their default configs but for the provider), each complete a task that
+needs a shell command and its result, on the native path (an upstream that serves the
+client's own API) and the translated one (a chat-completions upstream). The upstream is the
+coding-model stand-in (`tests/support/fake_agent.py`): it calls the agent's shell, then
+reports what it printed.
 
 The fixture `tests/data/agents/codex-0.171.0-responses.json` is the first request Codex
 0.171.0 sent (recorded on the native path): the fast tests replay it where npm is missing.
@@ -14,6 +15,7 @@ import copy
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ import httpx
 import pytest
 
 from tests.support.agent_clis import agent_cli
-from tests.support.gateway import APP_KEY, RunningGateway
+from tests.support.gateway import (
+    APP_KEY,
+    RunningGateway,
+    gateway_config,
+    start_gateway,
+    with_anthropic_route,
+)
 
 CODEX_VERSION = "0.171.0"
 CODEX_FIRST = Path(__file__).parent / "data" / "agents" / f"codex-{CODEX_VERSION}-responses.json"
@@ -138,5 +146,65 @@ def test_codex_completes_a_task_with_a_tool_call_through_the_gateway(
         "SELECT served_model, status FROM requests WHERE api = 'responses' AND "
         f"served_model {native} 'native-responses' AND position(messages, 'flywheel-42') > 0",
         1,
+    )
+    assert rows[0]["status"] == "ok"
+
+
+CLAUDE_CODE_VERSION = "2.1.337"
+
+
+@pytest.fixture(scope="module")
+def claude_gateway(tmp_path_factory: pytest.TempPathFactory, upstream) -> Iterator[RunningGateway]:
+    """A gateway with an Anthropic upstream too (model `claude`, called natively)."""
+    os.environ.setdefault("FAKE_ANTHROPIC_KEY", "sk-ant-fake")
+    config = gateway_config(tmp_path_factory.mktemp("claude-gw"), upstream.base_url)
+    gw = start_gateway(with_anthropic_route(config, upstream.base_url))
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["claude", "gpt-4o"], ids=["native", "translated"])
+def test_claude_code_completes_a_task_with_a_tool_call_through_the_gateway(
+    claude_gateway: RunningGateway, upstream, tmp_path: Path, model: str
+) -> None:
+    """Claude Code (`claude -p`, default config but for the base URL and its Bash tool
+    allowed) on an Anthropic upstream, the body passed through as sent (thinking,
+    context_management, output_config kept), and on a chat upstream, translated."""
+    claude = agent_cli("@anthropic-ai/claude-code", CLAUDE_CODE_VERSION, "claude")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": claude_gateway.base_url.removesuffix("/v1"),
+        "ANTHROPIC_API_KEY": APP_KEY,
+        "DISABLE_AUTOUPDATER": "1",
+    }
+    asked = len(upstream.fake.requests)
+    run = subprocess.run(
+        [str(claude), "-p", "run the check [[agent]]", "--model", model, "--allowedTools", "Bash"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.stdout.strip() == "done: flywheel-42"
+    turns = [q for q in upstream.fake.requests[asked:] if "[[agent]]" in json.dumps(q)]
+    assert len(turns) == 2  # the call, then the answer after its result
+    if model == "claude":  # natively: Claude Code's own fields reach the Anthropic upstream
+        assert {"thinking", "context_management", "system"} <= set(turns[0])
+        assert turns[1]["messages"][-1]["content"][0]["type"] == "tool_result"
+    else:
+        assert turns[1]["messages"][-1]["role"] == "tool"
+        assert "flywheel-42" in turns[1]["messages"][-1]["content"]
+    rows = claude_gateway.rows_eventually(
+        "SELECT served_model, status FROM requests WHERE api = 'messages' AND "
+        "served_model = {m:String} AND position(messages, 'flywheel-42') > 0",
+        1,
+        m="claude" if model == "claude" else "teacher",
     )
     assert rows[0]["status"] == "ok"

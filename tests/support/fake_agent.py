@@ -47,6 +47,36 @@ def responses_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return _step(names, None if output is None else str(output))
 
 
+def messages_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """The next step for an Anthropic Messages request (an Anthropic upstream, natively)."""
+    names = [str(t.get("name", "")) for t in body.get("tools") or [] if isinstance(t, dict)]
+    result = None
+    for m in body.get("messages") or []:
+        for block in m.get("content") if isinstance(m.get("content"), list) else []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                content = block.get("content")
+                if isinstance(content, list):
+                    content = "".join(
+                        str(p.get("text", "")) for p in content if isinstance(p, dict)
+                    )
+                result = str(content or "")
+    return _step(names, result)
+
+
+def user_texts(body: dict[str, Any]) -> str:
+    """Every user text of a Messages (or chat) request, joined (to find the mark)."""
+    out = []
+    for m in body.get("messages") or []:
+        if m.get("role") != "user":
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [str(b.get("text", "")) for b in content if isinstance(b, dict)]
+    return "\n".join(out)
+
+
 def asks(text: str) -> bool:
     return "[[agent]]" in text
 

@@ -216,7 +216,13 @@ class AnthropicApi:
             # Anthropic counts cache reads apart from input_tokens.
             usage["input_tokens"] -= cached
             usage["cache_read_input_tokens"] = cached
-        if "[[tool]]" in last_user_text(body) and body.get("tools"):
+        if fake_agent.asks(fake_agent.user_texts(body)):
+            step, said, args = fake_agent.messages_step(body)
+            if step == "call":
+                use = {"type": "tool_use", "id": "toolu_agent_1", "name": said, "input": args}
+                return await _anthropic_tool_use_impl(request, body, use, usage)
+            answer = said
+        elif "[[tool]]" in last_user_text(body) and body.get("tools"):
             # Anthropic's tool use: one tool_use block, stop_reason tool_use.
             use = {
                 "type": "tool_use",

@@ -105,6 +105,8 @@ class FakeUpstream(ResponsesApi, AnthropicApi):
     async def _marks(self, body: dict[str, Any]) -> tuple[dict[str, str], web.Response | None]:
         self.requests.append(body)
         marks = {m.group(1): m.group(2) or "" for m in _MARK.finditer(last_user_text(body))}
+        if fake_agent.asks(fake_agent.user_texts(body)):
+            marks["agent"] = ""  # an agent's later turns end in tool results, not its task
         model = str(body.get("model", ""))
         if model.startswith("broken-"):
             marks["status"] = "500"

@@ -274,6 +274,27 @@ class RunningGateway(GatewayThread):
         return rows
 
 
+def with_anthropic_route(config: GatewayConfig, upstream_url: str) -> GatewayConfig:
+    """`config` plus model and route `claude`: an `anthropic/` teacher on the fake upstream
+    (its key from `$FAKE_ANTHROPIC_KEY`), which the gateway calls natively."""
+    config.models["claude"] = config.models["teacher"].model_copy(
+        update={
+            "model": "anthropic/claude-sonnet-4-5",
+            "api_base": upstream_url.removesuffix("/v1"),
+            "api_key_env": "FAKE_ANTHROPIC_KEY",
+        }
+    )
+    route = config.routes[0].model_copy(
+        update={
+            "name": "claude",
+            "teacher": "claude",
+            "match": config.routes[0].match.model_copy(update={"models": ["claude"]}),
+        }
+    )
+    config.routes.append(route)
+    return config
+
+
 def start_gateway(config: GatewayConfig) -> RunningGateway:
     """A gateway (with its embedded companions) in this process, on a real socket."""
     gw = RunningGateway(config)
