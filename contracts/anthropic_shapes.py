@@ -7,6 +7,8 @@ Anthropic's SSE events (`message_start` ... `message_stop`), and an error Anthro
 chat path (litellm speaks its native API), and an OpenAI-compatible student serves an
 Anthropic-SDK app.
 
+Which top-level field becomes what is one table, `contracts/anthropic_fields.py`.
+
 Invariant: pure functions of JSON values; what cannot be expressed in chat terms is an
 `ApiError` 400 naming the field.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from contracts.anthropic_fields import reasoning_effort
 from contracts.errors import ApiError
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -137,6 +140,8 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     output = body.get("output_config")
     if isinstance(output, dict) and output.get("format") is not None:
         chat["response_format"] = _response_format(output["format"])
+    if effort := reasoning_effort(body.get("thinking")):
+        chat["reasoning_effort"] = effort
     if body.get("stop_sequences"):
         chat["stop"] = body["stop_sequences"]
     user = (

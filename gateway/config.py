@@ -99,6 +99,7 @@ class CorsConfig(Strict):
             "x-flywheel-served-by",
             "x-flywheel-reason",
             "x-flywheel-model",
+            "x-flywheel-not-carried",
             "retry-after",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-remaining-tokens",

@@ -170,7 +170,11 @@ def _native(ctx: RequestContext, target: Target) -> tuple[Translated, dict[str, 
         return None
     checked = target.served_by == "student" or (ctx.rails is not None and ctx.rails.spec.output)
     body = surface.native_body(target.model, may_pass_through=not checked)
-    return None if body is None else (surface, body)
+    if body is None:
+        ctx.record.not_carried = surface.not_carried  # translated: what it leaves out
+        return None
+    ctx.record.not_carried = []
+    return surface, body
 
 
 async def stream(ctx: RequestContext, body: dict[str, Any]) -> UpstreamStream:

@@ -109,6 +109,8 @@ async def handle(request: Request, surface: Surface) -> Response:
         response.headers["x-flywheel-reason"] = _header_text(ctx.record.route_reason)
         response.headers["x-flywheel-model"] = ctx.record.served_model
         response.headers["x-flywheel-route"] = ctx.record.route
+        if ctx.record.not_carried:  # left out of a translated request, and said so
+            response.headers["x-flywheel-not-carried"] = ", ".join(ctx.record.not_carried)
         if ctx.decision.route.rate_limit is None:
             # No limit of the gateway's own here: the upstream's tells the app its state.
             for name, value in ctx.upstream_headers.items():

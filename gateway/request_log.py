@@ -64,6 +64,9 @@ class RequestRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
     guardrails: list[dict[str, Any]] = field(default_factory=list)
+    # Fields of the client's request the translated chat request left out, declared
+    # (`contracts/anthropic_fields.py`): kept in the row's params as `flywheel_not_carried`.
+    not_carried: list[str] = field(default_factory=list)
     prompt_fingerprint: str = ""
     finished_at: float = 0.0
     kind: RowKind = "request"
@@ -148,7 +151,10 @@ class RequestRecord:
             "usage_estimated": estimated,
             "cost_usd": str(cost),
             "baseline_cost_usd": str(baseline),
-            "params": _json({k: v for k, v in request.items() if k not in _NOT_PARAMS}),
+            "params": _json(
+                {k: v for k, v in request.items() if k not in _NOT_PARAMS}
+                | ({"flywheel_not_carried": self.not_carried} if self.not_carried else {})
+            ),
             "messages": _json(_prompt(request)),
             "response": _json(_response_body(self.endpoint, response)),
             "finish_reason": finish,

@@ -20,6 +20,7 @@ import orjson
 from starlette.responses import Response, StreamingResponse
 
 from contracts import (
+    anthropic_fields,
     anthropic_native,
     anthropic_shapes,
     responses_events,
@@ -130,6 +131,11 @@ class Translated:
         self.app = ""
         self.native_answer: dict[str, Any] | None = None
         self.native_events: list[bytes] | None = None  # raw upstream events to pass on
+        # Read when the request is translated (an upstream that speaks the client's API
+        # gets it as sent): what the chat form cannot carry (a 400) and what it leaves out,
+        # saying so (`x-flywheel-not-carried`).
+        self.hosted: ApiError | None = None
+        self.not_carried: list[str] = []
 
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
         """The body for `model`'s own endpoint, or None to translate."""
@@ -138,7 +144,12 @@ class Translated:
     def provider_only(self) -> str:
         """Why only an upstream speaking the client's API can serve this request (a tool
         the provider runs itself), or ''. A student, which speaks chat, never serves it."""
-        return ""
+        return "" if self.hosted is None else f"{self.hosted.param}: {self.hosted.message}"
+
+    def translating(self) -> None:
+        """The request goes to a chat upstream: raise what it cannot carry."""
+        if self.hosted is not None:
+            raise self.hosted
 
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -229,7 +240,6 @@ class Responses(Translated):
         super().__init__(store, conversations)
         self.remote_previous = ""  # a previous_response_id this gateway did not issue
         self.local_previous = False
-        self.hosted: ApiError | None = None  # a tool the chat form cannot carry
 
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(ResponsesRequest, body)
@@ -250,9 +260,6 @@ class Responses(Translated):
 
     native_endpoint = "responses"
 
-    def provider_only(self) -> str:
-        return "" if self.hosted is None else f"{self.hosted.param}: {self.hosted.message}"
-
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
         """The body to send to `model`'s own /responses, or None to translate."""
         if model.responses_api and model.openai_compatible and may_pass_through:
@@ -265,8 +272,7 @@ class Responses(Translated):
                 code="previous_response_not_found",
                 param="previous_response_id",
             )
-        if self.hosted is not None:
-            raise self.hosted
+        self.translating()
         return None
 
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
@@ -314,6 +320,8 @@ class Messages(Translated):
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(MessagesRequest, body)
         self.body, self.app = body, principal.app
+        self.hosted = anthropic_fields.untranslatable(body)
+        self.not_carried = anthropic_fields.not_carried(body)
         self.chat = anthropic_shapes.to_chat(body)
         return self.chat
 
@@ -322,9 +330,10 @@ class Messages(Translated):
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
         """An Anthropic upstream gets the client's own body (cache_control, thinking and
         every other Anthropic field kept)."""
-        return (
-            self._forwarded(model) if model.provider == "anthropic" and may_pass_through else None
-        )
+        if model.provider == "anthropic" and may_pass_through:
+            return self._forwarded(model)
+        self.translating()
+        return None
 
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
         return anthropic_native.chat_answer(answer)
