@@ -45,6 +45,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy_reload import PolicyReloader, build_router
 from gateway.rate_limit import RateLimiter
 from gateway.redis_link import RedisLink
+from gateway.session_routing import SessionPins
 from gateway.state import GatewayState
 from gateway.student_health import StudentHealth
 from gateway.upstream import Upstreams
@@ -104,6 +105,7 @@ def build_state(
         cache=ResponseCache(link),
         redis=link,
         worker=worker,
+        session_pins=SessionPins(config.router.session_pins, config.router.session_ttl_s),
     )
 
 

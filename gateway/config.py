@@ -191,6 +191,15 @@ class RouterConfig(Strict):
     state_refresh_s: float = Field(
         default=2.0, gt=0, description="how often candidate states are read from ClickHouse"
     )
+    session_pins: int = Field(
+        default=100_000,
+        ge=0,
+        description="agent sessions whose first turn's model this process remembers, so "
+        "later turns stay on it (0: off; gateway/session_routing.py)",
+    )
+    session_ttl_s: float = Field(
+        default=3600, gt=0, description="a session idle this long is forgotten"
+    )
 
 
 class DistillerConfig(Strict):

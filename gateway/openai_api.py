@@ -20,6 +20,7 @@ from uuid_utils import uuid7
 
 from contracts.errors import ApiError
 from contracts.openai_shapes import fingerprint_system_prompt, prompt_text
+from contracts.responses_shapes import request_id_of
 from gateway import dispatch
 from gateway.auth import require_role
 from gateway.bodies import SCHEMAS, read_json, validate
@@ -29,7 +30,8 @@ from gateway.context import RequestContext
 from gateway.guardrails.apply import blocked, guard_input
 from gateway.outcome import fail, failed_upstream, internal_error, reject, unrecordable
 from gateway.output_checks import checked, maybe_audit
-from gateway.routing import RequestFacts
+from gateway.routing import Decision, RequestFacts
+from gateway.session_routing import Pin, session_of
 from gateway.state import GatewayState
 from gateway.stream_relay import checked_stream, relay_stream
 from gateway.surfaces import Messages, Native, Responses, Surface
@@ -145,7 +147,7 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
     state, rec = ctx.state, ctx.record
     server = state.config.server
     body = await read_json(request, server.max_body_bytes, server.body_timeout_s)
-    rec.request = body  # as sent, until the surface says what it asks in chat terms
+    rec.request = raw = body  # as sent, until the surface says what it asks in chat terms
     body = await surface.to_chat(body, ctx.principal)
     ctx.body = rec.request = body
     rec.requested_model = str(body.get("model", ""))
@@ -153,17 +155,16 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
     rec.metadata = {**(body.get("metadata") or {}), **(body.get("flywheel_metadata") or {})}
     rec.tags = [*(body.get("flywheel_tags") or []), *(body.get("tags") or [])]
     rec.prompt_fingerprint = fingerprint_system_prompt(body.get("messages"))
-    decision = ctx.router.decide(
-        RequestFacts(
-            app=ctx.principal.app,
-            team=ctx.principal.team,
-            model=body["model"],
-            headers=request.headers,
-            metadata=rec.metadata,
-            tags=tuple(rec.tags),
-            system_fingerprint=rec.prompt_fingerprint,
-        )
+    facts = RequestFacts(
+        app=ctx.principal.app,
+        team=ctx.principal.team,
+        model=body["model"],
+        headers=request.headers,
+        metadata=rec.metadata,
+        tags=tuple(rec.tags),
+        system_fingerprint=rec.prompt_fingerprint,
     )
+    decision = _decide_in_session(ctx, request, facts, raw, body)
     ctx.decide(decision)
     if ctx.endpoint != "embeddings":
         ctx.rails = ctx.router.rails.get(decision.route.name)
@@ -195,6 +196,33 @@ async def _proxy(ctx: RequestContext, request: Request, surface: Surface) -> Res
     if rec.is_stream:
         return await relay_stream(ctx)
     return await _answer_whole(ctx)
+
+
+def _decide_in_session(
+    ctx: RequestContext,
+    request: Request,
+    facts: RequestFacts,
+    raw: dict[str, Any],
+    chat: dict[str, Any],
+) -> Decision:
+    """The router's decision; a later turn of an agent session goes where its first went
+    (`gateway/session_routing.py`)."""
+    pins = ctx.state.session_pins
+    if not pins.capacity or ctx.endpoint != "chat.completions":
+        return ctx.router.decide(facts)
+    previous = raw.get("previous_response_id")
+    earlier = request_id_of(str(previous)) if isinstance(previous, str) else None
+    key = session_of(
+        request.headers, raw, chat, pins.session_of_response(earlier) if earlier else ""
+    )
+    if key is None:
+        return ctx.router.decide(facts)
+    pin = pins.get(key.key) if key.explicit else None
+    decision = ctx.router.decide(facts, pin, key.source)
+    # The first turn's choice, kept (or the teacher, once a pinned student no longer serves).
+    primary = decision.primary
+    pins.pin(key.key, Pin(primary.served_by, primary.candidate), ctx.record.request_id)
+    return decision
 
 
 async def _reserve_budget(ctx: RequestContext, body: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from contracts.pricing import Price
 from contracts.states import SERVING_STATES, CandidateState, ServedBy
 from gateway.guardrails.engine import RouteRails
 from gateway.guardrails.nemo import NemoRails
+from gateway.session_routing import Pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,14 +278,30 @@ class Router:
             return None, "teacher: no candidate has passed its gate"
         return None, "teacher: route has no candidates"
 
-    def decide(self, facts: RequestFacts) -> Decision:
+    def _pinned(self, route: Route, pin: Pin, source: str) -> tuple[Candidate | None, str]:
+        """The first turn's choice for a later turn of its session (see
+        `gateway/session_routing.py`)."""
+        if pin.served_by != "student":
+            return None, f"session ({source}): the teacher, as on its first turn"
+        cand = next((c for c in route.candidates if c.name == pin.candidate), None)
+        if cand is None or self.states.get(route.name, cand.name) not in SERVING_STATES:
+            gone = f"its student {pin.candidate} no longer serves"
+            return None, f"session ({source}): teacher, {gone}"
+        return cand, f"session ({source}): {cand.name}, as on its first turn"
+
+    def decide(self, facts: RequestFacts, pin: Pin | None = None, source: str = "") -> Decision:
+        """Who serves the request: drawn from the route's serving plan, or, for a later turn
+        of a session (`pin`), whoever served its first turn."""
         route = self.match(facts)
         draw = self._rng.random
         teacher_fallbacks = tuple(
             self._target(f, "fallback", f"fallback: teacher {route.teacher} failed")
             for f in route.fallbacks
         )
-        chosen, reason = self._pick_student(route, draw())
+        if pin is not None:
+            chosen, reason = self._pinned(route, pin, source)
+        else:
+            chosen, reason = self._pick_student(route, draw())
         if chosen is None:
             primary = self._target(route.teacher, "teacher", reason)
             fallbacks = teacher_fallbacks
@@ -302,7 +319,7 @@ class Router:
                 *teacher_fallbacks,
             )
             share = route.audit.share
-            if reason.startswith("canary"):
+            if self.states.get(route.name, chosen.name) == "canary":
                 share = route.audit.canary_share
             audit = draw() < share
         shadow = None
@@ -381,4 +398,9 @@ class Router:
             "candidates": candidates,
             "would_serve": would,
             "system_prompt_fingerprint": facts.system_fingerprint,
+            "sessions": (
+                "the turns of one agent session (a session header or id, a prompt_cache_key, "
+                "a previous_response_id, or the same opening of a continued conversation) go "
+                "to whoever served its first turn; a session the teacher began stays on it"
+            ),
         }

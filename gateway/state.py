@@ -23,6 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.rate_limit import RateLimiter
 from gateway.redis_link import RedisLink
 from gateway.routing import Router
+from gateway.session_routing import SessionPins
 from gateway.student_health import StudentHealth
 from gateway.surfaces import Conversations
 from gateway.upstream import Upstreams
@@ -48,6 +49,7 @@ class GatewayState:
     health_cache: dict[str, object] = field(default_factory=dict)
     background: set[asyncio.Future[Any]] = field(default_factory=set)
     conversations: Conversations = field(default_factory=Conversations)
+    session_pins: SessionPins = field(default_factory=lambda: SessionPins(100_000, 3600))
     cache: ResponseCache = field(default_factory=ResponseCache)
     # (route, candidate) -> (dataset id, index of its training prompts)
     prompt_indexes: dict[tuple[str, str], tuple[str, PromptIndex]] = field(default_factory=dict)

@@ -113,6 +113,10 @@ routes:
   - name: intranet-only
     match: {models: [intranet-model], apps: [intranet]}
     teacher: teacher
+  - name: sessions
+    match: {models: [sessions]}
+    teacher: teacher
+    candidates: [{name: ok, model: student-ok, canary_share: 0.5}]
   - name: careful
     match: {models: [careful]}
     teacher: teacher
@@ -191,6 +195,7 @@ ROUTING_STATES = {
     ("shadowed", "ok"): "shadow",
     ("shadowed-selective", "ok"): "shadow",
     ("careful", "ok"): "promoted",
+    ("sessions", "ok"): "canary",
     ("novel", "ok"): "promoted",
 }
 
