@@ -148,6 +148,8 @@ class RequestRecord:
             "upstream_us": self.upstream_us,
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
+            "cached_input_tokens": tokens.cache_read,
+            "cache_write_tokens": tokens.cache_write,
             "usage_estimated": estimated,
             "cost_usd": str(cost),
             "baseline_cost_usd": str(baseline),

@@ -102,3 +102,14 @@ def test_a_cached_prompt_is_logged_at_the_cache_rate(gateway: RunningGateway) ->
     )
     assert row["input_tokens"] == resp.usage.prompt_tokens
     assert row["cost_usd"] == expected and row["baseline_cost_usd"] == expected
+    # The split is kept: in the row, and summed for finance by the hourly rollup.
+    assert (row["cached_input_tokens"], row["cache_write_tokens"]) == (12, 0)
+    from gateway.dashboard.filters import Filters
+    from gateway.dashboard.finance import breakdown
+
+    routes = {r["route"]: r for r in breakdown(gateway.state.store, Filters.last_days(1), "route")}
+    support = routes[row["route"]]
+    assert support["cached_input_tokens"] >= 12
+    assert support["cached_input_pct"] == (
+        Decimal(support["cached_input_tokens"] * 100) / support["input_tokens"]
+    ).quantize(Decimal("0.01"))

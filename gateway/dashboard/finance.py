@@ -51,6 +51,7 @@ _SUMS = """
     sumIf(t.requests, t.kind = 'request') AS user_requests,
     sumIf(t.requests, t.kind = 'request' AND t.served_by = 'student') AS student_requests,
     sum(t.input_tokens) AS input_tokens,
+    sum(t.cached_input_tokens) AS cached_input_tokens,
     sum(t.output_tokens) AS output_tokens,
     sum(t.cost_usd) AS spend_usd,
     sumIf(t.cost_usd, t.kind != 'request') AS overhead_usd,
@@ -64,6 +65,7 @@ _ZERO = (
     "user_requests",
     "student_requests",
     "input_tokens",
+    "cached_input_tokens",
     "output_tokens",
     "spend_usd",
     "overhead_usd",
@@ -86,6 +88,16 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
         user_requests=users,
         student_requests=int(row["student_requests"]),
         input_tokens=int(row["input_tokens"]),
+        # Of the prompt tokens, the share the provider read from its prompt cache (billed at
+        # its cache rate; coding agents' long prompts are mostly cached).
+        cached_input_tokens=int(row["cached_input_tokens"]),
+        cached_input_pct=(
+            (Decimal(int(row["cached_input_tokens"])) * 100 / int(row["input_tokens"])).quantize(
+                PCT
+            )
+            if int(row["input_tokens"])
+            else None
+        ),
         output_tokens=int(row["output_tokens"]),
         spend_usd=spend,
         overhead_usd=_money(row["overhead_usd"]),
