@@ -206,10 +206,12 @@ def train_classifier(
     cal_y = torch.tensor([index[ex.answer.strip()] for ex in cal])
     t0 = time.perf_counter()
     progress = RunProgress(out_dir)
-    progress.report("train", 0, 2 if not finetune else 1, force=True)
-    features = encoder.embed(fit_texts)
+    # Reading the examples through the encoder is most of a frozen-head run: its own stage.
+    progress.report("features", 0, len(fit_texts), force=True)
+    features = encoder.embed(fit_texts, done=lambda n, total: progress.report("features", n, total))
+    progress.report("train", 0, 1, force=True)
     weight, bias = _logistic_head(features, fit_y, len(labels))
-    progress.report("train", 1, 1 if finetune else 2, force=True)
+    progress.report("train", 1, 1, force=True)
     losses: list[float] = []
     steps = 1
     if finetune:

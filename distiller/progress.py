@@ -1,6 +1,7 @@
-"""A run's progress while it runs: its stage (train, evaluate), step, total, latest loss and
-tokens/s, in `<run dir>/progress.json`, for whoever watches: the distiller turns it into
-`training_runs` rows while the job runs; the demo's screen shows it.
+"""A run's progress while it runs: its stage (features: a frozen encoder reading the
+examples; train; evaluate), step, total, latest loss and tokens/s, in
+`<run dir>/progress.json`, for whoever watches: the distiller turns it into `training_runs`
+rows while the job runs; the demo's screen shows it.
 
 Training and evaluation run in a subprocess (or on another machine); a small file beside
 their artifacts is the one channel every backend shares.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Stage = Literal["train", "evaluate"]
+Stage = Literal["features", "train", "evaluate"]
 FILE = "progress.json"
 
 

@@ -20,6 +20,7 @@ in serving.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,14 @@ class Encoder:
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(mean, dim=-1)
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> Any:
-        """Pooled features of many texts, without gradients, as one float32 tensor."""
+    def embed(
+        self,
+        texts: list[str],
+        batch_size: int = 64,
+        done: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Pooled features of many texts, without gradients, as one float32 tensor;
+        `done(n, total)` after each batch (progress)."""
         import torch
 
         self.model.eval()
@@ -90,6 +97,8 @@ class Encoder:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 out.append(self.pooled(texts[start : start + batch_size]).float().cpu())
+                if done is not None:
+                    done(min(start + batch_size, len(texts)), len(texts))
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 

@@ -74,7 +74,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     again = resolve("minilm-l6", store)  # cached: the second resolve does no work
     assert base == again and (Path(base) / "config.json").exists()
     train, evals, fresh = _slice()
-    result = train_classifier(base, train, store / "run", Training())
+    from distiller.progress import RunProgress
+
+    reports: list[tuple[str, int, int]] = []
+    report = RunProgress.report
+
+    def recorded(self: RunProgress, stage: str, step: int, total: int, *a, **kw) -> None:  # type: ignore[no-untyped-def]
+        reports.append((stage, step, total))
+        report(self, stage, step, total, *a, **kw)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunProgress, "report", recorded)
+        result = train_classifier(base, train, store / "run", Training())
+    # Reading the examples through the frozen encoder (most of the run) is its own stage,
+    # counted in examples, before the head is fitted.
+    features = [(step, total) for stage, step, total in reports if stage == "features"]
+    assert features[0][0] == 0 and features[-1][0] == features[-1][1] > 64
+    assert [st for st, _, _ in reports].index("train") > len(features) - 1
     yield result.merged, store, [train, evals, fresh]
 
 
