@@ -217,9 +217,18 @@ class Journal:
                 os.fsync(self._fd)
 
     def close(self) -> None:
+        """Close the active segment; when every row is in ClickHouse (a clean stop), remove
+        the segments too, so the next start has nothing to replay and says nothing of it."""
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+        if self.backlog_rows == 0:
+            while self.segments:
+                seg = self.segments.popleft()
+                for path in (seg.path, seg.path.with_suffix(".batch")):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+            self._head_acked = 0
         os.close(self._lock_fd)

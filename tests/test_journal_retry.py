@@ -93,3 +93,23 @@ def test_a_restart_repeats_the_batch_it_died_in_even_when_that_retry_fails(
     assert flaky.tokens[0] == flaky.tokens[1] == flaky.tokens[2] and len(set(flaky.tokens)) == 2
     assert _counts(store, route) == (12, 12) and journal.backlog_rows == 0
     journal.close()
+
+
+def test_a_clean_stop_leaves_nothing_to_replay(gateway: RunningGateway, tmp_path: Path) -> None:
+    """Every row in ClickHouse at the stop: the next start finds no segment, so it replays
+    nothing and says nothing of an earlier run; rows still waiting are kept."""
+    store, route = gateway.state.store, f"clean-{uuid.uuid4().hex[:8]}"
+    journal = Journal(tmp_path / "journal")
+    writer = LogWriter(store, journal, {}, LogConfig(), GatewayMetrics())
+    for row in _rows(3, route):
+        journal.append("requests", row)
+    writer._drain_journal(journal)
+    assert journal.backlog_rows == 0
+    journal.close()
+    assert not list((tmp_path / "journal").glob("*.log"))
+    again = Journal(tmp_path / "journal")
+    assert again.backlog_rows == 0 and not again.segments
+    for row in _rows(2, route):  # not yet drained when it stops
+        again.append("requests", row)
+    again.close()
+    assert Journal(tmp_path / "journal").backlog_rows == 2
