@@ -35,10 +35,15 @@ def check_files(files: list[Path]) -> PolicySet:
     policies = [f for f in files if f not in configs]
     result: PolicySet | None = None
     models = {}
+    named: set[Path] = set()  # policy files a given config loads: checked with it, once
     for path in configs:
         config = load_config(path)
         result = load_policy_set(config)
         models.update(result.models)
+        named |= {p.resolve() for p in config.policy_paths()}
+    # A shell glob (`policy check router_policies/*.yaml`) names the config's own policy
+    # files too: checked alone they would report another policy version than the config's.
+    policies = [f for f in policies if f.resolve() not in named]
     if policies or result is None:
         result = load_policies(policies, models)
     return result

@@ -470,3 +470,14 @@ def test_explain_names_who_decide_sends_to(tmp_path: Path) -> None:
     assert "cheap 30%" in would["why"] and "the rest (70%) to teacher" in would["why"]
     draws = [router.decide(_facts()).primary.served_by for _ in range(2000)]
     assert _within(draws.count("student"), 2000, 0.3)
+
+
+def test_a_config_checked_with_its_own_policy_files_reports_its_version() -> None:
+    """`policy check router_policies/*.yaml` names the config and the files it loads: one
+    check, the same policy version as checking the config alone."""
+    from flywheel.policy_cli import check_files
+
+    alone = check_files([Path("router_policies/gateway.yaml")])
+    globbed = check_files(sorted(Path("router_policies").glob("*.yaml")))
+    assert globbed.version == alone.version
+    assert [r.name for r in globbed.routes] == [r.name for r in alone.routes]
