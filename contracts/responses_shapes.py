@@ -25,7 +25,8 @@ from contracts.errors import ApiError
 NS_SEP = "__"
 
 # Accepted and not needed in the chat form: they do not change the answer (`stream_options`:
-# the gateway asks its own; `client_metadata`: Codex's bookkeeping of itself).
+# the gateway asks its own; `client_metadata`: Codex's bookkeeping of itself; `reasoning`:
+# declared left out, see `not_carried`; `background`: only false, see `untranslatable`).
 _IGNORED = {
     "store",
     "include",
@@ -167,7 +168,22 @@ def untranslatable(body: dict[str, Any]) -> ApiError | None:
                 f"Unsupported parameter: '{name}' cannot be sent to a chat-completions "
                 "upstream (only to one that serves the Responses API).",
             )
+    if body.get("background"):
+        return _bad("background", "A background response cannot be made on a chat upstream.")
     return hosted_tool(body)
+
+
+def not_carried(body: dict[str, Any]) -> list[str]:
+    """What a translated request leaves out that asks for a way of answering (a reasoning
+    effort or summary, a verbosity): named in `x-flywheel-not-carried`, never silently."""
+    out = []
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and any(reasoning.get(k) for k in ("effort", "summary")):
+        out.append("reasoning")
+    text = body.get("text")
+    if isinstance(text, dict) and text.get("verbosity"):
+        out.append("text.verbosity")
+    return out
 
 
 def hosted_tool(body: dict[str, Any]) -> ApiError | None:

@@ -255,6 +255,7 @@ class Responses(Translated):
         # A hosted tool (web_search, ...) or a parameter chat has no word for blocks only a
         # translated request: an upstream that serves the Responses API takes it as sent.
         self.hosted = responses_shapes.untranslatable(body)
+        self.not_carried = responses_shapes.not_carried(body)
         self.chat = responses_shapes.to_chat(body, history, lenient=True)
         return self.chat
 

@@ -97,10 +97,14 @@ def test_codexs_first_request_translated_for_a_chat_upstream(
     done = next(e for e in _events(resp) if e["type"] == "response.completed")["response"]
     call = done["output"][0]
     assert (call["type"], call["name"]) == ("function_call", "exec_command")
+    # Codex's reasoning summary cannot be asked of a chat upstream: left out, and said so.
+    assert resp.headers["x-flywheel-not-carried"] == "reasoning"
     # A parameter chat has no word for is a 400 naming it, not a silent drop.
     odd = copy.deepcopy(body) | {"max_tool_calls": 3}
     refused = _post(gateway, odd)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tool_calls"
+    later = _post(gateway, copy.deepcopy(body) | {"background": True})
+    assert later.status_code == 400 and later.json()["error"]["param"] == "background"
 
 
 @pytest.mark.slow
