@@ -13,8 +13,9 @@ choose) measure what that threshold keeps. The certified figure, the curve and t
 "below what was certified" rule read the certify rows only, so they say what fresh traffic
 gets rather than what the choice was tuned to.
 
-Invariant: every report names the frozen eval set it used, and its per-example rows are in
-`eval_results`, each with the role it played.
+Invariant: every report names the frozen eval set it used; scoring needs no database (it runs
+where none is installed, on GPU jobs): `eval_reports.py` writes the report's rows
+(`eval_results`, each with the role it played) and summary.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -33,9 +33,6 @@ from contracts.model_config import ModelConfig
 from distiller.examples import Example
 from distiller.progress import RunProgress
 from students.generation import Request, generate_batch, load_student
-
-if TYPE_CHECKING:  # scoring needs no database: it runs where none is installed (GPU jobs)
-    from store import Store
 
 AGREE_AT = 0.999  # a similarity metric's score must reach this to count as agreement
 
@@ -306,107 +303,3 @@ def score_answers(
             ExampleResult(ex.request_id, score, score >= AGREE_AT, confidence, answer, ex.answer)
         )
     return report
-
-
-def store_report(
-    store: Store,
-    report: EvalReport,
-    route: str,
-    candidate: str,
-    confidence: float = 0.95,
-    certified_on: dict[str, str] | None = None,
-) -> None:
-    """The report's rows and summary; `certified_on`: what it was measured against
-    (`distiller.certification.Certification.as_dict()`: teacher, judge, digests)."""
-    on = certified_on or {}
-    chosen = report.selection(confidence) if report.min_coverage is not None else None
-    cert = report.certified(confidence) if report.min_coverage is not None else None
-    store.insert_rows(
-        "eval_results",
-        [
-            [
-                report.run_id,
-                report.eval_set_id,
-                r.request_id,
-                report.metric,
-                r.score,
-                r.agree,
-                r.confidence,
-                r.student,
-                r.teacher,
-                report.role(r),
-            ]
-            for r in report.results
-        ],
-        [
-            "run_id",
-            "eval_set_id",
-            "request_id",
-            "metric",
-            "score",
-            "agree",
-            "confidence",
-            "student_answer",
-            "teacher_answer",
-            "role",
-        ],
-    )
-    store.insert_rows(
-        "eval_reports",
-        [
-            [
-                report.run_id,
-                route,
-                candidate,
-                report.eval_set_id,
-                report.metric,
-                report.n,
-                report.agreement,
-                report.lower_bound(confidence),
-                report.threshold,
-                report.passed(confidence),
-                orjson.dumps(report.coverage_curve()).decode(),
-                datetime.now(UTC),
-                report.serving_threshold(confidence),
-                chosen.coverage if chosen is not None else 1.0,
-                report.min_coverage,
-                on.get("teacher", ""),
-                on.get("judge", ""),
-                on.get("data_digest", ""),
-                on.get("artifact_digest", ""),
-                cert.examples if cert else 0,
-                cert.kept if cert else 0,
-                cert.agreement if cert else 0.0,
-                cert.lower if cert else 0.0,
-                cert.upper if cert else 0.0,
-                cert.coverage if cert else 0.0,
-            ]
-        ],
-        [
-            "run_id",
-            "route",
-            "candidate",
-            "eval_set_id",
-            "metric",
-            "examples",
-            "agreement",
-            "wilson_lower",
-            "threshold",
-            "passed",
-            "coverage_curve",
-            "created_at",
-            "min_confidence",
-            "coverage",
-            "min_coverage",
-            "teacher",
-            "judge",
-            "data_digest",
-            "artifact_digest",
-            "certified_examples",
-            "certified_kept",
-            "certified_agreement",
-            "certified_lower",
-            "certified_upper",
-            "certified_coverage",
-        ],
-    )

@@ -36,7 +36,8 @@ from distiller.certification import (
 )
 from distiller.curation import curate
 from distiller.datasets import reload_dataset
-from distiller.evaluation import EvalReport, score_answers, store_report, teacher_judge
+from distiller.eval_reports import store_report
+from distiller.evaluation import EvalReport, score_answers, teacher_judge
 from distiller.examples import Example
 from distiller.few_shot import CONCURRENCY, ask
 from distiller.promotion import State, note_once, set_threshold, transition

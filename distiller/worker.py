@@ -39,7 +39,7 @@ from distiller.certification import (
 from distiller.classifier import NotAClosedSet
 from distiller.curation import curate
 from distiller.datasets import DatasetVersion, build_dataset, reload_dataset
-from distiller.evaluation import store_report
+from distiller.eval_reports import store_report
 from distiller.jobs import TrainJob
 from distiller.leases import Lease
 from distiller.promotion import advance, after_evaluation, current

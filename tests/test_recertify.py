@@ -17,7 +17,8 @@ from contracts.policy import PolicySet, Route
 from distiller.certification import certified, flag_stale_certifications
 from distiller.curation import curate
 from distiller.datasets import build_dataset
-from distiller.evaluation import EvalReport, ExampleResult, store_report
+from distiller.eval_reports import store_report
+from distiller.evaluation import EvalReport, ExampleResult
 from distiller.promotion import current, transition
 from distiller.recertify import recertify_stale
 from distiller.worker import distill_route
