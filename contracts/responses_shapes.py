@@ -197,6 +197,21 @@ def hosted_tool(body: dict[str, Any]) -> ApiError | None:
     return None
 
 
+def _tool(i: int, tool: Any) -> list[dict[str, Any]]:
+    """The chat functions of `tools[i]` (a namespace gives several); raises what chat
+    cannot carry."""
+    if not (isinstance(tool, dict) and tool.get("type") == "namespace"):
+        return [_function(tool, f"tools.{i}")]
+    name, group = tool.get("name"), tool.get("tools")
+    if not isinstance(name, str) or not name:
+        raise _bad(
+            f"tools.{i}.name", f"Invalid value for 'tools.{i}.name': a namespace needs a name."
+        )
+    if not isinstance(group, list):
+        raise _bad(f"tools.{i}.tools", f"Invalid value for 'tools.{i}.tools': expected a list.")
+    return [_function(t, f"tools.{i}.tools.{j}", name) for j, t in enumerate(group)]
+
+
 def _tools(tools: Any, lenient: bool = False) -> list[dict[str, Any]]:
     """The chat form of `tools`; `lenient`: a tool chat cannot carry is left out (the
     request's chat copy, for its row and rails, when it passes through natively)."""
@@ -204,22 +219,11 @@ def _tools(tools: Any, lenient: bool = False) -> list[dict[str, Any]]:
         raise _bad("tools", "Invalid value for 'tools': expected a list.")
     out = []
     for i, tool in enumerate(tools):
-        if lenient and hosted_tool({"tools": [tool]}) is not None:
-            continue
-        if isinstance(tool, dict) and tool.get("type") == "namespace":
-            name, group = tool.get("name"), tool.get("tools")
-            if not isinstance(name, str) or not name:
-                raise _bad(
-                    f"tools.{i}.name",
-                    f"Invalid value for 'tools.{i}.name': a namespace needs a name.",
-                )
-            if not isinstance(group, list):
-                raise _bad(
-                    f"tools.{i}.tools", f"Invalid value for 'tools.{i}.tools': expected a list."
-                )
-            out += [_function(t, f"tools.{i}.tools.{j}", name) for j, t in enumerate(group)]
-        else:
-            out.append(_function(tool, f"tools.{i}"))
+        try:
+            out += _tool(i, tool)
+        except ApiError:
+            if not lenient:
+                raise
     return out
 
 

@@ -90,6 +90,17 @@ class Certified:
     def agreement(self) -> float:
         return self.agree / self.kept if self.kept else 0.0
 
+    def as_dict(self) -> dict[str, float]:
+        """For a run's evidence."""
+        return {
+            "examples": self.examples,
+            "kept": self.kept,
+            "agree": self.agree,
+            "coverage": round(self.coverage, 4),
+            "lower": round(self.lower, 4),
+            "upper": round(self.upper, 4),
+        }
+
 
 @dataclass
 class EvalReport:

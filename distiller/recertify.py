@@ -133,7 +133,7 @@ def recertify(
         "threshold": gate.threshold,
         "min_confidence": chosen.min_confidence if chosen else None,
         "coverage": round(chosen.coverage, 4) if chosen else None,
-        "certified": None if fresh is None else [fresh.agree, fresh.kept, fresh.examples],
+        "certified": None if fresh is None else fresh.as_dict(),
     }
     changed = changed_since(cert, teacher, judge)
     figure = (

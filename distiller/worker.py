@@ -271,14 +271,7 @@ def _train_candidates(
             )
             fresh = report.certified(route.gate.confidence) if report.split else None
             if fresh is not None:  # the certify rows: what the threshold keeps of fresh rows
-                evidence["certified"] = {
-                    "examples": fresh.examples,
-                    "kept": fresh.kept,
-                    "agree": fresh.agree,
-                    "coverage": round(fresh.coverage, 4),
-                    "lower": round(fresh.lower, 4),
-                    "upper": round(fresh.upper, 4),
-                }
+                evidence["certified"] = fresh.as_dict()
             if why := report.contradicted(route.gate.confidence):
                 evidence["gate_failed"] = why
         passed = report.passed(route.gate.confidence)

@@ -213,7 +213,11 @@ def _decide_in_session(
     previous = raw.get("previous_response_id")
     earlier = request_id_of(str(previous)) if isinstance(previous, str) else None
     key = session_of(
-        request.headers, raw, chat, pins.session_of_response(earlier) if earlier else ""
+        request.headers,
+        raw,
+        chat,
+        pins.session_of_response(earlier) if earlier else "",
+        facts.system_fingerprint,
     )
     if key is None:
         return ctx.router.decide(facts)
@@ -221,7 +225,8 @@ def _decide_in_session(
     decision = ctx.router.decide(facts, pin, key.source)
     # The first turn's choice, kept (or the teacher, once a pinned student no longer serves).
     primary = decision.primary
-    pins.pin(key.key, Pin(primary.served_by, primary.candidate), ctx.record.request_id)
+    answer_id = ctx.record.request_id if ctx.record.api == "responses" else ""
+    pins.pin(key.key, Pin(primary.served_by, primary.candidate), answer_id)
     return decision
 
 

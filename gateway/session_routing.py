@@ -71,10 +71,12 @@ def session_of(
     raw: dict[str, Any],
     chat: dict[str, Any],
     previous: str = "",
+    system_fingerprint: str = "",
 ) -> SessionKey | None:
     """The session a request belongs to (see the module doc), or None. `raw`: the body as
     the client sent it; `chat`: its chat form; `previous`: the session key of the
-    `previous_response_id` it continues, when this gateway knows it."""
+    `previous_response_id` it continues, when this gateway knows it; `system_fingerprint`:
+    its system prompt's (`fingerprint_system_prompt`, already taken for routing)."""
     for name in SESSION_HEADERS:
         if headers.get(name):
             return SessionKey(_digest("h", headers[name]), f"header {name}", True)
@@ -87,12 +89,12 @@ def session_of(
     messages = chat.get("messages")
     if not isinstance(messages, list):
         return None
-    system = [content_text(m.get("content")) for m in messages if m.get("role") == "system"]
-    users = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
-    if not users:
+    first = next((m for m in messages if m.get("role") == "user"), None)
+    if first is None:
         return None
     continues = any(m.get("role") in ("assistant", "tool") for m in messages)
-    return SessionKey(_digest("p", *system, users[0]), "conversation opening", continues)
+    opening = _digest("p", system_fingerprint, content_text(first.get("content")))
+    return SessionKey(opening, "conversation opening", continues)
 
 
 class SessionPins:
@@ -115,11 +117,14 @@ class SessionPins:
         self._pins.move_to_end(key)
         return pin
 
-    def pin(self, key: str, pin: Pin, request_id: str) -> None:
+    def pin(self, key: str, pin: Pin, response_id: str = "") -> None:
+        """Pin `key`; `response_id`: a Responses answer a later `previous_response_id` may
+        name (only those are looked up by id)."""
         self._pins[key] = (time.monotonic(), pin)
         self._pins.move_to_end(key)
-        self._by_response[request_id] = key
-        self._by_response.move_to_end(request_id)
+        if response_id:
+            self._by_response[response_id] = key
+            self._by_response.move_to_end(response_id)
         for table in (self._pins, self._by_response):
             while len(table) > self.capacity:
                 table.popitem(last=False)

@@ -134,7 +134,7 @@ class Translated:
         # Read when the request is translated (an upstream that speaks the client's API
         # gets it as sent): what the chat form cannot carry (a 400) and what it leaves out,
         # saying so (`x-flywheel-not-carried`).
-        self.hosted: ApiError | None = None
+        self.untranslatable: ApiError | None = None
         self.not_carried: list[str] = []
 
     def native_body(self, model: ModelConfig, may_pass_through: bool) -> dict[str, Any] | None:
@@ -144,12 +144,13 @@ class Translated:
     def provider_only(self) -> str:
         """Why only an upstream speaking the client's API can serve this request (a tool
         the provider runs itself), or ''. A student, which speaks chat, never serves it."""
-        return "" if self.hosted is None else f"{self.hosted.param}: {self.hosted.message}"
+        why = self.untranslatable
+        return "" if why is None else f"{why.param}: {why.message}"
 
     def translating(self) -> None:
         """The request goes to a chat upstream: raise what it cannot carry."""
-        if self.hosted is not None:
-            raise self.hosted
+        if self.untranslatable is not None:
+            raise self.untranslatable
 
     def _chat_of_native(self, answer: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -254,7 +255,7 @@ class Responses(Translated):
             self.local_previous = history is not None
         # A hosted tool (web_search, ...) or a parameter chat has no word for blocks only a
         # translated request: an upstream that serves the Responses API takes it as sent.
-        self.hosted = responses_shapes.untranslatable(body)
+        self.untranslatable = responses_shapes.untranslatable(body)
         self.not_carried = responses_shapes.not_carried(body)
         self.chat = responses_shapes.to_chat(body, history, lenient=True)
         return self.chat
@@ -321,7 +322,7 @@ class Messages(Translated):
     async def to_chat(self, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
         validate(MessagesRequest, body)
         self.body, self.app = body, principal.app
-        self.hosted = anthropic_fields.untranslatable(body)
+        self.untranslatable = anthropic_fields.untranslatable(body)
         self.not_carried = anthropic_fields.not_carried(body)
         self.chat = anthropic_shapes.to_chat(body)
         return self.chat

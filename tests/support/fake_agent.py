@@ -16,6 +16,13 @@ COMMAND = "echo flywheel-$((6*7))"
 SHELLS = {"exec_command": "cmd", "Bash": "command", "shell": "command"}
 
 
+def _joined(content: Any) -> str | None:
+    """A tool result's text: a string, or its text blocks joined (None: no result)."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return None if content is None else str(content)
+
+
 def _step(tool_names: list[str], result: str | None) -> tuple[str, str, dict[str, Any]]:
     """("call", tool, arguments) or ("say", text, {})."""
     if result is not None:
@@ -30,10 +37,7 @@ def chat_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """The next step for a chat request (the gateway's translated path)."""
     names = [str((t.get("function") or {}).get("name", "")) for t in body.get("tools") or []]
     results = [m for m in body.get("messages") or [] if m.get("role") == "tool"]
-    content = results[-1].get("content") if results else None
-    if isinstance(content, list):
-        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return _step(names, None if content is None else str(content))
+    return _step(names, _joined(results[-1].get("content")) if results else None)
 
 
 def responses_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -41,10 +45,7 @@ def responses_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     names = [str(t.get("name", "")) for t in body.get("tools") or [] if isinstance(t, dict)]
     items = body.get("input") if isinstance(body.get("input"), list) else []
     outputs = [i for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
-    output = outputs[-1].get("output") if outputs else None
-    if isinstance(output, list):
-        output = "".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
-    return _step(names, None if output is None else str(output))
+    return _step(names, _joined(outputs[-1].get("output")) if outputs else None)
 
 
 def messages_step(body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:

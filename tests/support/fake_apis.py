@@ -20,6 +20,38 @@ from tests.support.fake_marks import cached_tokens
 from tests.support.fake_marks import words as _words
 
 
+def _response(body: dict[str, Any], rid: str, item: dict[str, Any], out: int) -> dict[str, Any]:
+    """A finished Responses object with one output item and `out` output tokens."""
+    into = _words(body.get("input"))
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": body.get("model"),
+        "output": [item],
+        "usage": {
+            "input_tokens": into,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": into + out,
+        },
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "temperature": None,
+        "top_p": None,
+        "tool_choice": "auto",
+        "tools": [],
+        "previous_response_id": body.get("previous_response_id"),
+        "text": {"format": {"type": "text"}},
+        "reasoning": {"effort": None, "summary": None},  # an item chat has no word for
+    }
+
+
 class ResponsesApi:
     requests: list[dict[str, Any]]
     responses_by_id: dict[str, str]
@@ -58,13 +90,6 @@ class ResponsesApi:
             answer = said
         self.responses_by_id[rid] = answer
         words = answer.split(" ")
-        usage = {
-            "input_tokens": _words(items),
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": len(words),
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": _words(items) + len(words),
-        }
         message = {
             "type": "message",
             "id": "msg_native",
@@ -72,27 +97,7 @@ class ResponsesApi:
             "role": "assistant",
             "content": [{"type": "output_text", "text": answer, "annotations": []}],
         }
-        final = {
-            "id": rid,
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "completed",
-            "model": body.get("model"),
-            "output": [message],
-            "usage": usage,
-            "error": None,
-            "incomplete_details": None,
-            "instructions": body.get("instructions"),
-            "metadata": {},
-            "parallel_tool_calls": True,
-            "temperature": None,
-            "top_p": None,
-            "tool_choice": "auto",
-            "tools": [],
-            "previous_response_id": previous,
-            "text": {"format": {"type": "text"}},
-            "reasoning": {"effort": None, "summary": None},  # an item chat has no word for
-        }
+        final = _response(body, rid, message, len(words))
         if not body.get("stream"):
             return web.json_response(final, dumps=lambda o: orjson.dumps(o).decode())
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -143,31 +148,7 @@ class ResponsesApi:
             "arguments": arguments,
             "status": "completed",
         }
-        usage = {
-            "input_tokens": _words(body.get("input")),
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": 8,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": _words(body.get("input")) + 8,
-        }
-        final = {
-            "id": rid,
-            "object": "response",
-            "created_at": int(time.time()),
-            "status": "completed",
-            "model": body.get("model"),
-            "output": [call],
-            "usage": usage,
-            "error": None,
-            "incomplete_details": None,
-            "instructions": body.get("instructions"),
-            "metadata": {},
-            "parallel_tool_calls": True,
-            "tool_choice": "auto",
-            "tools": [],
-            "previous_response_id": body.get("previous_response_id"),
-            "text": {"format": {"type": "text"}},
-        }
+        final = _response(body, rid, call, 8)
         if not body.get("stream"):
             return web.json_response(final, dumps=lambda o: orjson.dumps(o).decode())
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
