@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 BaseKind = Literal["lm", "encoder"]
-CandidateKind = Literal["lm", "classifier", "few_shot"]
+CandidateKind = Literal["lm", "classifier", "structured", "few_shot"]
 # How a few-shot candidate finds its examples: hashed character n-grams, or MiniLM-L6.
 Retriever = Literal["ngram", "minilm-l6"]
 
@@ -76,7 +76,10 @@ def base_problem(base: str, kind: CandidateKind) -> str | None:
     named = NAMED_BASES.get(base)
     if named is not None:
         if kind == "lm" and named.kind != "lm":
-            return f"base {base!r} is an encoder: it serves `kind: classifier` candidates"
+            return (
+                f"base {base!r} is an encoder: it serves `kind: classifier` and "
+                "`kind: structured` candidates"
+            )
         return None
     known = ", ".join(NAMED_BASES)
     if base.startswith("local:"):
@@ -87,4 +90,4 @@ def base_problem(base: str, kind: CandidateKind) -> str | None:
 
 
 def default_base(kind: CandidateKind) -> str:
-    return "minilm-l6" if kind == "classifier" else "local:tiny"
+    return "minilm-l6" if kind in ("classifier", "structured") else "local:tiny"

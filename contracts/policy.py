@@ -101,9 +101,12 @@ class Candidate(_Strict):
     `kind: lm` generates answers (SFT: LoRA on a pretrained base, full fine-tuning on a tiny
     one); `kind: classifier` answers with one of the labels the teacher's answers form (a
     classification head on an encoder or LM backbone), for routes whose answers are a
-    closed set; `kind: few_shot` is not trained: `model` (a small upstream, or a base on a
-    student server) is prompted with the `examples` curated examples most like the request,
-    found by `retriever` in an index the distiller builds from the route's dataset."""
+    closed set; `kind: structured` answers JSON whose fields are labels or spans copied from
+    the user's text (a label head per field and a token tagger on an encoder), for routes
+    whose answers are JSON objects; `kind: few_shot` is not trained: `model` (a small
+    upstream, or a base on a student server) is prompted with the `examples` curated
+    examples most like the request, found by `retriever` in an index the distiller builds
+    from the route's dataset."""
 
     name: str
     model: str

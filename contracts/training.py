@@ -55,7 +55,7 @@ class Training(Strict):
     finetune_encoder: bool | None = Field(
         default=None,
         description="classifier: train the backbone too (default: on CUDA only; a head on "
-        "frozen features on CPU)",
+        "frozen features on CPU); structured: default on everywhere",
     )
     max_labels: int = Field(
         default=500, ge=2, description="classifier: most distinct answers that count as labels"

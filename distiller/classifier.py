@@ -186,6 +186,17 @@ def _finetune(
     return steps
 
 
+def keep_encoder(encoder: Encoder, base: str | Path, merged: Path, finetuned: bool) -> str:
+    """Where the artifact's manifest says its encoder is: a tuned encoder is saved inside
+    the artifact (`encoder`, relative); a frozen one is the base, by absolute path when it
+    is one."""
+    if finetuned:
+        encoder.model.save_pretrained(merged / "encoder")
+        encoder.tokenizer.save_pretrained(merged / "encoder")
+        return "encoder"
+    return str(Path(base).resolve()) if Path(str(base)).exists() else str(base)
+
+
 def train_classifier(
     base: str | Path, examples: list[Example], out_dir: Path, config: Training | None = None
 ) -> TrainResult:
@@ -233,12 +244,7 @@ def train_classifier(
         scope = Scope.fit(features[fit_in], cal_features[cal_in], cfg.scope_quantile)
     seconds = time.perf_counter() - t0
     merged = out_dir / "merged"
-    if finetune:
-        encoder.model.save_pretrained(merged / "encoder")
-        encoder.tokenizer.save_pretrained(merged / "encoder")
-        encoder_ref = "encoder"
-    else:
-        encoder_ref = str(Path(base).resolve()) if Path(str(base)).exists() else str(base)
+    encoder_ref = keep_encoder(encoder, base, merged, finetune)
     save(
         merged,
         labels,

@@ -39,6 +39,7 @@ from distiller.evaluation import EvalReport, evaluate, teacher_judge
 from distiller.examples import Example
 from distiller.few_shot import build_and_evaluate
 from distiller.model_store import ModelStore
+from distiller.structured import train_structured
 from distiller.training import TrainResult, train
 
 log = logging.getLogger("flywheel.jobs")
@@ -129,6 +130,8 @@ def train_and_evaluate(
     base = _base_for(base_spec, texts, dirs, settings)
     if kind == "classifier":
         result = train_classifier(base, train_set, dirs, settings)
+    elif kind == "structured":
+        result = train_structured(base, train_set, dirs, settings)
     else:
         fit, dev = _dev_split(train_set, settings)
         result = train(base, fit, dirs, settings, dev)

@@ -46,6 +46,7 @@ from distiller.promotion import advance, after_evaluation, current
 from distiller.publishing import PublishError, publish
 from distiller.recertify import recertify_stale
 from distiller.runs import TrainingContext, abandon_stale, run_with_retries
+from distiller.structure_inference import NotStructured
 from store import Store
 
 log = logging.getLogger("flywheel.distiller")
@@ -227,7 +228,7 @@ def _train_candidates(
         )
         try:
             job, result, report = run_with_retries(ctx, job, ds.dataset_id, lease)
-        except (NotAClosedSet, BaseUnavailable) as e:
+        except (NotAClosedSet, NotStructured, BaseUnavailable) as e:
             # Not a training failure to retry: the candidate cannot serve this route as set.
             reason = f"cannot train: {e}"
             state = after_evaluation(

@@ -62,6 +62,15 @@ class Encoder:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
 
+    @classmethod
+    def named_in(cls, root: Path, manifest: dict[str, Any]) -> Encoder:
+        """The encoder an artifact's manifest names: its own tuned copy (a path relative to
+        the artifact) or the base it was trained on."""
+        path = Path(manifest["encoder"])
+        return cls(
+            path if path.is_absolute() else root / path, int(manifest.get("max_length", 128))
+        )
+
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
@@ -150,9 +159,6 @@ class Classifier:
 
         root = Path(path)
         manifest = json.loads((root / MANIFEST).read_text())
-        encoder_path = Path(manifest["encoder"])
-        if not encoder_path.is_absolute():
-            encoder_path = root / encoder_path
         head = load_file(str(root / "head.safetensors"))
         scope = None
         if manifest.get("scope_threshold") is not None and (root / SCOPE).exists():
@@ -161,7 +167,7 @@ class Classifier:
         return cls(
             labels=list(manifest["labels"]),
             temperature=float(manifest["temperature"]),
-            encoder=Encoder(encoder_path, int(manifest.get("max_length", 128))),
+            encoder=Encoder.named_in(root, manifest),
             weight=head["weight"],
             bias=head["bias"],
             scope=scope,

@@ -38,25 +38,37 @@ class Request:
 class Loaded:
     name: str
     path: str
-    model: Any  # a causal LM, or a `students.classifier.Classifier`
-    tokenizer: Any  # None for a classifier
+    model: Any  # a causal LM, a `students.classifier.Classifier` or a `Structured`
+    tokenizer: Any  # None for a classifier or a structured student
     version: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @property
     def is_classifier(self) -> bool:
-        return self.tokenizer is None
+        from students.classifier import Classifier
+
+        return isinstance(self.model, Classifier)
+
+    @property
+    def is_structured(self) -> bool:
+        from students.structured import Structured
+
+        return isinstance(self.model, Structured)
 
 
 def load_student(name: str, path: str | Path, adapter: str | None = None) -> Loaded:
-    """A generating student (merged, or a base plus a LoRA adapter) or a classifier."""
+    """A generating student (merged, or a base plus a LoRA adapter), a classifier or a
+    structured student."""
     from students.classifier import Classifier, is_classifier
     from students.loading import load, use_threads_by_load
     from students.model_fetch import local_copy
+    from students.structured import Structured, is_structured
 
     use_threads_by_load()
     source, path = str(path), local_copy(path)
     if is_classifier(path):
         return Loaded(name, source, Classifier.load(path), None)
+    if is_structured(path):
+        return Loaded(name, source, Structured.load(path), None)
     model, tokenizer = load(path)
     if adapter:
         from peft import PeftModel
@@ -93,6 +105,8 @@ def generate_batch(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, An
 
     if student.is_classifier:
         return _classify(student, jobs)
+    if student.is_structured:
+        return _structure(student, jobs)
     tok, model = student.tokenizer, student.model
     texts = [
         tok.apply_chat_template(j.messages, add_generation_prompt=True, tokenize=False)
@@ -152,9 +166,6 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
     from contracts.openai_shapes import content_text
     from students.classifier import input_text
 
-    def approx_tokens(text: str) -> int:
-        return max(1, len(text) // 4)
-
     out = []
     for job, (label, prob, distance) in zip(
         jobs, student.model.predict_scoped([input_text(j.messages) for j in jobs]), strict=True
@@ -170,9 +181,39 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 # says why.
                 "out_of_scope": student.model.outside(label, distance),
                 "prompt_tokens": sum(
-                    approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
+                    _approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
                 ),
-                "completion_tokens": approx_tokens(label),
+                "completion_tokens": _approx_tokens(label),
+            }
+        )
+    return out
+
+
+def _approx_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def _structure(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
+    """A structured student's answers in the generation shape: the JSON it writes is the
+    whole answer, one "token" whose probability is the answer's confidence (the product of
+    its decisions'). Usage is approximated as for a classifier."""
+    from contracts.openai_shapes import content_text
+    from students.classifier import input_text
+
+    out = []
+    answers = student.model.predict([input_text(j.messages) for j in jobs])
+    for job, (text, conf) in zip(jobs, answers, strict=True):
+        out.append(
+            {
+                "text": text,
+                "finish_reason": "stop",
+                "tokens": [text],
+                "logprobs": [math.log(max(conf, 1e-12))],
+                "confidence": conf,
+                "prompt_tokens": sum(
+                    _approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
+                ),
+                "completion_tokens": _approx_tokens(text),
             }
         )
     return out

@@ -92,3 +92,21 @@ def test_answers_that_are_not_json_objects_are_not_structured() -> None:
     examples = [_example(i, "hi", "hello there") for i in range(20)]
     with pytest.raises(NotStructured, match="0 of 20 answers are JSON objects"):
         infer_shape(examples)
+
+
+def test_tags_become_whole_word_spans() -> None:
+    from students.structured import decode_spans, word_starts
+
+    text = "play 50 clásicos by westbam now"
+    # Tokens as a WordPiece tokenizer splits them: "clásicos" in three pieces.
+    offsets = [(0, 0), (0, 4), (5, 7), (8, 10), (10, 13), (13, 16), (17, 19), (20, 27)]
+    offsets += [(28, 31), (0, 0)]
+    assert word_starts(text, offsets) == [False, True, True, True, False, False] + [True] * 3 + [
+        False
+    ]
+    tags = ["O", "O", "B-playlist", "I-playlist", "B-artist", "O", "O", "B-artist", "O", "O"]
+    # A word's pieces follow its first token's tag, whatever they were given.
+    assert decode_spans(text, offsets, tags) == {"playlist": [(5, 16)], "artist": [(20, 27)]}
+    # An I- tag that continues nothing opens a span; a second span of a field is kept.
+    tags = ["O", "I-artist", "O", "O", "O", "O", "O", "B-artist", "I-artist", "O"]
+    assert decode_spans(text, offsets, tags) == {"artist": [(0, 4), (20, 31)]}

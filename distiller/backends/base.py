@@ -1,9 +1,9 @@
 """What every training backend shares: the interface, and how a failure is reported.
 
 Invariant: `Backend.run` returns the job's result or raises: `JobFailed` when the job died
-or failed (retryable), or the job's own `NotAClosedSet` / `BaseUnavailable` (the candidate
-cannot train this route as set; retrying would not help). It never returns while the job
-runs.
+or failed (retryable), or the job's own `NotAClosedSet` / `NotStructured` /
+`BaseUnavailable` (the candidate cannot train this route as set; retrying would not help).
+It never returns while the job runs.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ class Backend(Protocol):
 
 
 def job_error(exc: BaseException) -> BaseException:
-    """What to raise for an exception the job's code raised: the two 'cannot train' errors
-    as they are, anything else as a retryable failure naming it."""
+    """What to raise for an exception the job's code raised: the 'cannot train' errors as
+    they are, anything else as a retryable failure naming it."""
     from distiller.bases import BaseUnavailable
     from distiller.classifier import NotAClosedSet
+    from distiller.structure_inference import NotStructured
 
-    if isinstance(exc, NotAClosedSet | BaseUnavailable):
+    if isinstance(exc, NotAClosedSet | NotStructured | BaseUnavailable):
         return exc
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return JobFailed(f"the job raised {type(exc).__name__}: {first}"[:500])
