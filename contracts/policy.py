@@ -198,7 +198,8 @@ class Rollout(_Strict):
         default=72,
         gt=0,
         description="how long a stage waits for the evidence its target needs before it "
-        "fails, saying how many answers it needed",
+        "fails, saying how many answers it needed (a selective canary is first recalibrated "
+        "to a threshold its audits prove, when one keeps gate.min_coverage)",
     )
     max_p99_ratio: float | None = Field(
         default=1.0,

@@ -11,8 +11,11 @@ agreement is held to the route's audit target (`audit.min_agreement`, by default
 
 - canary → promoted once at least `canary_min_examples` audits put the Wilson lower bound
   at or above the target (and latency does not hold it; `promotion.latency_hold`); until
-  then the stage waits, noting once how many audits it needs, and is rolled back when it
-  outlives `rollout.stage_timeout_h` without them, saying what it needed; when its audited
+  then the stage waits, noting once how many audits it needs; when it outlives
+  `rollout.stage_timeout_h` (counted from entering the stage or its last recalibration)
+  without them, its agreement sits too close to the target to prove it: it is treated as
+  short of the target (below), so a selective candidate keeps serving at a threshold its
+  audits prove, saying what it needed, and anything else is rolled back; when its audited
   upper bound falls below the lower bound of the kept agreement its gate certified (the
   traffic agrees less than the eval set did), it is treated as short of the target (below);
 - when the upper bound falls below the target (the audits show the served answers agree
@@ -151,15 +154,16 @@ def decide(
             return _short_of_target(store, route, candidate, since, audits, short, evidence, fixed)
         needs = max(min_n, ev.needed) if ev.needed is not None else None
         wants = f"needs {needs} audits at this agreement" if needs else "cannot reach it"
-        began = entered(store, route.name, candidate, version, "canary")
-        hours = (datetime.now(UTC) - began).total_seconds() / 3600
+        # The clock restarts at a recalibration: the new threshold gets its own stage time.
+        hours = (datetime.now(UTC) - since).total_seconds() / 3600
         if hours > route.rollout.stage_timeout_h:
-            return AuditCall(
-                "roll_back",
+            short = (
                 f"{record} < {target} after {hours:.0f} h "
-                f"(rollout.stage_timeout_h {route.rollout.stage_timeout_h:g}); {wants}",
-                evidence,
+                f"(rollout.stage_timeout_h {route.rollout.stage_timeout_h:g}); {wants}"
             )
+            if len(audits) < min_n:
+                return AuditCall("roll_back", short, evidence)
+            return _short_of_target(store, route, candidate, since, audits, short, evidence, fixed)
         return AuditCall("wait", f"{record}, target {target}: {wants}", evidence)
     return AuditCall("keep", record, evidence)
 

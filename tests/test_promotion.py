@@ -560,3 +560,44 @@ def test_a_canary_behind_its_certified_agreement_is_recalibrated(
     assert changes[0].startswith("c: canary, recalibrated: audited agreement 643/660"), changes
     assert "below what was certified (995/1000" in changes[0]
     assert current(store, name, "c").min_confidence == 0.95
+
+
+def test_a_selective_canary_too_close_to_its_target_is_recalibrated_when_its_time_is_up(
+    gateway: RunningGateway,
+) -> None:
+    """400/408 audits agree (98.0%: lower bound 0.962, upper 0.990): neither proof nor
+    disproof of 0.97, so the canary waits; when `rollout.stage_timeout_h` is up, its
+    threshold rises to where its audits prove the target (300/300 at 0.95) instead of it
+    being rolled back, and the new threshold gets its own stage time."""
+    store = gateway.state.store
+    name = "distill-canary-dead-zone"
+    route = Route.model_validate(
+        {
+            "name": name,
+            "teacher": "teacher",
+            "candidates": [{"name": "c", "model": "student-ok", "kind": "classifier"}],
+            "gate": {"threshold": 0.97, "min_coverage": 0.5},
+            "rollout": {"canary_min_examples": 30, "stage_timeout_h": 0.000001},
+        }
+    )
+    _certified(store, "run-dead-zone", 980, 1000)
+    transition(store, name, "c", "canary", "shadow passed", {}, "run-dead-zone", "d", 0.6)
+    answers = [(True, 0.95)] * 300 + [(True, 0.8)] * 100 + [(False, 0.8)] * 8
+    _served_and_audited(store, name, "c", answers)
+    time.sleep(0.01)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: canary, recalibrated: audited agreement 400/408"), changes
+    assert "rollout.stage_timeout_h" in changes[0] and "threshold raised to 0.950" in changes[0]
+    assert current(store, name, "c").state == "canary"
+    assert current(store, name, "c").min_confidence == 0.95
+    # The audits that chose the threshold do not prove it: with none since, nothing is
+    # decided, even with the stage's time (counted from the recalibration) up again.
+    time.sleep(0.01)
+    assert advance(store, route) == []
+    assert current(store, name, "c").min_confidence == 0.95
+    # Fresh audits still too few to judge when its time is up: rolled back, saying so.
+    _served_and_audited(store, name, "c", [(True, 0.96)] * 10)
+    time.sleep(0.01)
+    changes = advance(store, route)
+    assert changes[0].startswith("c: canary → rolled_back: audited agreement 10/10"), changes
+    assert "rollout.stage_timeout_h" in changes[0]
