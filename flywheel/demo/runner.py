@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -314,6 +315,11 @@ def _summary(
     }
 
 
+def _usd(amount: str) -> str:
+    """A dollar amount (a Decimal's text) to the hundredth of a cent, as Decimal: no float."""
+    return f"${Decimal(amount).quantize(Decimal('0.0001'))}"
+
+
 def _print(
     console: Console, result: dict[str, Any], opts: Options, dsn: str, log_path: Path
 ) -> None:
@@ -330,12 +336,12 @@ def _print(
             f"teacher's ${steady['teacher_cost_per_1000_usd']}: "
             f"[bold]{steady['cut_percent']}% cut[/bold] (audits and escalations included)."
         )
+    began = ", ".join(f"{name} at {at:g} s" for name, at in result["phase_started_after_s"].items())
     console.print(
-        f"Whole run ({result['requests_sent']} requests, {result['seconds']:.0f} s, phases "
-        f"began at {result['phase_started_after_s']} s): spend ${float(run['spend_usd']):.4f} "
-        f"against the teacher baseline ${float(run['baseline_usd']):.4f}, "
-        f"{run['savings_percent']}% saved, flywheel overhead ${float(run['overhead_usd']):.4f} "
-        "(audits, escalations, rejected student answers)."
+        f"Whole run ({result['requests_sent']} requests, {result['seconds']:.0f} s; phases: "
+        f"{began}): spend {_usd(run['spend_usd'])} against the teacher baseline "
+        f"{_usd(run['baseline_usd'])}, {run['savings_percent']}% saved, flywheel overhead "
+        f"{_usd(run['overhead_usd'])} (audits, escalations, rejected student answers)."
     )
     other = run["routes"].get("assistant")
     if other:
