@@ -64,6 +64,11 @@ def _objects(obj: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str,
     return out
 
 
+def _items(value: Any) -> list[Any]:
+    """A field's values: a repeated key's list, or the one value."""
+    return value if isinstance(value, list) else [value]
+
+
 def _as_text(value: Any) -> str | None:
     """How a span value is written in the user's text (None: it cannot be a span)."""
     if isinstance(value, bool) or value is None:
@@ -113,7 +118,7 @@ def infer_shape(examples: list[Example], max_labels: int = 500) -> AnswerShape:
             object_present[path] += 1
         for path, value in _leaves(obj):
             present[path] += 1
-            items = value if isinstance(value, list) else [value]
+            items = _items(value)
             (lists if isinstance(value, list) else singles)[path] += 1
             values[path].append(value)
             words = [_as_text(v) for v in items]
@@ -126,7 +131,7 @@ def infer_shape(examples: list[Example], max_labels: int = 500) -> AnswerShape:
         optional = present[path] < n
         seen = values[path]
         if copied[path] >= COPIED_SHARE * present[path]:
-            flat = [v for value in seen for v in (value if isinstance(value, list) else [value])]
+            flat = [v for value in seen for v in _items(value)]
             as_list: ListForm = "never"
             if lists[path]:
                 as_list = "multiple" if singles[path] else "always"
@@ -245,7 +250,3 @@ def targets(shape: AnswerShape, example: Example) -> tuple[dict[str, Any], Spans
     if render(shape, labels, spans, text) != example.answer.strip():
         return None
     return labels, spans
-
-
-def _items(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]

@@ -131,14 +131,14 @@ def train_structured(
     use_threads_by_load()
     cfg = config or Training()
     shape = infer_shape(examples, cfg.max_labels)
-    readable = [(ex, targets(shape, ex)) for ex in examples]
-    kept = [(ex, t) for ex, t in readable if t is not None]
-    if not kept or (not shape.labels and not shape.spans):
+    # What each answer teaches, by request; an answer that cannot be written back is left out.
+    by_id = {ex.request_id: t for ex in examples if (t := targets(shape, ex)) is not None}
+    if not by_id or (not shape.labels and not shape.spans):
         raise NotStructured(
             f"no field of the route's answers can be learned (unlearnable: {shape.unlearnable})"
         )
-    fit, cal = split_calibration([ex for ex, _ in kept], cfg.calibration_fraction)
-    by_id = {ex.request_id: t for ex, t in kept if t is not None}
+    kept = [ex for ex in examples if ex.request_id in by_id]
+    fit, cal = split_calibration(kept, cfg.calibration_fraction)
 
     def rows(part: list[Example]) -> list[tuple[str, dict[str, Any], Spans]]:
         return [(input_text(ex.prompt), *by_id[ex.request_id]) for ex in part]

@@ -163,7 +163,6 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
     "token" whose probability is the calibrated class probability. Usage counts the whole
     prompt and the label at ~4 characters a token, as a generator would have been billed:
     the row's teacher baseline is priced from these counts."""
-    from contracts.openai_shapes import content_text
     from students.classifier import input_text
 
     out = []
@@ -180,9 +179,7 @@ def _classify(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 # Beyond the scope gate, or a catch-all label: confidence 0, and the answer
                 # says why.
                 "out_of_scope": student.model.outside(label, distance),
-                "prompt_tokens": sum(
-                    _approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
-                ),
+                "prompt_tokens": _approx_prompt_tokens(job),
                 "completion_tokens": _approx_tokens(label),
             }
         )
@@ -193,11 +190,17 @@ def _approx_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def _approx_prompt_tokens(job: Prompt) -> int:
+    """The whole prompt at ~4 characters a token, as a generator would have been billed."""
+    from contracts.openai_shapes import content_text
+
+    return sum(_approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages)
+
+
 def _structure(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
     """A structured student's answers in the generation shape: the JSON it writes is the
     whole answer, one "token" whose probability is the answer's confidence (the product of
     its decisions'). Usage is approximated as for a classifier."""
-    from contracts.openai_shapes import content_text
     from students.classifier import input_text
 
     out = []
@@ -210,9 +213,7 @@ def _structure(student: Loaded, jobs: Sequence[Prompt]) -> list[dict[str, Any]]:
                 "tokens": [text],
                 "logprobs": [math.log(max(conf, 1e-12))],
                 "confidence": conf,
-                "prompt_tokens": sum(
-                    _approx_tokens(content_text(m.get("content"))) + 4 for m in job.messages
-                ),
+                "prompt_tokens": _approx_prompt_tokens(job),
                 "completion_tokens": _approx_tokens(text),
             }
         )
